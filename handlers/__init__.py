@@ -1,0 +1,4 @@
+"""What the server plugs in: content-type handlers and framework handlers.
+
+Nothing here imports Flask or gunicorn; see ``handlers/content/README.md``.
+"""

@@ -1,0 +1,141 @@
+"""The Flask app: routes, request limits and error rendering. No decoding, no model logic."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+import typing as t
+
+from flask import Flask, Response, g, request
+from werkzeug.exceptions import HTTPException
+
+from serving import errors
+from serving.config import Config
+from serving.negotiation import choose_accept, parse_media_type
+from serving.pipeline import Context, Pipeline
+
+__all__ = ["create_app"]
+
+log = logging.getLogger(__name__)
+access_log = logging.getLogger("serving.access")
+
+#: The Content-Type a request without one is taken to have.
+DEFAULT_CONTENT_TYPE = "application/json"
+#: ``BatchStrategy`` reported to batch transform: our handlers split nothing themselves.
+BATCH_STRATEGY = "MultiRecord"
+
+
+def create_app(
+    config: Config,
+    pipeline: Pipeline,
+    worker_index: t.Callable[[], int | None] = lambda: None,
+) -> Flask:
+    """Build the app serving ``pipeline``.
+
+    :param worker_index: gives this process's worker index at request time
+        (the app may be built in the master, before workers exist).
+    """
+    app = Flask("serving")
+    app.json.sort_keys = False
+    limit = config.max_payload_bytes
+
+    def render(error: errors.ServingError) -> Response:
+        response = app.json.response(error.to_dict())
+        response.status_code = error.status_code
+        response.headers.update(error.headers)
+        return response
+
+    @app.errorhandler(errors.ServingError)
+    def on_serving_error(error: errors.ServingError) -> Response:
+        return render(error)
+
+    @app.errorhandler(HTTPException)
+    def on_http_exception(error: HTTPException) -> Response:
+        if error.code == 405:
+            allowed = error.valid_methods or []  # type: ignore[attr-defined]
+            return render(errors.MethodNotAllowed(request.method, request.path, allowed))
+        if error.code == 404:
+            return render(errors.NotFound(f"no route {request.method} {request.path}"))
+        return render(errors.ServingError(error.description, status_code=error.code or 500))
+
+    @app.errorhandler(Exception)
+    def on_bug(error: Exception) -> Response:
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return render(errors.ServingError(f"internal error: {type(error).__name__}: {error}"))
+
+    @app.before_request
+    def start_timer() -> None:
+        g.started = time.perf_counter()
+
+    @app.after_request
+    def log_access(response: Response) -> Response:
+        elapsed_ms = (time.perf_counter() - g.get("started", time.perf_counter())) * 1000
+        # /ping comes every few seconds from the host: keep it out of INFO logs.
+        level = logging.DEBUG if request.path == "/ping" else logging.INFO
+        access_log.log(
+            level, '%s "%s %s" %d %.1fms', request.remote_addr, request.method,
+            request.full_path.rstrip("?"), response.status_code, elapsed_ms,
+        )
+        return response
+
+    def require_ready() -> None:
+        if not pipeline.ready:
+            raise errors.ServiceUnavailable("the model is still loading")
+
+    @app.get("/ping")
+    def ping() -> Response:
+        require_ready()
+        return Response(status=200)
+
+    @app.get("/execution-parameters")
+    def execution_parameters() -> Response:
+        return app.json.response({
+            "MaxConcurrentTransforms": config.workers,
+            "BatchStrategy": BATCH_STRATEGY,
+            "MaxPayloadInMB": config.max_payload_mb if config.max_payload_mb % 1
+            else int(config.max_payload_mb),
+        })
+
+    base_context = Context(model_dir=config.model_dir)
+
+    @app.post("/invocations")
+    @app.post("/endpoints/<name>/invocations")
+    def invocations(name: str | None = None) -> Response:
+        require_ready()
+        header = request.headers.get("Content-Type")
+        try:
+            content_type = parse_media_type(header).essence if header else DEFAULT_CONTENT_TYPE
+        except ValueError:
+            raise errors.UnsupportedMediaType(header or "", pipeline.input_types or []) from None
+        if pipeline.input_types is not None and content_type not in pipeline.input_types:
+            raise errors.UnsupportedMediaType(content_type, pipeline.input_types)
+        accept_header = request.headers.get("Accept")
+        accept = choose_accept(accept_header, pipeline.output_types, config.default_accept)
+        if accept is None:
+            raise errors.NotAcceptable(accept_header or "", pipeline.output_types or [])
+        body = read_body(limit)
+        context = dataclasses.replace(
+            base_context, worker_index=worker_index(), headers=request.headers
+        )
+        payload, media_type = pipeline.invoke(body, content_type, accept, context)
+        return Response(payload, status=200, content_type=media_type)
+
+    return app
+
+
+def read_body(limit: int) -> bytes:
+    """The request body, refusing more than ``limit`` bytes.
+
+    With a Content-Length the size is checked before anything is read; a
+    chunked body is read up to the limit and refused as soon as it passes it.
+    """
+    length = request.content_length
+    if length is not None and length > limit:
+        raise errors.PayloadTooLarge(limit, length)
+    # One read of at most limit + 1 bytes: the stream stops at Content-Length, or
+    # at the end of a chunked body, so anything past the limit means 413.
+    body = request.stream.read(limit + 1)
+    if len(body) > limit:
+        raise errors.PayloadTooLarge(limit)
+    return body

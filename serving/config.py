@@ -1,0 +1,268 @@
+"""The server's settings: declared once here, read once at start-up.
+
+Each :class:`Setting` carries its attribute name, CLI flag, environment
+variable, default, parser and help text. ``serve --help`` and the options
+table in README.md are both generated from :data:`SETTINGS`
+(``python -m serving.config`` prints the table), so they cannot drift.
+
+Precedence: CLI flag > environment variable > default. Nothing else in the
+project reads ``os.environ`` for a setting.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import typing as t
+from dataclasses import dataclass, field
+
+from serving.negotiation import parse_media_type
+
+__all__ = ["Config", "ConfigError", "SETTINGS", "Setting", "settings_table"]
+
+
+class ConfigError(ValueError):
+    """A setting with a value it cannot take; its message is one line for the user."""
+
+
+# -- parsers: str -> value, raising ValueError with the reason ------------------
+
+
+def _int_in(low: int, high: int | None = None) -> t.Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text.strip())
+        except ValueError:
+            raise ValueError("not an integer") from None
+        if value < low or (high is not None and value > high):
+            raise ValueError(f"must be {low} or more" if high is None else f"must be {low}-{high}")
+        return value
+
+    return parse
+
+
+def _positive_number(text: str) -> float:
+    try:
+        value = float(text.strip())
+    except ValueError:
+        raise ValueError("not a number") from None
+    if not value > 0:
+        raise ValueError("must be more than 0")
+    return value
+
+
+def _bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("not a boolean (true/false, 1/0, yes/no, on/off)")
+
+
+def _log_level(text: str) -> int:
+    text = text.strip()
+    if text.lstrip("-").isdigit():
+        return int(text)
+    level = logging.getLevelName(text.upper())
+    if not isinstance(level, int):
+        raise ValueError("not a log level (a number such as 20, or DEBUG, INFO, WARNING, ERROR)")
+    return level
+
+
+def _media_type(text: str) -> str:
+    media = parse_media_type(text)
+    if "*" in (media.type, media.subtype):
+        raise ValueError("must be a concrete media type, not a wildcard")
+    return media.essence
+
+
+def _text(text: str) -> str:
+    if not text.strip():
+        raise ValueError("must not be empty")
+    return text.strip()
+
+
+def _path(text: str) -> str:
+    return os.path.abspath(os.path.expanduser(_text(text)))
+
+
+def _cpu_count() -> int:
+    # The CPUs this process may run on (cgroup and taskset aware), not the host's.
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+# -- the settings -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One setting, with everything about it in one place."""
+
+    name: str
+    flag: str
+    env: str | None
+    default: t.Any  # a value, or a callable giving one
+    parse: t.Callable[[str], t.Any]
+    help: str
+    switch: bool = False  # a boolean: --flag / --no-flag
+    metavar: str | None = None
+
+    def default_value(self) -> t.Any:
+        return self.default() if callable(self.default) else self.default
+
+    @property
+    def default_text(self) -> str:
+        if self.default is _cpu_count:
+            return "number of CPUs"
+        if self.default is None:
+            return "none"
+        if isinstance(self.default, bool):
+            return "true" if self.default else "false"
+        return str(self.default)
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("model_dir", "--model-dir", "SM_MODEL_DIR", "/opt/ml/model", _path,
+            "Directory holding the model artifacts (an unpacked model.tar.gz).", metavar="DIR"),
+    Setting("host", "--host", "SERVING_HOST", "0.0.0.0", _text,
+            "Address to listen on.", metavar="ADDR"),
+    Setting("port", "--port", "SAGEMAKER_BIND_TO_PORT", 8080, _int_in(1, 65535),
+            "TCP port to listen on.", metavar="PORT"),
+    Setting("workers", "--workers", "SAGEMAKER_MODEL_SERVER_WORKERS", _cpu_count, _int_in(1),
+            "Worker processes.", metavar="N"),
+    Setting("threads", "--threads", "SERVING_THREADS", 4, _int_in(1),
+            "Threads per worker: connections one worker serves at once.", metavar="N"),
+    Setting("timeout", "--timeout", "SAGEMAKER_MODEL_SERVER_TIMEOUT", 60, _int_in(1),
+            "Seconds a worker may go silent before it is restarted, and the grace "
+            "period for in-flight requests on SIGTERM.", metavar="SECONDS"),
+    Setting("default_accept", "--default-accept", "SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT",
+            "application/json", _media_type,
+            "Response type when the request has no Accept header or accepts */*.",
+            metavar="TYPE"),
+    Setting("max_payload_mb", "--max-payload-mb", "SAGEMAKER_MAX_PAYLOAD_IN_MB", 6,
+            _positive_number, "Largest request body, in MiB; larger ones get 413.", metavar="MB"),
+    Setting("log_level", "--log-level", "SAGEMAKER_CONTAINER_LOG_LEVEL", 20, _log_level,
+            "Python log level, as a number (20) or a name (INFO).", metavar="LEVEL"),
+    Setting("program", "--program", "SAGEMAKER_PROGRAM", None, _text,
+            "The user's script, in the submit directory. Unset: "
+            "<model-dir>/code/inference.py when it exists.", metavar="FILE"),
+    Setting("submit_dir", "--submit-dir", "SAGEMAKER_SUBMIT_DIRECTORY", "/opt/ml/code", _path,
+            "Where --program lives: a directory or a .tar.gz.", metavar="PATH"),
+    Setting("install_requirements", "--install-requirements", "SERVING_INSTALL_REQUIREMENTS",
+            True, _bool, "pip-install the requirements.txt beside the user's script at start-up.",
+            switch=True),
+    Setting("preload", "--preload", "SERVING_PRELOAD", True, _bool,
+            "Load the model once before forking workers, which then share it copy-on-write. "
+            "Off: each worker loads its own (GPU serving).", switch=True),
+)
+
+_BY_NAME = {s.name: s for s in SETTINGS}
+
+
+@dataclass(frozen=True)
+class Config:
+    """The validated settings of one ``serve``."""
+
+    model_dir: str
+    host: str
+    port: int
+    workers: int
+    threads: int
+    timeout: int
+    default_accept: str
+    max_payload_mb: float
+    log_level: int
+    program: str | None
+    submit_dir: str
+    install_requirements: bool
+    preload: bool
+    #: Where each value came from: "flag", "env" or "default".
+    sources: t.Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def max_payload_bytes(self) -> int:
+        return int(self.max_payload_mb * 2**20)
+
+    @classmethod
+    def load(
+        cls, argv: t.Sequence[str] | None = None, environ: t.Mapping[str, str] | None = None
+    ) -> Config:
+        """Build the settings from CLI flags, then the environment, then defaults.
+
+        Raises :class:`ConfigError` naming the setting, where its value came from
+        and why it is wrong. ``--help`` and unknown flags exit through argparse.
+        """
+        environ = os.environ if environ is None else environ
+        flags = vars(build_parser().parse_args(argv))
+        values: dict[str, t.Any] = {}
+        sources: dict[str, str] = {}
+        for setting in SETTINGS:
+            raw, source = flags.get(setting.name), "flag"
+            if raw is None and setting.env and setting.env in environ:
+                raw, source = environ[setting.env], "env"
+            if raw is None:
+                values[setting.name], sources[setting.name] = setting.default_value(), "default"
+                continue
+            if isinstance(raw, bool):  # a --switch / --no-switch flag
+                values[setting.name], sources[setting.name] = raw, source
+                continue
+            try:
+                values[setting.name] = setting.parse(raw)
+            except ValueError as exc:
+                where = setting.flag if source == "flag" else setting.env
+                raise ConfigError(f"invalid {where}={raw!r}: {exc}") from None
+            sources[setting.name] = source
+        config = cls(**values, sources=sources)
+        config._check()
+        return config
+
+    def _check(self) -> None:
+        """Checks that look at the filesystem or at several settings."""
+        if not os.path.isdir(self.model_dir):
+            raise ConfigError(
+                f"model directory {self.model_dir} does not exist or is not a directory "
+                f"(set --model-dir or SM_MODEL_DIR)"
+            )
+
+    def where(self, name: str) -> str:
+        """How a setting was given, for messages: ``--port``, ``SM_MODEL_DIR`` or ``default``."""
+        setting, source = _BY_NAME[name], self.sources.get(name, "default")
+        return {"flag": setting.flag, "env": setting.env or setting.flag}.get(source, "default")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``serve`` command line, generated from :data:`SETTINGS`."""
+    parser = argparse.ArgumentParser(
+        prog="serve",
+        description="Serve a model over HTTP with the SageMaker hosting contract: "
+        "GET /ping, POST /invocations, GET /execution-parameters. "
+        "Each option may also be set by the environment variable named in its help; "
+        "a flag wins over the variable.",
+    )
+    for s in SETTINGS:
+        help_text = f"{s.help} [env {s.env}; default {s.default_text}]"
+        if s.switch:
+            parser.add_argument(s.flag, dest=s.name, action=argparse.BooleanOptionalAction,
+                                default=None, help=help_text)
+        else:
+            parser.add_argument(s.flag, dest=s.name, default=None, metavar=s.metavar,
+                                help=help_text)
+    return parser
+
+
+def settings_table() -> str:
+    """The options table of README.md, in Markdown."""
+    rows = ["| flag | environment variable | default | meaning |", "| --- | --- | --- | --- |"]
+    for s in SETTINGS:
+        flag = f"`{s.flag}` / `--no-{s.flag[2:]}`" if s.switch else f"`{s.flag}`"
+        rows.append(f"| {flag} | `{s.env}` | {s.default_text} | {s.help} |")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    print(settings_table())

@@ -1,0 +1,155 @@
+"""The errors the server answers with, and the one users raise.
+
+Every error a request can end in is a :class:`ServingError`; the app turns
+any of them into a JSON body ``{"code", "type", "message", ...}`` in one
+place (``serving/app.py``)::
+
+    ServingError (500)
+     ├── ClientError (4xx; users raise it, status chosen by them, default 400)
+     │    ├── BadRequest (400)            body does not decode
+     │    ├── NotFound (404)              no such route
+     │    ├── MethodNotAllowed (405)      route exists, method does not
+     │    ├── NotAcceptable (406)         no offered type satisfies Accept
+     │    ├── PayloadTooLarge (413)       body over SAGEMAKER_MAX_PAYLOAD_IN_MB
+     │    └── UnsupportedMediaType (415)  no decoder for Content-Type
+     ├── ModelError (500)                 an exception in user code or the model
+     └── ServiceUnavailable (503)         the model is not loaded yet
+
+:class:`StartupError` is not an HTTP error: it stops ``serve`` before it
+listens, with one clear line.
+"""
+
+from __future__ import annotations
+
+import typing as t
+from http import HTTPStatus
+
+__all__ = [
+    "BadRequest",
+    "ClientError",
+    "MethodNotAllowed",
+    "ModelError",
+    "NotAcceptable",
+    "NotFound",
+    "PayloadTooLarge",
+    "ServiceUnavailable",
+    "ServingError",
+    "StartupError",
+    "UnsupportedMediaType",
+]
+
+
+class StartupError(Exception):
+    """A problem found before serving: bad settings, bad user code."""
+
+
+class ServingError(Exception):
+    """Base of every error that ends a request; carries its HTTP status."""
+
+    status_code: int = 500
+
+    def __init__(self, message: str | None = None, *, status_code: int | None = None) -> None:
+        if status_code is not None:
+            self.status_code = status_code
+        self.message = message or HTTPStatus(self.status_code).phrase
+        super().__init__(self.message)
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """Extra response headers."""
+        return {}
+
+    def to_dict(self) -> dict[str, t.Any]:
+        """The JSON body of the error response."""
+        return {"code": self.status_code, "type": type(self).__name__, "message": self.message}
+
+
+class ClientError(ServingError):
+    """A request the client got wrong. Raise it from any hosting function.
+
+    ``raise ClientError("field 'text' is missing", status_code=422)`` answers
+    422 with that message in the JSON body; the default status is 400.
+    """
+
+    status_code = 400
+
+    def __init__(self, message: str | None = None, *, status_code: int | None = None) -> None:
+        if status_code is not None and not 400 <= status_code <= 499:
+            raise ValueError(f"ClientError needs a 4xx status code, not {status_code}")
+        super().__init__(message, status_code=status_code)
+
+
+class BadRequest(ClientError):
+    status_code = 400
+
+
+class NotFound(ClientError):
+    status_code = 404
+
+
+class MethodNotAllowed(ClientError):
+    status_code = 405
+
+    def __init__(self, method: str, path: str, allowed: t.Iterable[str]) -> None:
+        self.allowed = sorted(allowed)
+        super().__init__(f"{method} is not allowed on {path}; allowed: {', '.join(self.allowed)}")
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Allow": ", ".join(self.allowed)}
+
+
+class _MediaTypeError(ClientError):
+    """A media-type mismatch; the body lists what the server does support."""
+
+    def __init__(self, message: str, supported: t.Iterable[str]) -> None:
+        self.supported = list(supported)
+        super().__init__(message)
+
+    def to_dict(self) -> dict[str, t.Any]:
+        return {**super().to_dict(), "supported": self.supported}
+
+
+class UnsupportedMediaType(_MediaTypeError):
+    status_code = 415
+
+    def __init__(self, content_type: str, supported: t.Iterable[str]) -> None:
+        supported = list(supported)
+        super().__init__(
+            f"Content-Type {content_type!r} is not supported; send one of: {', '.join(supported)}",
+            supported,
+        )
+
+
+class NotAcceptable(_MediaTypeError):
+    status_code = 406
+
+    def __init__(self, accept: str, supported: t.Iterable[str]) -> None:
+        supported = list(supported)
+        super().__init__(
+            f"no response type satisfies Accept {accept!r}; the server can answer with: "
+            f"{', '.join(supported)}",
+            supported,
+        )
+
+
+class PayloadTooLarge(ClientError):
+    status_code = 413
+
+    def __init__(self, limit_bytes: int, size: int | None = None) -> None:
+        self.limit_bytes = limit_bytes
+        said = f"{size} bytes" if size is not None else "the request body"
+        super().__init__(
+            f"{said} is over the limit of {limit_bytes} bytes "
+            f"(SAGEMAKER_MAX_PAYLOAD_IN_MB={limit_bytes / 2**20:g})"
+        )
+
+
+class ModelError(ServingError):
+    """An exception raised by user code or the model while answering."""
+
+    status_code = 500
+
+
+class ServiceUnavailable(ServingError):
+    status_code = 503

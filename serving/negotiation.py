@@ -1,0 +1,138 @@
+"""Media types: parsing Content-Type and choosing a response type from Accept.
+
+Matching ignores parameters (``application/json; charset=utf-8`` is
+``application/json``), and the response Content-Type is always the bare
+media type, because the SDK's deserializers compare it exactly.
+"""
+
+from __future__ import annotations
+
+import typing as t
+from dataclasses import dataclass, field
+
+__all__ = ["MediaRange", "MediaType", "choose_accept", "parse_accept", "parse_media_type"]
+
+
+def _is_token(text: str) -> bool:
+    # RFC 9110 token characters; enough to refuse "garbage" or "a b/c".
+    return bool(text) and all(c.isalnum() or c in "!#$%&'*+-.^_`|~" for c in text)
+
+
+@dataclass(frozen=True)
+class MediaType:
+    """``type/subtype`` in lower case, with its parameters."""
+
+    type: str
+    subtype: str
+    params: t.Mapping[str, str] = field(default_factory=dict, compare=False)
+
+    @property
+    def essence(self) -> str:
+        """The bare ``type/subtype``: what handlers are registered under."""
+        return f"{self.type}/{self.subtype}"
+
+    def __str__(self) -> str:
+        return self.essence
+
+
+def parse_media_type(text: str) -> MediaType:
+    """Parse ``type/subtype; k=v``; raise ``ValueError`` when it is not one."""
+    essence, _, rest = text.partition(";")
+    kind, slash, subtype = essence.strip().lower().partition("/")
+    if not slash or not _is_token(kind) or not _is_token(subtype):
+        raise ValueError(f"{text!r} is not a media type (type/subtype)")
+    params = {}
+    for item in rest.split(";"):
+        key, eq, value = item.partition("=")
+        if eq and key.strip():
+            params[key.strip().lower()] = value.strip().strip('"')
+    return MediaType(kind, subtype, params)
+
+
+@dataclass(frozen=True)
+class MediaRange:
+    """One entry of an Accept header: a media type, ``type/*`` or ``*/*``, with its weight."""
+
+    type: str
+    subtype: str
+    q: float
+
+    def matches(self, media_type: str) -> bool:
+        kind, _, subtype = media_type.partition("/")
+        return self.type == "*" or (self.type == kind and self.subtype in ("*", subtype))
+
+    @property
+    def is_wildcard(self) -> bool:
+        return self.subtype == "*"
+
+    @property
+    def specificity(self) -> int:
+        return (self.type != "*") + (self.subtype != "*")
+
+
+def parse_accept(header: str | None) -> list[MediaRange]:
+    """The ranges of an Accept header, most preferred first.
+
+    Order: higher ``q`` first, then the client's own order. Entries that do not
+    parse are skipped (as browsers and proxies do), ``q=0`` entries are kept so
+    that they can exclude a type.
+    """
+    ranges: list[tuple[float, int, MediaRange]] = []
+    for position, item in enumerate((header or "").split(",")):
+        if not item.strip():
+            continue
+        if item.strip().split(";")[0].strip() == "*":  # old clients send a bare "*"
+            item = "*/*" + item.strip()[1:]
+        try:
+            media = parse_media_type(item)
+        except ValueError:
+            continue
+        if media.type == "*" and media.subtype != "*":
+            continue
+        try:
+            q = float(media.params.get("q", "1"))
+        except ValueError:
+            continue
+        q = min(max(q, 0.0), 1.0)
+        ranges.append((-q, position, MediaRange(media.type, media.subtype, q)))
+    return [r for _, _, r in sorted(ranges, key=lambda entry: entry[:2])]
+
+
+def _weight(ranges: list[MediaRange], media_type: str) -> float:
+    """The q the client gives ``media_type``: that of the most specific matching range."""
+    best: MediaRange | None = None
+    for r in ranges:
+        if r.matches(media_type) and (best is None or r.specificity > best.specificity):
+            best = r
+    return best.q if best is not None else 0.0
+
+
+def choose_accept(
+    header: str | None, offered: t.Sequence[str] | None, default: str
+) -> str | None:
+    """The response media type for an Accept header, or ``None`` for 406.
+
+    :param header: the Accept header as sent (``None`` when absent).
+    :param offered: the types the server can encode, or ``None`` when user code
+        encodes and so could answer with anything.
+    :param default: ``SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT``, chosen for a missing
+        header, ``*/*``, and any wildcard it satisfies.
+    """
+    ranges = parse_accept(header)
+    if not ranges:
+        # Missing, empty or wholly unparseable: the client expressed no preference.
+        return default
+    for r in ranges:
+        if r.q <= 0:
+            break
+        if not r.is_wildcard:
+            candidate = f"{r.type}/{r.subtype}"
+            if (offered is None or candidate in offered) and _weight(ranges, candidate) > 0:
+                return candidate
+            continue
+        # A wildcard: the default when it fits, else the first offered type that does.
+        for candidate in [default, *(offered or ())]:
+            if (offered is None or candidate in offered) and r.matches(candidate):
+                if _weight(ranges, candidate) > 0:
+                    return candidate
+    return None

@@ -1,0 +1,246 @@
+"""The hosting-function contract: resolving ``model_fn`` … ``transform_fn``
+from the user's module, loading the model once, and running one request.
+
+Each function is optional and may take one extra trailing ``context``
+argument (a :class:`Context`). Missing ones fall back to the content
+handlers (decode by Content-Type, encode by Accept) and to calling the model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import logging
+import threading
+import types
+import typing as t
+
+from handlers.content import DecodeError, EncodeError, Registry
+from serving.errors import BadRequest, ModelError, ServingError, StartupError
+
+__all__ = ["Context", "HOSTING_FUNCTIONS", "Pipeline"]
+
+log = logging.getLogger(__name__)
+
+#: Each hosting function and the arguments it is called with, before ``context``.
+HOSTING_FUNCTIONS: dict[str, tuple[str, ...]] = {
+    "model_fn": ("model_dir",),
+    "input_fn": ("input_data", "content_type"),
+    "predict_fn": ("data", "model"),
+    "output_fn": ("prediction", "accept"),
+    "transform_fn": ("model", "data", "content_type", "accept"),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Context:
+    """What a hosting function may want to know beyond its data."""
+
+    #: The model directory (``SM_MODEL_DIR``).
+    model_dir: str
+    #: This worker's index, 0 … workers-1; ``None`` in the master (a preloaded ``model_fn``).
+    worker_index: int | None = None
+    #: The device this worker computes on: ``"cpu"``, ``"cuda:0"``, …
+    device: str = "cpu"
+    #: The request headers (case-insensitive); empty for ``model_fn``.
+    headers: t.Mapping[str, str] = dataclasses.field(default_factory=dict)
+
+
+class UserFunction:
+    """A hosting function, and whether it takes the trailing ``context``."""
+
+    def __init__(self, name: str, fn: t.Callable[..., t.Any], source: str) -> None:
+        self.name, self.fn = name, fn
+        expected = HOSTING_FUNCTIONS[name]
+        shapes = f"({', '.join(expected)}) or ({', '.join(expected)}, context)"
+        if not callable(fn):
+            raise StartupError(f"{source}: {name} is a {type(fn).__name__}, not a function")
+        try:
+            params = list(inspect.signature(fn).parameters.values())
+        except (TypeError, ValueError):  # builtins without a signature: trust the plain form
+            self.takes_context = False
+            return
+        positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+        required = [p for p in positional if p.default is p.empty]
+        varargs = any(p.kind is p.VAR_POSITIONAL for p in params)
+        required_kw = [p for p in params if p.kind is p.KEYWORD_ONLY and p.default is p.empty]
+        self.takes_context = len(positional) > len(expected)
+        fits = (
+            not required_kw
+            and len(required) <= len(expected) + self.takes_context
+            and (len(positional) >= len(expected) or varargs)
+            and len(positional) <= len(expected) + 1
+        )
+        if not fits:
+            raise StartupError(
+                f"{source}: {name}{inspect.signature(fn)} must take {shapes}"
+            )
+
+    def __call__(self, *args: t.Any, context: Context) -> t.Any:
+        if self.takes_context:
+            return self.fn(*args, context)
+        return self.fn(*args)
+
+
+class Pipeline:
+    """One model and the functions that answer requests with it."""
+
+    def __init__(
+        self,
+        functions: t.Mapping[str, UserFunction],
+        registry: Registry,
+        *,
+        source: str = "default handlers",
+    ) -> None:
+        self.functions = dict(functions)
+        self.registry = registry
+        self.source = source
+        self.model: t.Any = None
+        self._loaded = False
+        self._load_lock = threading.Lock()
+
+    @classmethod
+    def from_module(
+        cls,
+        module: types.ModuleType | None,
+        registry: Registry,
+        *,
+        default_accept: str,
+    ) -> Pipeline:
+        """Resolve the hosting functions of ``module``; check they fit together."""
+        source = getattr(module, "__file__", None) or getattr(module, "__name__", "user code")
+        functions = {}
+        for name in HOSTING_FUNCTIONS:
+            fn = getattr(module, name, None) if module is not None else None
+            if fn is not None:
+                functions[name] = UserFunction(name, fn, source)
+        if "transform_fn" in functions:
+            mixed = sorted({"input_fn", "predict_fn", "output_fn"} & functions.keys())
+            if mixed:
+                raise StartupError(
+                    f"{source}: transform_fn replaces input_fn, predict_fn and output_fn, "
+                    f"so it cannot be defined with {', '.join(mixed)}; keep one or the other"
+                )
+        if not functions.keys() & {"model_fn", "predict_fn", "transform_fn"}:
+            where = source if module is not None else "no user script was found, so nothing"
+            raise StartupError(
+                f"{where} defines no model_fn, predict_fn or transform_fn: there is no model "
+                f"to serve (put an inference.py with a model_fn in <model-dir>/code/)"
+            )
+        pipeline = cls(functions, registry, source=source)
+        if pipeline.output_types is not None and default_accept not in pipeline.output_types:
+            raise StartupError(
+                f"default accept {default_accept} (SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT) has no "
+                f"encoder; registered: {', '.join(pipeline.output_types)}"
+            )
+        return pipeline
+
+    # -- what the server can take and give ------------------------------------------
+
+    @property
+    def input_types(self) -> list[str] | None:
+        """Content types the pipeline decodes, or ``None`` when user code decodes."""
+        if self.functions.keys() & {"input_fn", "transform_fn"}:
+            return None
+        return self.registry.media_types
+
+    @property
+    def output_types(self) -> list[str] | None:
+        """Media types the pipeline encodes, or ``None`` when user code encodes."""
+        if self.functions.keys() & {"output_fn", "transform_fn"}:
+            return None
+        return self.registry.media_types
+
+    # -- loading -----------------------------------------------------------------
+
+    @property
+    def ready(self) -> bool:
+        return self._loaded
+
+    def load_model(self, context: Context) -> None:
+        """Run ``model_fn`` once in this process; later calls do nothing."""
+        with self._load_lock:
+            if self._loaded:
+                return
+            model_fn = self.functions.get("model_fn")
+            if model_fn is not None:
+                log.info("loading the model: %s model_fn(%r)", self.source, context.model_dir)
+                self.model = model_fn(context.model_dir, context=context)
+            if not self.functions.keys() & {"predict_fn", "transform_fn"} and not callable(
+                self.model
+            ):
+                raise StartupError(
+                    f"{self.source}: model_fn returned a {type(self.model).__name__}, which "
+                    f"cannot be called; define predict_fn(data, model) to say how to use it"
+                )
+            self._loaded = True
+
+    # -- one request -------------------------------------------------------------
+
+    def _run(self, what: str, fn: t.Callable[..., t.Any], *args: t.Any) -> t.Any:
+        """Call user code or a handler, translating what it raises into our errors."""
+        try:
+            return fn(*args)
+        except ServingError:
+            raise
+        except DecodeError as exc:
+            raise BadRequest(str(exc)) from exc
+        except EncodeError as exc:
+            log.error("%s failed: %s", what, exc)
+            raise ModelError(str(exc)) from exc
+        except Exception as exc:
+            log.exception("%s raised", what)
+            raise ModelError(f"{what} raised {type(exc).__name__}: {exc}") from exc
+
+    def _user(self, name: str, *args: t.Any, context: Context) -> t.Any:
+        return self._run(name, lambda: self.functions[name](*args, context=context))
+
+    def invoke(
+        self, body: bytes, content_type: str, accept: str, context: Context
+    ) -> tuple[bytes, str]:
+        """Answer one request: ``(response body, response media type)``.
+
+        :param content_type: the bare request media type (parameters are in
+            ``context.headers``).
+        :param accept: the negotiated response media type.
+        """
+        fns = self.functions
+        if "transform_fn" in fns:
+            result = self._user(
+                "transform_fn", self.model, body, content_type, accept, context=context
+            )
+            return self._response(result, accept, "transform_fn")
+
+        if "input_fn" in fns:
+            data = self._user("input_fn", body, content_type, context=context)
+        else:
+            decoder = self.registry.get(content_type)
+            assert decoder is not None, "the app checks the Content-Type against input_types"
+            data = self._run(f"the {content_type} decoder", decoder.decode, body)
+
+        if "predict_fn" in fns:
+            prediction = self._user("predict_fn", data, self.model, context=context)
+        else:
+            prediction = self._run("the model", self.model, data)
+
+        if "output_fn" in fns:
+            result = self._user("output_fn", prediction, accept, context=context)
+            return self._response(result, accept, "output_fn")
+        encoder = self.registry.get(accept)
+        assert encoder is not None, "the app negotiates Accept against output_types"
+        return self._run(f"the {accept} encoder", encoder.encode, prediction), accept
+
+    @staticmethod
+    def _response(result: t.Any, accept: str, name: str) -> tuple[bytes, str]:
+        """What ``output_fn`` / ``transform_fn`` returned: a body, or ``(body, content_type)``."""
+        content_type = accept
+        if isinstance(result, tuple) and len(result) == 2 and isinstance(result[1], str):
+            result, content_type = result
+        if isinstance(result, str):
+            return result.encode("utf-8"), content_type
+        if isinstance(result, (bytes, bytearray, memoryview)):
+            return bytes(result), content_type
+        raise ModelError(
+            f"{name} returned a {type(result).__name__}; it must return bytes or str, "
+            f"or (body, content_type)"
+        )

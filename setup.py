@@ -1,0 +1,25 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="serving-toolkit",
+    version="0.1.0",
+    description="A gunicorn + Flask model server with the SageMaker hosting contract",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["serving", "serving.*", "handlers", "handlers.*"]),
+    package_data={"handlers.content": ["README.md"]},
+    install_requires=[
+        "flask>=3.0,<4",
+        "gunicorn>=23.0",
+        "numpy>=1.23",
+    ],
+    extras_require={
+        # Filled by the framework-handler work; each pins what imports together.
+        "pytorch": [],
+        "chainer": [],
+        "mxnet": [],
+        "test": ["pytest>=8", "requests>=2.31"],
+    },
+    entry_points={"console_scripts": ["serve=serving.cli:main"]},
+)
