@@ -24,7 +24,7 @@ class NPYHandler(ContentHandler):
             version = np.lib.format.read_magic(stream)
             reader = _HEADER_READERS.get(version)
             if reader is None:
-                raise DecodeError(f"NPY format version {version} is not supported")
+                raise DecodeError(f"body is not a valid NPY array: unknown format version {version}")
             shape, fortran_order, dtype = reader(stream)
         except DecodeError:
             raise

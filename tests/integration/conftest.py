@@ -1,0 +1,115 @@
+"""A real ``serve`` process on a free port, and model directories made on the fly."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def write_model_dir(root: Path, inference: str, files: dict[str, str] | None = None) -> Path:
+    """A model directory with ``code/inference.py`` and any other files."""
+    code = root / "model" / "code"
+    code.mkdir(parents=True)
+    (code / "inference.py").write_text(textwrap.dedent(inference))
+    for name, text in (files or {}).items():
+        path = root / "model" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(textwrap.dedent(text))
+    return root / "model"
+
+
+class Server:
+    """One ``python -m serving`` process; its output goes to a log file."""
+
+    def __init__(self, model_dir: Path | str, *args: str, env: dict[str, str] | None = None,
+                 log_path: Path, command: list[str] | None = None) -> None:
+        self.port = free_port()
+        self.log_path = log_path
+        environ = {k: v for k, v in os.environ.items()
+                   if not k.startswith(("SM_", "SAGEMAKER_", "SERVING_"))}
+        environ.update(env or {})
+        argv = [*(command or [sys.executable, "-m", "serving"]),
+                "--model-dir", str(model_dir), "--host", "127.0.0.1", "--port", str(self.port),
+                *args]
+        self._log = open(log_path, "wb")
+        self.proc = subprocess.Popen(argv, env=environ, stdout=self._log, stderr=subprocess.STDOUT,
+                                     cwd=REPO)
+
+    def url(self, path: str = "/invocations") -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    @property
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_ready(self, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"serve exited with {self.proc.returncode}:\n{self.log}")
+            try:
+                if requests.get(self.url("/ping"), timeout=2).status_code == 200:
+                    return
+            except requests.ConnectionError:
+                pass
+            time.sleep(0.1)
+        raise AssertionError(f"serve not ready after {timeout}s:\n{self.log}")
+
+    def terminate(self, timeout: float = 30) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        finally:
+            self._log.close()
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self._log.close()
+
+
+@pytest.fixture
+def serve(tmp_path):
+    """``serve(model_dir, *flags, env=..., ready=True)`` → a running :class:`Server`."""
+    servers: list[Server] = []
+
+    def start(model_dir, *args, env=None, ready=True, command=None):
+        server = Server(model_dir, *args, env=env, command=command,
+                        log_path=tmp_path / f"serve-{len(servers)}.log")
+        servers.append(server)
+        if ready:
+            server.wait_ready()
+        return server
+
+    yield start
+    for server in servers:
+        server.kill()
+
+
+def run_serve(*args: str, env: dict[str, str] | None = None,
+              timeout: float = 60) -> subprocess.CompletedProcess:
+    """Run ``serve`` to completion (for start-up failures)."""
+    environ = {k: v for k, v in os.environ.items()
+               if not k.startswith(("SM_", "SAGEMAKER_", "SERVING_"))}
+    environ.update(env or {})
+    return subprocess.run([sys.executable, "-m", "serving", *args], env=environ, cwd=REPO,
+                          capture_output=True, text=True, timeout=timeout)

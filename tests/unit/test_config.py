@@ -1,0 +1,117 @@
+import argparse
+
+import pytest
+
+from serving.config import SETTINGS, Config, ConfigError, build_parser, settings_table
+
+
+@pytest.fixture
+def model_dir(tmp_path):
+    return str(tmp_path)
+
+
+def load(model_dir, argv=(), env=None):
+    return Config.load(["--model-dir", model_dir, *argv], env or {})
+
+
+def test_every_default_validates(tmp_path):
+    # Each declared default must be a value its own parser accepts unchanged.
+    for setting in SETTINGS:
+        default = setting.default_value()
+        if default is None:
+            continue
+        text = ("true" if default else "false") if isinstance(default, bool) else str(default)
+        assert setting.parse(text) == default, setting.name
+
+
+def test_defaults(model_dir):
+    config = load(model_dir)
+    assert (config.port, config.timeout, config.default_accept) == (8080, 60, "application/json")
+    assert config.max_payload_bytes == 6 * 2**20
+    assert config.log_level == 20 and config.preload and config.install_requirements
+    assert config.workers >= 1 and config.program is None
+    assert config.sources["port"] == "default"
+
+
+def test_flag_beats_env_beats_default(model_dir):
+    env = {"SAGEMAKER_BIND_TO_PORT": "9000", "SAGEMAKER_MODEL_SERVER_WORKERS": "3"}
+    config = load(model_dir, ["--port", "9001"], env)
+    assert config.port == 9001 and config.sources["port"] == "flag"
+    assert config.workers == 3 and config.sources["workers"] == "env"
+    assert config.where("workers") == "SAGEMAKER_MODEL_SERVER_WORKERS"
+
+
+def test_env_names_of_the_hosting_contract(tmp_path):
+    env = {
+        "SM_MODEL_DIR": str(tmp_path),
+        "SAGEMAKER_MODEL_SERVER_TIMEOUT": "120",
+        "SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT": "application/x-npy",
+        "SAGEMAKER_MAX_PAYLOAD_IN_MB": "100",
+        "SAGEMAKER_CONTAINER_LOG_LEVEL": "WARNING",
+        "SAGEMAKER_PROGRAM": "serve_me.py",
+        "SAGEMAKER_SUBMIT_DIRECTORY": str(tmp_path),
+        "SERVING_PRELOAD": "false",
+        "SERVING_INSTALL_REQUIREMENTS": "0",
+    }
+    config = Config.load([], env)
+    assert config.model_dir == str(tmp_path)
+    assert config.timeout == 120 and config.max_payload_bytes == 100 * 2**20
+    assert config.default_accept == "application/x-npy" and config.log_level == 30
+    assert config.program == "serve_me.py" and config.submit_dir == str(tmp_path)
+    assert not config.preload and not config.install_requirements
+
+
+def test_switch_flags(model_dir):
+    assert not load(model_dir, ["--no-preload"], {"SERVING_PRELOAD": "true"}).preload
+    assert load(model_dir, ["--preload"], {"SERVING_PRELOAD": "false"}).preload
+
+
+def test_default_accept_drops_parameters(model_dir):
+    config = load(model_dir, env={"SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT": "Application/JSON; q=1"})
+    assert config.default_accept == "application/json"
+
+
+@pytest.mark.parametrize(
+    "argv, env, says",
+    [
+        ([], {"SAGEMAKER_BIND_TO_PORT": "abc"}, "SAGEMAKER_BIND_TO_PORT='abc': not an integer"),
+        (["--port", "70000"], {}, "--port='70000': must be 1-65535"),
+        ([], {"SAGEMAKER_MODEL_SERVER_WORKERS": "0"}, "must be 1 or more"),
+        (["--threads", "-2"], {}, "--threads='-2': must be 1 or more"),
+        ([], {"SAGEMAKER_MAX_PAYLOAD_IN_MB": "0"}, "must be more than 0"),
+        ([], {"SAGEMAKER_CONTAINER_LOG_LEVEL": "LOUD"}, "not a log level"),
+        ([], {"SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT": "json"}, "not a media type"),
+        ([], {"SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT": "*/*"}, "not a wildcard"),
+        ([], {"SERVING_PRELOAD": "maybe"}, "not a boolean"),
+    ],
+)
+def test_bad_values_name_the_setting(model_dir, argv, env, says):
+    with pytest.raises(ConfigError) as caught:
+        load(model_dir, argv, env)
+    assert says in str(caught.value)
+    assert "\n" not in str(caught.value)
+
+
+def test_missing_model_dir(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        Config.load(["--model-dir", str(tmp_path / "nope")], {})
+
+
+def test_help_documents_every_setting_and_its_variable():
+    text = build_parser().format_help()
+    for setting in SETTINGS:
+        assert setting.flag in text and setting.env in text
+
+
+def test_readme_options_table_is_generated():
+    # README.md carries the output of `python -m serving.config`; regenerate it if this fails.
+    import pathlib
+
+    readme = (pathlib.Path(__file__).parents[2] / "README.md").read_text()
+    assert settings_table() in readme
+
+
+def test_unknown_flag_exits_like_argparse(model_dir):
+    with pytest.raises(SystemExit):
+        load(model_dir, ["--no-such-flag"])
+    assert isinstance(build_parser(), argparse.ArgumentParser)

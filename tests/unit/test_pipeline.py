@@ -1,0 +1,289 @@
+"""The hosting-function contract, through the Flask test client (no sockets)."""
+
+import io
+import types
+
+import numpy as np
+import pytest
+
+from handlers.content import default_registry
+from serving import ClientError, Context
+from serving.app import create_app
+from serving.config import Config
+from serving.errors import StartupError
+from serving.pipeline import Pipeline
+
+
+def module(**functions):
+    mod = types.ModuleType("inference")
+    mod.__file__ = "inference.py"
+    for name, fn in functions.items():
+        setattr(mod, name, fn)
+    return mod
+
+
+def make_client(tmp_path, mod, argv=(), load=True):
+    config = Config.load(["--model-dir", str(tmp_path), *argv], {})
+    pipeline = Pipeline.from_module(mod, default_registry(), default_accept=config.default_accept)
+    if load:
+        pipeline.load_model(Context(model_dir=config.model_dir))
+    return create_app(config, pipeline, worker_index=lambda: 7).test_client()
+
+
+def npy(array):
+    buf = io.BytesIO()
+    np.save(buf, array)
+    return buf.getvalue()
+
+
+def doubler(tmp_path, **extra):
+    return make_client(tmp_path, module(model_fn=lambda model_dir: (lambda x: x * 2), **extra))
+
+
+# -- resolution ------------------------------------------------------------------
+
+
+def test_transform_fn_with_the_others_is_a_startup_error():
+    mod = module(model_fn=lambda d: None, transform_fn=lambda m, d, c, a: b"",
+                 predict_fn=lambda d, m: d, output_fn=lambda p, a: b"")
+    with pytest.raises(StartupError, match="cannot be defined with output_fn, predict_fn"):
+        Pipeline.from_module(mod, default_registry(), default_accept="application/json")
+
+
+def test_no_model_is_a_startup_error():
+    with pytest.raises(StartupError, match="no model_fn, predict_fn or transform_fn"):
+        Pipeline.from_module(module(), default_registry(), default_accept="application/json")
+    with pytest.raises(StartupError, match="no user script was found"):
+        Pipeline.from_module(None, default_registry(), default_accept="application/json")
+
+
+def test_wrong_arity_is_a_startup_error():
+    mod = module(model_fn=lambda d: None, predict_fn=lambda data: data)
+    with pytest.raises(StartupError, match=r"predict_fn\(data\) must take \(data, model\)"):
+        Pipeline.from_module(mod, default_registry(), default_accept="application/json")
+
+
+def test_default_accept_without_encoder_is_a_startup_error():
+    with pytest.raises(StartupError, match="text/html"):
+        Pipeline.from_module(module(model_fn=lambda d: abs), default_registry(),
+                             default_accept="text/html")
+
+
+def test_uncallable_model_without_predict_fn_is_a_startup_error(tmp_path):
+    with pytest.raises(StartupError, match="model_fn returned a dict"):
+        make_client(tmp_path, module(model_fn=lambda d: {"w": 1}))
+
+
+def test_model_fn_runs_once_per_process(tmp_path):
+    calls = []
+    mod = module(model_fn=lambda d: calls.append(d) or abs)
+    pipeline = Pipeline.from_module(mod, default_registry(), default_accept="application/json")
+    for _ in range(3):
+        pipeline.load_model(Context(model_dir=str(tmp_path)))
+    assert calls == [str(tmp_path)]
+
+
+def test_context_argument_is_passed_when_asked_for(tmp_path):
+    seen = {}
+
+    def model_fn(model_dir, context):
+        seen["model_fn"] = context
+        return "model"
+
+    def predict_fn(data, model, context):
+        seen["predict_fn"] = context
+        return {"model": model, "worker": context.worker_index,
+                "trace": context.headers.get("x-trace-id")}
+
+    client = make_client(tmp_path, module(model_fn=model_fn, predict_fn=predict_fn))
+    response = client.post("/invocations", json=[1], headers={"X-Trace-Id": "abc"})
+    assert response.get_json() == {"model": "model", "worker": 7, "trace": "abc"}
+    assert seen["model_fn"].model_dir == str(tmp_path)
+    assert seen["model_fn"].worker_index is None  # preloaded in the master
+    assert seen["predict_fn"].device == "cpu"
+
+
+# -- requests --------------------------------------------------------------------
+
+
+def test_json_round_trip_gives_arrays_to_the_model(tmp_path):
+    seen = []
+    client = make_client(tmp_path, module(
+        model_fn=lambda d: None,
+        predict_fn=lambda data, model: seen.append(data) or data.sum(axis=1)))
+    response = client.post("/invocations", data="[[1,2,3],[4,5,6]]",
+                           content_type="application/json; charset=utf-8")
+    assert response.status_code == 200
+    assert response.headers["Content-Type"] == "application/json"
+    assert response.get_json() == [6, 15]
+    assert isinstance(seen[0], np.ndarray) and seen[0].shape == (2, 3)
+
+
+def test_missing_content_type_means_json(tmp_path):
+    response = doubler(tmp_path).post("/invocations", data=b"[1, 2]")
+    assert response.status_code == 200 and response.get_json() == [2, 4]
+
+
+def test_npy_round_trip(tmp_path):
+    array = np.arange(12, dtype=np.float32).reshape(3, 4)
+    response = doubler(tmp_path).post("/invocations", data=npy(array),
+                                      headers={"Content-Type": "application/x-npy",
+                                               "Accept": "application/x-npy"})
+    assert response.headers["Content-Type"] == "application/x-npy"
+    result = np.load(io.BytesIO(response.data), allow_pickle=False)
+    assert result.dtype == np.float32 and np.array_equal(result, array * 2)
+
+
+def test_accept_list_and_weights(tmp_path):
+    client = doubler(tmp_path)
+    response = client.post("/invocations", json=[1],
+                           headers={"Accept": "text/csv, application/x-npy;q=0.5, */*;q=0.1"})
+    assert response.headers["Content-Type"] == "application/x-npy"
+    response = client.post("/invocations", json=[1], headers={"Accept": "*/*"})
+    assert response.headers["Content-Type"] == "application/json"
+
+
+def test_default_accept_setting(tmp_path):
+    client = make_client(tmp_path, module(model_fn=lambda d: abs),
+                         ["--default-accept", "application/x-npy"])
+    response = client.post("/invocations", json=[-1])
+    assert response.headers["Content-Type"] == "application/x-npy"
+
+
+def test_unsupported_content_type_is_415_naming_the_supported(tmp_path):
+    response = doubler(tmp_path).post("/invocations", data="1,2", content_type="text/x-unknown")
+    assert response.status_code == 415
+    body = response.get_json()
+    assert body["code"] == 415 and "text/x-unknown" in body["message"]
+    assert {"application/json", "application/x-npy"} <= set(body["supported"])
+
+
+def test_unacceptable_accept_is_406_naming_the_supported(tmp_path):
+    response = doubler(tmp_path).post("/invocations", json=[1], headers={"Accept": "text/html"})
+    assert response.status_code == 406
+    assert "application/json" in response.get_json()["supported"]
+
+
+@pytest.mark.parametrize(
+    "body, content_type, says",
+    [
+        (b"[[1, 2]", "application/json", "not valid JSON"),
+        (b"\xff\xfe[1]", "application/json", "not valid UTF-8"),
+        (b"\x93NUMPY garbage", "application/x-npy", "not a valid NPY"),
+        (npy(np.arange(10))[:-8], "application/x-npy", "declares shape (10,)"),
+        (npy(np.array([{"a": 1}], dtype=object)), "application/x-npy", "pickles are refused"),
+    ],
+)
+def test_bodies_that_do_not_decode_are_400(tmp_path, body, content_type, says):
+    response = doubler(tmp_path).post("/invocations", data=body, content_type=content_type)
+    assert response.status_code == 400
+    assert says in response.get_json()["message"]
+
+
+def test_payload_over_the_limit_is_413(tmp_path):
+    client = make_client(tmp_path, module(model_fn=lambda d: abs), ["--max-payload-mb", "0.001"])
+    response = client.post("/invocations", data=b"[" + b"1," * 1000 + b"1]")
+    assert response.status_code == 413
+    assert "over the limit of 1048 bytes" in response.get_json()["message"]
+    assert client.post("/invocations", data=b"[1]").status_code == 200
+
+
+def test_user_client_error_keeps_its_status(tmp_path):
+    def predict_fn(data, model):
+        raise ClientError("field 'text' is missing", status_code=422)
+
+    response = make_client(tmp_path, module(predict_fn=predict_fn)).post("/invocations", json={})
+    assert response.status_code == 422
+    assert response.get_json() == {"code": 422, "type": "ClientError",
+                                   "message": "field 'text' is missing"}
+
+
+def test_client_error_refuses_a_non_4xx_status():
+    with pytest.raises(ValueError):
+        ClientError("nope", status_code=500)
+
+
+def test_exception_in_user_code_is_500_with_its_message(tmp_path, caplog):
+    def predict_fn(data, model):
+        raise RuntimeError("weights are NaN")
+
+    response = make_client(tmp_path, module(predict_fn=predict_fn)).post("/invocations", json=[1])
+    assert response.status_code == 500
+    assert response.get_json()["message"] == "predict_fn raised RuntimeError: weights are NaN"
+    assert "Traceback" in caplog.text and "weights are NaN" in caplog.text
+
+
+def test_unencodable_prediction_is_500(tmp_path):
+    client = make_client(tmp_path, module(predict_fn=lambda d, m: object()))
+    response = client.post("/invocations", json=[1])
+    assert response.status_code == 500 and "cannot write" in response.get_json()["message"]
+
+
+def test_output_fn_may_return_body_and_content_type(tmp_path):
+    client = make_client(tmp_path, module(
+        predict_fn=lambda d, m: "hello",
+        output_fn=lambda prediction, accept: (prediction.upper(), "text/plain")))
+    response = client.post("/invocations", json=[1], headers={"Accept": "text/html"})
+    assert response.status_code == 200
+    assert response.headers["Content-Type"] == "text/plain" and response.data == b"HELLO"
+
+
+def test_output_fn_gets_the_negotiated_accept(tmp_path):
+    client = make_client(tmp_path, module(
+        predict_fn=lambda d, m: d, output_fn=lambda prediction, accept: accept))
+    response = client.post("/invocations", json=[1], headers={"Accept": "text/csv, */*"})
+    assert response.data == b"text/csv" and response.headers["Content-Type"] == "text/csv"
+
+
+def test_output_fn_returning_a_dict_is_500_that_says_so(tmp_path):
+    client = make_client(tmp_path, module(predict_fn=lambda d, m: d,
+                                          output_fn=lambda p, a: {"x": 1}))
+    response = client.post("/invocations", json=[1])
+    assert response.status_code == 500 and "must return bytes or str" in response.get_json()["message"]
+
+
+def test_transform_fn_gets_raw_body_and_bare_content_type(tmp_path):
+    def transform_fn(model, data, content_type, accept):
+        return data[::-1], "application/octet-stream"
+
+    client = make_client(tmp_path, module(transform_fn=transform_fn))
+    response = client.post("/invocations", data=b"abc",
+                           content_type="application/weird; charset=latin-1")
+    assert response.data == b"cba"
+
+
+def test_input_fn_gets_bare_content_type(tmp_path):
+    client = make_client(tmp_path, module(
+        input_fn=lambda body, content_type: content_type,
+        predict_fn=lambda data, model: data))
+    response = client.post("/invocations", data=b"x", content_type="Text/Plain; charset=utf-8")
+    assert response.get_json() == "text/plain"
+
+
+def test_endpoints_route_is_the_same_handler(tmp_path):
+    response = doubler(tmp_path).post("/endpoints/my-endpoint/invocations", json=[3])
+    assert response.status_code == 200 and response.get_json() == [6]
+
+
+def test_ping_is_503_until_the_model_is_loaded(tmp_path):
+    client = make_client(tmp_path, module(model_fn=lambda d: abs), load=False)
+    assert client.get("/ping").status_code == 503
+    response = client.post("/invocations", json=[1])
+    assert response.status_code == 503 and response.get_json()["code"] == 503
+
+
+def test_ping_and_execution_parameters(tmp_path):
+    client = make_client(tmp_path, module(model_fn=lambda d: abs),
+                         ["--workers", "3", "--max-payload-mb", "20"])
+    assert client.get("/ping").status_code == 200
+    assert client.get("/execution-parameters").get_json() == {
+        "MaxConcurrentTransforms": 3, "BatchStrategy": "MultiRecord", "MaxPayloadInMB": 20}
+
+
+def test_unknown_routes_and_methods_are_json(tmp_path):
+    client = doubler(tmp_path)
+    response = client.get("/nope")
+    assert response.status_code == 404 and response.get_json()["code"] == 404
+    response = client.get("/invocations")
+    assert response.status_code == 405 and response.get_json()["code"] == 405
+    assert "POST" in response.headers["Allow"]
