@@ -19,7 +19,7 @@ setup(
         "pytorch": [],
         "chainer": [],
         "mxnet": [],
-        "test": ["pytest>=8", "requests>=2.31"],
+        "test": ["pytest>=8", "requests>=2.31", "boto3>=1.34"],
     },
     entry_points={"console_scripts": ["serve=serving.cli:main"]},
 )

@@ -13,7 +13,9 @@ __all__ = ["main"]
 
 log = logging.getLogger("serving")
 
-LOG_FORMAT = "%(asctime)s [%(process)d] [%(levelname)s] %(name)s: %(message)s"
+# gunicorn's own layout, so that its lines and ours read as one log.
+LOG_FORMAT = "[%(asctime)s] [%(process)d] [%(levelname)s] %(name)s: %(message)s"
+LOG_DATE_FORMAT = "%Y-%m-%d %H:%M:%S %z"
 
 
 def _fail(message: str, code: int) -> t.NoReturn:
@@ -26,7 +28,8 @@ def main(argv: t.Sequence[str] | None = None) -> None:
         config = Config.load(argv)
     except ConfigError as exc:
         _fail(str(exc), 2)
-    logging.basicConfig(level=config.log_level, format=LOG_FORMAT, stream=sys.stderr)
+    logging.basicConfig(level=config.log_level, format=LOG_FORMAT, datefmt=LOG_DATE_FORMAT,
+                        stream=sys.stderr)
 
     # Imported here so that `serve --help` and setting errors stay fast.
     from handlers.content import default_registry

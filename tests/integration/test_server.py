@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import sys
 import tarfile
@@ -413,3 +414,22 @@ def test_failing_model_fn_in_a_worker_stops_the_server(tmp_path):
                        "--port", str(free_port()))
     assert result.returncode != 0
     assert "model.pt is missing" in result.stderr and "Worker failed to boot" in result.stderr
+
+
+def test_boto3_sagemaker_runtime_client_pointed_at_the_container(serve):
+    import boto3
+    import botocore.exceptions
+
+    server = serve(EXAMPLE, "--workers", "1")
+    client = boto3.client(
+        "sagemaker-runtime", endpoint_url=server.url(""), region_name="us-east-1",
+        aws_access_key_id="test", aws_secret_access_key="test",
+    )
+    answer = client.invoke_endpoint(EndpointName="my-endpoint", Body=b"[[1, 2, 3]]",
+                                    ContentType="application/json", Accept="application/json")
+    assert answer["ContentType"] == "application/json"
+    assert np.allclose(json.loads(answer["Body"].read()), linear([[1, 2, 3]]))
+
+    with pytest.raises(botocore.exceptions.ClientError) as caught:
+        client.invoke_endpoint(EndpointName="my-endpoint", Body=b"1,2,3", ContentType="text/x-y")
+    assert caught.value.response["ResponseMetadata"]["HTTPStatusCode"] == 415
