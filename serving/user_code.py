@@ -29,7 +29,16 @@ def _unpack(archive: str) -> str:
     target = tempfile.mkdtemp(prefix="serving-code-")
     try:
         with tarfile.open(archive, "r:*") as tar:
-            tar.extractall(target, filter="data")  # refuses absolute paths and ../
+            if hasattr(tarfile, "data_filter"):
+                tar.extractall(target, filter="data")  # refuses absolute paths, ../ and links out
+            else:  # Python before 3.10.12 / 3.11.4: check the paths ourselves
+                for member in tar.getmembers():
+                    path = os.path.realpath(os.path.join(target, member.name))
+                    if not path.startswith(os.path.realpath(target) + os.sep) and path != target:
+                        raise StartupError(f"{archive}: {member.name} points outside the archive")
+                    if member.issym() or member.islnk():
+                        raise StartupError(f"{archive}: links are not allowed ({member.name})")
+                tar.extractall(target)
     except (tarfile.TarError, OSError) as exc:
         raise StartupError(f"cannot unpack submit directory {archive}: {exc}") from None
     return target
@@ -38,16 +47,18 @@ def _unpack(archive: str) -> str:
 def locate_user_script(config: Config) -> str | None:
     """The path of the user's script, or ``None`` when there is none.
 
-    ``SAGEMAKER_PROGRAM`` (or an explicit ``SAGEMAKER_SUBMIT_DIRECTORY``) means
-    the script must be in the submit directory; otherwise
+    With ``SAGEMAKER_PROGRAM`` or ``SAGEMAKER_SUBMIT_DIRECTORY`` set, the script
+    must exist: it is looked for in the submit directory, and, when that was
+    left at its default and does not exist, in ``<model_dir>/code`` (where the
+    SDK puts the code of a repacked model). With neither set,
     ``<model_dir>/code/inference.py`` is used when it exists, then
-    ``inference.py`` in the default submit directory.
+    ``inference.py`` in the default submit directory; none is no error here.
     """
-    explicit = config.sources.get("program") != "default" or (
-        config.sources.get("submit_dir") != "default"
-    )
-    if not explicit:
-        for directory in (os.path.join(config.model_dir, "code"), config.submit_dir):
+    model_code = os.path.join(config.model_dir, "code")
+    explicit_program = config.sources.get("program") != "default"
+    explicit_dir = config.sources.get("submit_dir") != "default"
+    if not (explicit_program or explicit_dir):
+        for directory in (model_code, config.submit_dir):
             candidate = os.path.join(directory, DEFAULT_PROGRAM)
             if os.path.isfile(candidate):
                 return candidate
@@ -63,6 +74,8 @@ def locate_user_script(config: Config) -> str | None:
         directory = _unpack(source)
     elif os.path.isdir(source):
         directory = source
+    elif not explicit_dir:
+        directory = source = model_code
     else:
         raise StartupError(
             f"submit directory {source} ({config.where('submit_dir')}) is neither a directory "

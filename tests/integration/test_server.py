@@ -433,3 +433,18 @@ def test_boto3_sagemaker_runtime_client_pointed_at_the_container(serve):
     with pytest.raises(botocore.exceptions.ClientError) as caught:
         client.invoke_endpoint(EndpointName="my-endpoint", Body=b"1,2,3", ContentType="text/x-y")
     assert caught.value.response["ResponseMetadata"]["HTTPStatusCode"] == 415
+
+
+def test_program_name_finds_the_model_code_directory(serve, tmp_path):
+    # SAGEMAKER_PROGRAM alone, default submit directory absent: <model_dir>/code is used.
+    model_dir = write_model_dir(tmp_path, "raise RuntimeError('the wrong script')\n", {
+        "code/other.py": "def model_fn(model_dir):\n    return lambda x: x + 1\n"})
+    server = serve(model_dir, "--workers", "1", env={"SAGEMAKER_PROGRAM": "other.py"})
+    assert requests.post(server.url(), json=[1]).json() == [2]
+
+
+def test_missing_program_stops_startup(tmp_path):
+    model_dir = write_model_dir(tmp_path, "def model_fn(model_dir):\n    return abs\n")
+    result = run_serve("--model-dir", str(model_dir), env={"SAGEMAKER_PROGRAM": "absent.py"})
+    assert result.returncode == 1
+    assert "user program absent.py (SAGEMAKER_PROGRAM) is not in" in result.stderr
