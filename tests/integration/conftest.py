@@ -23,6 +23,14 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def server_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """This process's environment without serving settings, plus ``extra``."""
+    environ = {k: v for k, v in os.environ.items()
+               if not k.startswith(("SM_", "SAGEMAKER_", "SERVING_"))}
+    environ.update(extra or {})
+    return environ
+
+
 def write_model_dir(root: Path, inference: str, files: dict[str, str] | None = None) -> Path:
     """A model directory with ``code/inference.py`` and any other files."""
     code = root / "model" / "code"
@@ -42,14 +50,11 @@ class Server:
                  log_path: Path, command: list[str] | None = None) -> None:
         self.port = free_port()
         self.log_path = log_path
-        environ = {k: v for k, v in os.environ.items()
-                   if not k.startswith(("SM_", "SAGEMAKER_", "SERVING_"))}
-        environ.update(env or {})
         argv = [*(command or [sys.executable, "-m", "serving"]),
                 "--model-dir", str(model_dir), "--host", "127.0.0.1", "--port", str(self.port),
                 *args]
         self._log = open(log_path, "wb")
-        self.proc = subprocess.Popen(argv, env=environ, stdout=self._log, stderr=subprocess.STDOUT,
+        self.proc = subprocess.Popen(argv, env=server_env(env), stdout=self._log, stderr=subprocess.STDOUT,
                                      cwd=REPO)
 
     def url(self, path: str = "/invocations") -> str:
@@ -108,8 +113,5 @@ def serve(tmp_path):
 def run_serve(*args: str, env: dict[str, str] | None = None,
               timeout: float = 60) -> subprocess.CompletedProcess:
     """Run ``serve`` to completion (for start-up failures)."""
-    environ = {k: v for k, v in os.environ.items()
-               if not k.startswith(("SM_", "SAGEMAKER_", "SERVING_"))}
-    environ.update(env or {})
-    return subprocess.run([sys.executable, "-m", "serving", *args], env=environ, cwd=REPO,
+    return subprocess.run([sys.executable, "-m", "serving", *args], env=server_env(env), cwd=REPO,
                           capture_output=True, text=True, timeout=timeout)
