@@ -22,7 +22,7 @@ access_log = logging.getLogger("serving.access")
 
 #: The Content-Type a request without one is taken to have.
 DEFAULT_CONTENT_TYPE = "application/json"
-#: ``BatchStrategy`` reported to batch transform: our handlers split nothing themselves.
+#: ``BatchStrategy`` reported to batch transform: it may pack many records into one request.
 BATCH_STRATEGY = "MultiRecord"
 
 
@@ -57,7 +57,9 @@ def create_app(
             return render(errors.MethodNotAllowed(request.method, request.path, allowed))
         if error.code == 404:
             return render(errors.NotFound(f"no route {request.method} {request.path}"))
-        return render(errors.ServingError(error.description, status_code=error.code or 500))
+        code = error.code or 500
+        kind = errors.ClientError if 400 <= code < 500 else errors.ServingError
+        return render(kind(error.description, status_code=code))
 
     @app.errorhandler(Exception)
     def on_bug(error: Exception) -> Response:
