@@ -13,13 +13,16 @@ setup(
         "flask>=3.0,<4",
         "gunicorn>=23.0",
         "numpy>=1.23",
+        "orjson>=3.9",
+        "pillow>=10",
+        "protobuf>=4.21",
     ],
     extras_require={
         # Filled by the framework-handler work; each pins what imports together.
         "pytorch": [],
         "chainer": [],
         "mxnet": [],
-        "test": ["pytest>=8", "requests>=2.31", "boto3>=1.34"],
+        "test": ["pytest>=8", "requests>=2.31", "boto3>=1.34", "hypothesis>=6.100"],
     },
     entry_points={"console_scripts": ["serve=serving.cli:main"]},
 )

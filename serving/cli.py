@@ -32,12 +32,13 @@ def main(argv: t.Sequence[str] | None = None) -> None:
                         stream=sys.stderr)
 
     # Imported here so that `serve --help` and setting errors stay fast.
-    from handlers.content import default_registry
+    from handlers.content import PluginError, default_registry
     from serving.pipeline import Context, Pipeline
     from serving.server import ServingApplication
     from serving.user_code import import_user_module, install_requirements, locate_user_script
 
     try:
+        registry = default_registry()  # built-in handlers and installed plugins, once
         script = locate_user_script(config)
         module = None
         if script is not None:
@@ -46,12 +47,10 @@ def main(argv: t.Sequence[str] | None = None) -> None:
             module = import_user_module(script)
         else:
             log.info("no user script found; serving with the default handlers")
-        pipeline = Pipeline.from_module(
-            module, default_registry(), default_accept=config.default_accept
-        )
+        pipeline = Pipeline.from_module(module, registry, default_accept=config.default_accept)
         if config.preload:
             pipeline.load_model(Context(model_dir=config.model_dir))
-    except StartupError as exc:
+    except (StartupError, PluginError) as exc:
         _fail(str(exc), 1)
     except Exception as exc:  # model_fn failed: the traceback is the user's best clue
         log.exception("loading the model failed")

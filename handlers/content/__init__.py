@@ -9,24 +9,42 @@ from __future__ import annotations
 import threading
 import typing as t
 
-from handlers.content.base import ContentHandler, DecodeError, EncodeError
+from handlers.content.base import ContentHandler, DecodeError, EncodeError, to_numpy
 
 __all__ = [
     "BUILTIN_HANDLERS",
     "ContentHandler",
     "DecodeError",
+    "ENTRY_POINT_GROUP",
     "EncodeError",
+    "PluginError",
     "Registry",
     "default_registry",
+    "load_entry_points",
     "register",
+    "to_numpy",
 ]
 
 #: The built-in handlers, as dotted paths so that a module is imported only
 #: when the registry is first used.
 BUILTIN_HANDLERS: tuple[str, ...] = (
     "handlers.content.json.JSONHandler",
+    "handlers.content.jsonlines.JSONLinesHandler",
+    "handlers.content.csv.CSVHandler",
     "handlers.content.npy.NPYHandler",
+    "handlers.content.npy.NPZHandler",
+    "handlers.content.recordio.RecordIOHandler",
+    "handlers.content.image.JPEGHandler",
+    "handlers.content.image.PNGHandler",
+    "handlers.content.image.ImageHandler",
+    "handlers.content.text.TextHandler",
+    "handlers.content.text.OctetStreamHandler",
 )
+
+#: The entry-point group through which installed packages add handlers. Each entry
+#: point names a ContentHandler subclass (or instance), e.g. in pyproject.toml:
+#: ``[project.entry-points."serving.content_handlers"] avro = "mypkg.avro:AvroHandler"``
+ENTRY_POINT_GROUP = "serving.content_handlers"
 
 
 class Registry:
@@ -70,6 +88,10 @@ _default: Registry | None = None
 _default_lock = threading.Lock()
 
 
+class PluginError(ValueError):
+    """An installed content-handler plugin that cannot be used; names the plugin."""
+
+
 def _load(path: str) -> ContentHandler:
     import importlib
 
@@ -77,14 +99,44 @@ def _load(path: str) -> ContentHandler:
     return getattr(importlib.import_module(module), name)()
 
 
+def load_entry_points(registry: Registry, group: str = ENTRY_POINT_GROUP) -> int:
+    """Register the handlers installed packages declare in ``group``; return how many.
+
+    A plugin that fails to import, is not a handler, or takes a media type that is
+    already registered raises :class:`PluginError`: a clash shows at start-up.
+    """
+    from importlib.metadata import entry_points
+
+    count = 0
+    for entry_point in entry_points(group=group):
+        where = f"plugin {entry_point.name} ({entry_point.value}"
+        dist = getattr(entry_point, "dist", None)
+        where += f", from {dist.name}" if dist is not None else ""
+        where += ")"
+        try:
+            loaded = entry_point.load()
+            handler = loaded() if isinstance(loaded, type) else loaded
+        except Exception as exc:
+            raise PluginError(f"{where} failed to load: {type(exc).__name__}: {exc}") from exc
+        if not isinstance(handler, ContentHandler):
+            raise PluginError(f"{where} is a {type(handler).__name__}, not a ContentHandler")
+        try:
+            registry.register(handler)
+        except ValueError as exc:
+            raise PluginError(f"{where}: {exc}") from None
+        count += 1
+    return count
+
+
 def default_registry() -> Registry:
-    """The process-wide registry, with the built-in handlers in it."""
+    """The process-wide registry: the built-in handlers, then installed plugins."""
     global _default
     with _default_lock:
         if _default is None:
             registry = Registry()
             for path in BUILTIN_HANDLERS:
                 registry.register(_load(path))
+            load_entry_points(registry)
             _default = registry
         return _default
 

@@ -1,10 +1,13 @@
-"""The content-handler base class and the errors handlers raise."""
+"""The content-handler base class, the errors handlers raise, and ``to_numpy``."""
 
 from __future__ import annotations
 
 import typing as t
 
-__all__ = ["ContentHandler", "DecodeError", "EncodeError"]
+__all__ = ["ContentHandler", "DecodeError", "EncodeError", "to_numpy"]
+
+if t.TYPE_CHECKING:
+    import numpy as np
 
 
 class DecodeError(ValueError):
@@ -37,3 +40,26 @@ class ContentHandler:
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.media_type}>"
+
+
+def to_numpy(obj: t.Any) -> np.ndarray | t.Any:
+    """A framework tensor as a NumPy array; anything else unchanged.
+
+    Recognised by duck typing, so no framework is imported to check: PyTorch
+    (``detach().cpu().numpy()``), MXNet NDArray (``asnumpy()``), Chainer
+    Variable (``.array``), CuPy (``get()``).
+    """
+    import numpy as np
+
+    if isinstance(obj, np.ndarray):
+        return obj
+    module = type(obj).__module__.split(".")[0]
+    if module == "torch" and hasattr(obj, "detach"):
+        return obj.detach().cpu().numpy()
+    if module == "mxnet" and hasattr(obj, "asnumpy"):
+        return obj.asnumpy()
+    if module == "chainer" and hasattr(obj, "array"):
+        return to_numpy(obj.array)
+    if module == "cupy" and hasattr(obj, "get"):
+        return obj.get()
+    return obj

@@ -1,55 +1,68 @@
-"""``application/json``: any JSON value; numeric arrays come in and go out as NumPy."""
+"""``application/json``: any JSON value; numeric arrays come in and go out as NumPy.
+
+orjson does the work: on a 10 000 × 20 float array it encodes about 20× and
+decodes about 2× faster than the standard library (``benchmarks/codecs.py``).
+"""
 
 from __future__ import annotations
 
-import json
 import typing as t
 import warnings
 
 import numpy as np
+import orjson
 
-from handlers.content.base import ContentHandler, DecodeError, EncodeError
+from handlers.content.base import ContentHandler, DecodeError, EncodeError, to_numpy
+
+_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
 
 
-def _to_builtin(obj: t.Any) -> t.Any:
-    """``json.dumps``'s ``default``: what the standard library cannot write."""
+def _fallback(obj: t.Any) -> t.Any:
+    """What orjson cannot write itself: tensors, odd arrays, NumPy scalars."""
+    obj = to_numpy(obj)
     if isinstance(obj, np.ndarray):
-        return obj.tolist()
+        if obj.dtype.hasobject or obj.dtype.kind in "USbiufc":
+            return obj.tolist()  # non-contiguous, big-endian, float16, strings, objects
     if isinstance(obj, np.generic):
         return obj.item()
-    if hasattr(obj, "__array__"):  # tensors and other array-likes, without importing them
-        return np.asarray(obj).tolist()
+    if isinstance(obj, (set, frozenset)):
+        return list(obj)
     raise TypeError(f"a {type(obj).__name__} is not JSON serializable")
+
+
+def as_arrays(value: t.Any) -> t.Any:
+    """A numeric (nested) list as a NumPy array; other values unchanged."""
+    if not isinstance(value, list):
+        return value
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # ragged lists warn on older NumPy
+        try:
+            array = np.asarray(value)
+        except (ValueError, TypeError):  # ragged on NumPy >= 1.24
+            return value
+    return array if array.dtype.kind in "biuf" else value
+
+
+def loads(body: bytes, what: str = "body") -> t.Any:
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise DecodeError(f"{what} is not valid JSON: {exc}") from None
+
+
+def dumps(obj: t.Any) -> bytes:
+    try:
+        return orjson.dumps(to_numpy(obj), default=_fallback, option=_OPTIONS)
+    except TypeError as exc:  # orjson.JSONEncodeError is a TypeError
+        raise EncodeError(f"cannot write the prediction as JSON: {exc}") from None
 
 
 class JSONHandler(ContentHandler):
     media_type = "application/json"
 
     def decode(self, body: bytes) -> t.Any:
-        try:
-            text = body.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise DecodeError(f"JSON body is not valid UTF-8: {exc}") from None
-        try:
-            value = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise DecodeError(f"body is not valid JSON: {exc}") from None
-        if isinstance(value, list):
-            # Numeric (nested) lists are what models eat: hand them over as arrays.
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # ragged lists warn on older NumPy
-                try:
-                    array = np.asarray(value)
-                except (ValueError, TypeError):
-                    return value
-            if array.dtype.kind in "biuf":
-                return array
-        return value
+        # Numeric (nested) lists are what models eat: hand them over as arrays.
+        return as_arrays(loads(body))
 
     def encode(self, obj: t.Any) -> bytes:
-        if isinstance(obj, np.ndarray):
-            obj = obj.tolist()
-        try:
-            return json.dumps(obj, default=_to_builtin, ensure_ascii=False).encode("utf-8")
-        except (TypeError, ValueError) as exc:
-            raise EncodeError(f"cannot write the prediction as JSON: {exc}") from None
+        return dumps(obj)

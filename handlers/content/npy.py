@@ -1,13 +1,14 @@
-"""``application/x-npy``: one NumPy array in NPY format, never unpickled."""
+"""``application/x-npy`` (one array) and ``application/x-npz`` (named arrays): never unpickled."""
 
 from __future__ import annotations
 
 import io
 import typing as t
+import zipfile
 
 import numpy as np
 
-from handlers.content.base import ContentHandler, DecodeError, EncodeError
+from handlers.content.base import ContentHandler, DecodeError, EncodeError, to_numpy
 
 _HEADER_READERS = {
     (1, 0): np.lib.format.read_array_header_1_0,
@@ -15,53 +16,111 @@ _HEADER_READERS = {
 }
 
 
+def read_npy(body: bytes | bytearray, what: str = "body") -> np.ndarray:
+    """Decode NPY bytes without pickles, checking the header before allocating.
+
+    The array is a view of ``body`` when the layout allows (no copy); it is
+    read-only when ``body`` is ``bytes``.
+    """
+    stream = io.BytesIO(body)
+    try:
+        version = np.lib.format.read_magic(stream)
+        reader = _HEADER_READERS.get(version)
+        if reader is None:
+            raise DecodeError(f"{what} is not a valid NPY array: unknown format version {version}")
+        shape, fortran_order, dtype = reader(stream)
+    except DecodeError:
+        raise
+    except Exception as exc:  # numpy raises ValueError, EOFError, SyntaxError... here
+        raise DecodeError(f"{what} is not a valid NPY array: {exc}") from None
+    if dtype.hasobject:
+        raise DecodeError(
+            f"{what} holds Python objects (a pickled object array); "
+            "pickles are refused: send a numeric or string array"
+        )
+    count = 1
+    for dim in shape:
+        count *= dim
+    offset = stream.tell()
+    # The declared size must be what was sent: checked before anything is allocated.
+    if count * dtype.itemsize != len(body) - offset:
+        raise DecodeError(
+            f"{what}: NPY header declares shape {shape} of {dtype} ({count * dtype.itemsize} "
+            f"bytes) but {len(body) - offset} bytes of data follow it"
+        )
+    if dtype.itemsize == 0:
+        return np.zeros(shape, dtype=dtype)
+    array = np.frombuffer(body, dtype=dtype, count=count, offset=offset)
+    return array.reshape(shape, order="F" if fortran_order else "C")
+
+
+def _as_array(obj: t.Any, what: str) -> np.ndarray:
+    try:
+        array = np.asarray(to_numpy(obj))
+    except (ValueError, TypeError) as exc:  # ragged nested lists
+        raise EncodeError(f"cannot write the prediction as {what}: {exc}") from None
+    if array.dtype.hasobject:
+        raise EncodeError(
+            f"cannot write the prediction as {what} without pickling: "
+            "it is an object array (mixed or ragged values)"
+        )
+    return array
+
+
 class NPYHandler(ContentHandler):
     media_type = "application/x-npy"
 
     def decode(self, body: bytes) -> np.ndarray:
-        stream = io.BytesIO(body)
-        try:
-            version = np.lib.format.read_magic(stream)
-            reader = _HEADER_READERS.get(version)
-            if reader is None:
-                raise DecodeError(f"body is not a valid NPY array: unknown format version {version}")
-            shape, fortran_order, dtype = reader(stream)
-        except DecodeError:
-            raise
-        except Exception as exc:  # numpy raises ValueError, EOFError, SyntaxError... here
-            raise DecodeError(f"body is not a valid NPY array: {exc}") from None
-        if dtype.hasobject:
-            raise DecodeError(
-                "NPY body holds Python objects (a pickled object array); "
-                "pickles are refused: send a numeric or string array"
-            )
-        count = 1
-        for dim in shape:
-            count *= dim
-        offset = stream.tell()
-        # Check the declared size against what was sent before allocating anything.
-        if count * dtype.itemsize != len(body) - offset:
-            raise DecodeError(
-                f"NPY header declares shape {shape} of {dtype} ({count * dtype.itemsize} bytes) "
-                f"but the body holds {len(body) - offset} bytes of data"
-            )
-        try:
-            # Zero-copy: the array is a view of the request body.
-            flat = np.frombuffer(body, dtype=dtype, count=count, offset=offset)
-        except ValueError as exc:
-            raise DecodeError(f"body is not a valid NPY array: {exc}") from None
-        return flat.reshape(shape, order="F" if fortran_order else "C")
+        return read_npy(body)
 
     def encode(self, obj: t.Any) -> bytes:
-        try:
-            array = np.asarray(obj)
-        except (ValueError, TypeError) as exc:  # ragged nested lists
-            raise EncodeError(f"cannot write the prediction as NPY: {exc}") from None
-        if array.dtype.hasobject:
-            raise EncodeError(
-                "cannot write the prediction as NPY without pickling: "
-                "it is an object array (mixed or ragged values)"
-            )
         stream = io.BytesIO()
-        np.save(stream, array, allow_pickle=False)
+        np.save(stream, _as_array(obj, "NPY"), allow_pickle=False)
+        return stream.getvalue()
+
+
+class NPZHandler(ContentHandler):
+    """A zip of NPY members, as ``np.savez`` and scipy's ``save_npz`` write it."""
+
+    media_type = "application/x-npz"
+    #: Most bytes all members may unpack to: a small compressed body must not fill memory.
+    max_unpacked_bytes: t.ClassVar[int] = 1 << 30
+
+    def decode(self, body: bytes) -> dict[str, np.ndarray]:
+        try:
+            archive = zipfile.ZipFile(io.BytesIO(body))
+            members = archive.infolist()
+        except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
+            raise DecodeError(f"body is not a valid NPZ archive: {exc}") from None
+        budget = self.max_unpacked_bytes
+        arrays: dict[str, np.ndarray] = {}
+        for member in members:
+            name = member.filename
+            if member.file_size > budget:
+                raise DecodeError(f"NPZ member {name} unpacks to more than {budget} bytes")
+            try:
+                with archive.open(member) as stream:
+                    data = stream.read(budget + 1)
+            except (zipfile.BadZipFile, ValueError, OSError, EOFError, NotImplementedError,
+                    RuntimeError) as exc:
+                raise DecodeError(f"NPZ member {name} cannot be read: {exc}") from None
+            if len(data) > budget:
+                raise DecodeError(f"NPZ members unpack to more than {self.max_unpacked_bytes} bytes")
+            budget -= len(data)
+            key = name[:-4] if name.endswith(".npy") else name
+            arrays[key] = read_npy(data, f"NPZ member {name}")
+        return arrays
+
+    def encode(self, obj: t.Any) -> bytes:
+        """A dict of arrays keeps its names; a single array is stored as ``arr_0``."""
+        obj = to_numpy(obj)
+        if isinstance(obj, t.Mapping):
+            arrays = {str(k): _as_array(v, "NPZ") for k, v in obj.items()}
+        else:
+            arrays = {"arr_0": _as_array(obj, "NPZ")}
+        stream = io.BytesIO()
+        with zipfile.ZipFile(stream, "w", zipfile.ZIP_STORED) as archive:
+            for name, array in arrays.items():
+                with archive.open(f"{name}.npy", "w", force_zip64=True) as member:
+                    np.lib.format.write_array(member, array, allow_pickle=False)
         return stream.getvalue()

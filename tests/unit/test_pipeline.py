@@ -137,7 +137,7 @@ def test_npy_round_trip(tmp_path):
 def test_accept_list_and_weights(tmp_path):
     client = doubler(tmp_path)
     response = client.post("/invocations", json=[1],
-                           headers={"Accept": "text/csv, application/x-npy;q=0.5, */*;q=0.1"})
+                           headers={"Accept": "text/html, application/x-npy;q=0.5, */*;q=0.1"})
     assert response.headers["Content-Type"] == "application/x-npy"
     response = client.post("/invocations", json=[1], headers={"Accept": "*/*"})
     assert response.headers["Content-Type"] == "application/json"

@@ -1,0 +1,390 @@
+"""``application/x-recordio-protobuf``: SageMaker's Record messages in dmlc RecordIO framing.
+
+The wire contract is ``shared/specs/recordio-protobuf.md``. Decoding:
+
+- dense records holding only ``features["values"]`` (what ``RecordSerializer``
+  writes) give one 2-D array, dtype kept (float32, float64, int32);
+- anything else (other keys, labels, sparse tensors, bytes, uid, metadata,
+  configuration, rows of different lengths) gives a list of :data:`Record`
+  messages that keep everything.
+
+The common case, rows of equal length, is decoded in bulk: the records then
+share every byte but their values, which NumPy checks and slices out of the
+body at once. Other bodies are parsed record by record with protobuf.
+
+Encoding: a 2-D array gives one record per row under ``label["values"]``
+(a 1-D array one record per element); a dict of equal-length arrays gives one
+record per row under ``label[name]``, as the built-in algorithms answer; a
+list of :data:`Record` messages is written as given. Writers always use
+continuation flag 0, since the SDK's reader knows no other.
+"""
+
+from __future__ import annotations
+
+import struct
+import typing as t
+
+import numpy as np
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+from google.protobuf.message import DecodeError as ProtobufDecodeError
+from google.protobuf.message import Message
+
+from handlers.content.base import ContentHandler, DecodeError, EncodeError, to_numpy
+
+__all__ = ["Record", "RecordIOHandler", "read_recordio", "write_recordio"]
+
+MAGIC = 0xCED7230A
+_MAGIC_BYTES = struct.pack("<I", MAGIC)
+_LENGTH_MASK = (1 << 29) - 1
+_HEADER = struct.Struct("<II")
+
+
+# -- the Record schema (proto2, package aialgs.data), built from its descriptor -----------
+# Built at import in a pool of our own: no protoc step, no generated file tied to one
+# protobuf release, and no clash with the SDK's record_pb2 in the same process.
+
+
+def _build_schema() -> descriptor_pb2.FileDescriptorProto:
+    F = descriptor_pb2.FieldDescriptorProto
+    schema = descriptor_pb2.FileDescriptorProto(
+        name="serving_toolkit/aialgs_record.proto", package="aialgs.data", syntax="proto2"
+    )
+
+    def tensor(name: str, value_type: int) -> None:
+        message = schema.message_type.add(name=name)
+        for field_name, number, field_type in (
+            ("values", 1, value_type), ("keys", 2, F.TYPE_UINT64), ("shape", 3, F.TYPE_UINT64),
+        ):
+            field = message.field.add(name=field_name, number=number, type=field_type,
+                                      label=F.LABEL_REPEATED)
+            field.options.packed = True
+
+    tensor("Float32Tensor", F.TYPE_FLOAT)
+    tensor("Float64Tensor", F.TYPE_DOUBLE)
+    tensor("Int32Tensor", F.TYPE_INT32)
+
+    raw = schema.message_type.add(name="Bytes")
+    raw.field.add(name="value", number=1, type=F.TYPE_BYTES, label=F.LABEL_REPEATED)
+    raw.field.add(name="content_type", number=2, type=F.TYPE_STRING, label=F.LABEL_OPTIONAL)
+
+    value = schema.message_type.add(name="Value")
+    value.oneof_decl.add(name="value")
+    for field_name, number, type_name in (
+        ("float32_tensor", 2, "Float32Tensor"), ("float64_tensor", 3, "Float64Tensor"),
+        ("int32_tensor", 7, "Int32Tensor"), ("bytes", 9, "Bytes"),
+    ):
+        value.field.add(name=field_name, number=number, type=F.TYPE_MESSAGE,
+                        type_name=f".aialgs.data.{type_name}", label=F.LABEL_OPTIONAL,
+                        oneof_index=0)
+
+    record = schema.message_type.add(name="Record")
+    for field_name, number, entry in (("features", 1, "FeaturesEntry"), ("label", 2, "LabelEntry")):
+        map_entry = record.nested_type.add(name=entry)
+        map_entry.options.map_entry = True
+        map_entry.field.add(name="key", number=1, type=F.TYPE_STRING, label=F.LABEL_OPTIONAL)
+        map_entry.field.add(name="value", number=2, type=F.TYPE_MESSAGE,
+                            type_name=".aialgs.data.Value", label=F.LABEL_OPTIONAL)
+        record.field.add(name=field_name, number=number, type=F.TYPE_MESSAGE,
+                         type_name=f".aialgs.data.Record.{entry}", label=F.LABEL_REPEATED)
+    for field_name, number in (("uid", 3), ("metadata", 4), ("configuration", 5)):
+        record.field.add(name=field_name, number=number, type=F.TYPE_STRING,
+                         label=F.LABEL_OPTIONAL)
+    return schema
+
+
+_pool = descriptor_pool.DescriptorPool()
+_pool.Add(_build_schema())
+#: The ``aialgs.data.Record`` message class.
+Record: type[Message] = message_factory.GetMessageClass(
+    _pool.FindMessageTypeByName("aialgs.data.Record")
+)
+
+#: Tensor field of ``Value`` per NumPy dtype, and back.
+_TENSOR_DTYPES = {
+    "float32_tensor": np.dtype("<f4"),
+    "float64_tensor": np.dtype("<f8"),
+    "int32_tensor": np.dtype("<i4"),
+}
+
+
+# -- framing ------------------------------------------------------------------------
+
+
+def _padded(length: int) -> int:
+    return (length + 3) & ~3
+
+
+def read_recordio(body: bytes) -> list[bytes]:
+    """Split a RecordIO body into its payloads, joining continued records.
+
+    Raises :class:`DecodeError` on a wrong magic number, a truncated header or
+    payload, or continuation flags out of order.
+    """
+    payloads: list[bytes] = []
+    parts: list[bytes] | None = None  # the pieces of a record split by a dmlc writer
+    offset, end = 0, len(body)
+    while offset < end:
+        if end - offset < 8:
+            raise DecodeError(f"truncated RecordIO header at byte {offset}: {end - offset} bytes")
+        magic, lrec = _HEADER.unpack_from(body, offset)
+        if magic != MAGIC:
+            raise DecodeError(
+                f"bad RecordIO magic 0x{magic:08x} at byte {offset} (expected 0x{MAGIC:08x})"
+            )
+        cflag, length = lrec >> 29, lrec & _LENGTH_MASK
+        start = offset + 8
+        if start + length > end:
+            raise DecodeError(
+                f"record at byte {offset} declares {length} bytes but only {end - start} remain"
+            )
+        payload = body[start:start + length]
+        offset = start + _padded(length)
+        if offset > end:
+            raise DecodeError(f"record at byte {start - 8} is missing its padding (truncated)")
+        if cflag == 0:
+            if parts is not None:
+                raise DecodeError(f"record at byte {start - 8} interrupts a continued record")
+            payloads.append(payload)
+        elif cflag == 1:
+            if parts is not None:
+                raise DecodeError(f"record at byte {start - 8} starts a record twice")
+            parts = [payload]
+        elif cflag in (2, 3):
+            if parts is None:
+                raise DecodeError(f"record at byte {start - 8} continues nothing (flag {cflag})")
+            parts.append(payload)
+            if cflag == 3:
+                payloads.append(_MAGIC_BYTES.join(parts))
+                parts = None
+        else:
+            raise DecodeError(f"record at byte {start - 8} has unknown continuation flag {cflag}")
+    if parts is not None:
+        raise DecodeError("body ends inside a continued record")
+    return payloads
+
+
+def write_recordio(payloads: t.Iterable[bytes]) -> bytes:
+    """Frame payloads with continuation flag 0 and zero padding."""
+    out = bytearray()
+    for payload in payloads:
+        if len(payload) > _LENGTH_MASK:
+            raise EncodeError(f"a record of {len(payload)} bytes is over RecordIO's 2^29 limit")
+        out += _HEADER.pack(MAGIC, len(payload))
+        out += payload
+        out += b"\0" * (_padded(len(payload)) - len(payload))
+    return bytes(out)
+
+
+# -- decoding -------------------------------------------------------------------------
+
+
+def _plain_dense(record: Message) -> tuple[str, t.Any] | None:
+    """``(tensor field, values)`` when the record is only a dense ``features["values"]``."""
+    if len(record.features) != 1 or "values" not in record.features or len(record.label):
+        return None
+    if record.HasField("uid") or record.HasField("metadata") or record.HasField("configuration"):
+        return None
+    value = record.features["values"]
+    kind = value.WhichOneof("value")
+    if kind not in _TENSOR_DTYPES:
+        return None
+    tensor = getattr(value, kind)
+    if len(tensor.keys) or len(tensor.shape):
+        return None
+    return kind, tensor.values
+
+
+def _varints(data: np.ndarray) -> np.ndarray:
+    """Decode concatenated protobuf varints (uint8 array) to int64, all at once."""
+    ends = np.flatnonzero(data < 0x80)
+    starts = np.concatenate(([0], ends[:-1] + 1))
+    sizes = ends - starts + 1
+    if sizes.max(initial=0) > 10:
+        raise ValueError("a varint longer than 10 bytes")
+    values = np.zeros(len(ends), dtype=np.uint64)
+    for k in range(int(sizes.max(initial=0))):
+        take = sizes > k
+        values[take] |= (data[starts[take] + k] & 0x7F).astype(np.uint64) << np.uint64(7 * k)
+    return values.astype(np.int64)
+
+
+def _uniform_payloads(body: bytes) -> np.ndarray | None:
+    """Payloads as an (n, length) byte matrix when every frame has the same header."""
+    if len(body) < 8:
+        return None
+    magic, lrec = _HEADER.unpack_from(body, 0)
+    if magic != MAGIC or lrec >> 29 or lrec == 0:
+        return None
+    stride = 8 + _padded(lrec)
+    if len(body) % stride:
+        return None
+    frames = np.frombuffer(body, dtype=np.uint8).reshape(-1, stride)
+    if not (frames[:, :8] == frames[0, :8]).all():
+        return None
+    return frames[:, 8:8 + lrec]
+
+
+def _decode_uniform_dense(body: bytes) -> np.ndarray | None:
+    """The bulk path: equal-length dense records whose bytes differ only in their values."""
+    matrix = _uniform_payloads(body)
+    if matrix is None:
+        return None
+    try:
+        first = Record.FromString(matrix[0].tobytes())
+    except ProtobufDecodeError:
+        return None
+    dense = _plain_dense(first)
+    if dense is None:
+        return None
+    kind, values = dense
+    dtype = _TENSOR_DTYPES[kind]
+    count = len(values)
+    if kind == "int32_tensor":
+        # Varints: the values' byte size is that of the first row's; every row must match it.
+        expected = np.asarray(values, dtype=np.int64)
+        size = int(sum(_varint_size(v) for v in expected.tolist()))
+    else:
+        size = count * dtype.itemsize
+    split = matrix.shape[1] - size
+    if split < 0 or count == 0:
+        return None
+    head, tail = matrix[:, :split], matrix[:, split:]
+    if not (head == head[0]).all():
+        return None
+    if kind != "int32_tensor":
+        if tail[0].tobytes() != np.asarray(values, dtype=dtype).tobytes():
+            return None  # values are not where a packed field ends the record
+        return np.ascontiguousarray(tail).view(dtype).reshape(len(matrix), count)
+    if not ((tail < 0x80).sum(axis=1) == count).all() or not (tail[:, -1] < 0x80).all():
+        return None  # some row holds more or fewer varints than the first
+    try:
+        decoded = _varints(np.ascontiguousarray(tail).reshape(-1))
+    except ValueError:
+        return None
+    if not np.array_equal(decoded[:count], expected):
+        return None
+    return decoded.reshape(len(matrix), count).astype(np.int32)
+
+
+def _varint_size(value: int) -> int:
+    if value < 0:
+        return 10  # negative int32 values are sign-extended to 64 bits
+    size = 1
+    while value >= 0x80:
+        value >>= 7
+        size += 1
+    return size
+
+
+def _decode_records(payloads: list[bytes]) -> np.ndarray | list[Message]:
+    records = []
+    for number, payload in enumerate(payloads):
+        try:
+            records.append(Record.FromString(payload))
+        except ProtobufDecodeError as exc:
+            raise DecodeError(f"record {number} is not a valid Record message: {exc}") from None
+    dense = [_plain_dense(record) for record in records]
+    kinds = {d[0] for d in dense if d is not None}
+    if None in dense or len(kinds) != 1:
+        return records
+    (kind,) = kinds
+    if len({len(values) for _, values in dense}) != 1:
+        return records  # ragged rows: no 2-D array, the records keep everything
+    return np.array([list(values) for _, values in dense], dtype=_TENSOR_DTYPES[kind])
+
+
+# -- encoding -------------------------------------------------------------------------
+
+
+def _tensor_kind(array: np.ndarray) -> str:
+    if array.dtype == np.float32:
+        return "float32_tensor"
+    if array.dtype == np.float64:
+        return "float64_tensor"
+    if array.dtype.kind in "biu":
+        info = np.iinfo(np.int32)
+        if array.size and (array.min() < info.min or array.max() > info.max):
+            raise EncodeError("integer values out of int32 range cannot go in an Int32Tensor")
+        return "int32_tensor"
+    if array.dtype == np.float16:
+        return "float32_tensor"
+    raise EncodeError(f"recordio-protobuf holds float32, float64 or int32 tensors, not {array.dtype}")
+
+
+def _fill(value: Message, row: np.ndarray) -> None:
+    kind = _tensor_kind(row)
+    getattr(value, kind).values.extend(row.reshape(-1).tolist())
+
+
+def _rows(array: np.ndarray) -> np.ndarray:
+    if array.ndim == 0:
+        return array.reshape(1, 1)
+    if array.ndim == 1:
+        return array.reshape(-1, 1)  # one prediction per input row
+    return array.reshape(len(array), -1)
+
+
+def _encode_array(array: np.ndarray) -> bytes:
+    rows = _rows(array)
+    kind = _tensor_kind(rows)
+    if kind == "int32_tensor" or len(rows) == 0:
+        payloads = []
+        for row in rows:
+            record = Record()
+            getattr(record.label["values"], kind).values.extend(row.tolist())
+            payloads.append(record.SerializeToString())
+        return write_recordio(payloads)
+    # Fixed-width values: every record is the first one's bytes with other values.
+    dtype = _TENSOR_DTYPES[kind]
+    rows = np.ascontiguousarray(rows, dtype=dtype)
+    template = Record()
+    getattr(template.label["values"], kind).values.extend(rows[0].tolist())
+    payload = template.SerializeToString()
+    size = rows.shape[1] * dtype.itemsize
+    head = np.frombuffer(_HEADER.pack(MAGIC, len(payload)) + payload[:len(payload) - size],
+                         dtype=np.uint8)
+    stride = 8 + _padded(len(payload))
+    out = np.zeros((len(rows), stride), dtype=np.uint8)
+    out[:, :len(head)] = head
+    out[:, len(head):len(head) + size] = rows.view(np.uint8).reshape(len(rows), size)
+    return out.tobytes()
+
+
+def _encode_columns(columns: t.Mapping[str, t.Any]) -> bytes:
+    arrays = {str(name): np.asarray(to_numpy(v)) for name, v in columns.items()}
+    lengths = {len(_rows(a)) for a in arrays.values()}
+    if len(lengths) > 1:
+        raise EncodeError(f"a dict of predictions needs arrays of one length, not {sorted(lengths)}")
+    payloads = []
+    for i in range(lengths.pop() if lengths else 0):
+        record = Record()
+        for name, array in arrays.items():
+            _fill(record.label[name], _rows(array)[i])
+        payloads.append(record.SerializeToString())
+    return write_recordio(payloads)
+
+
+class RecordIOHandler(ContentHandler):
+    media_type = "application/x-recordio-protobuf"
+
+    def decode(self, body: bytes) -> np.ndarray | list[Message]:
+        if not body:
+            raise DecodeError("recordio-protobuf body is empty: no records")
+        bulk = _decode_uniform_dense(body)
+        if bulk is not None:
+            return bulk
+        return _decode_records(read_recordio(body))
+
+    def encode(self, obj: t.Any) -> bytes:
+        obj = to_numpy(obj)
+        if isinstance(obj, Message):
+            obj = [obj]
+        if isinstance(obj, (list, tuple)) and obj and all(isinstance(r, Message) for r in obj):
+            return write_recordio(r.SerializeToString() for r in obj)
+        if isinstance(obj, t.Mapping):
+            return _encode_columns(obj)
+        try:
+            array = np.asarray(obj)
+        except (ValueError, TypeError) as exc:
+            raise EncodeError(f"cannot write the prediction as records: {exc}") from None
+        return _encode_array(array)
