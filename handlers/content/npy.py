@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import io
 import typing as t
 import zipfile
@@ -10,10 +11,40 @@ import numpy as np
 
 from handlers.content.base import ContentHandler, DecodeError, EncodeError, to_numpy
 
-_HEADER_READERS = {
-    (1, 0): np.lib.format.read_array_header_1_0,
-    (2, 0): np.lib.format.read_array_header_2_0,
-}
+#: Longest NPY header accepted; NumPy's own safety limit.
+MAX_HEADER_BYTES = 10_000
+
+
+def _read_header(body: bytes | bytearray, what: str) -> tuple[tuple[int, ...], bool, np.dtype, int]:
+    """``(shape, fortran_order, dtype, data offset)`` of NPY bytes, for format 1.0, 2.0, 3.0.
+
+    Read by hand rather than with ``np.lib.format.read_array_header_*``: those
+    have no 3.0 reader (NumPy writes 3.0 for UTF-8 field names) and the header
+    can be refused here without building a stream.
+    """
+    if body[:6] != b"\x93NUMPY" or len(body) < 8:
+        raise DecodeError(f"{what} is not a valid NPY array: no NPY magic string")
+    major, minor = body[6], body[7]
+    if (major, minor) == (1, 0):
+        size, start = int.from_bytes(body[8:10], "little"), 10
+    elif (major, minor) in ((2, 0), (3, 0)):
+        size, start = int.from_bytes(body[8:12], "little"), 12
+    else:
+        raise DecodeError(f"{what} is not a valid NPY array: unknown format version {major}.{minor}")
+    if len(body) < start or size > MAX_HEADER_BYTES or start + size > len(body):
+        raise DecodeError(f"{what} is not a valid NPY array: header of {size} bytes is truncated "
+                          f"or too long")
+    try:
+        text = bytes(body[start:start + size]).decode("utf-8" if major == 3 else "latin1")
+        header = ast.literal_eval(text)
+        shape, fortran_order = header["shape"], header["fortran_order"]
+        if not (isinstance(shape, tuple) and all(type(d) is int and d >= 0 for d in shape)
+                and isinstance(fortran_order, bool)):
+            raise ValueError(f"bad shape {shape!r} or fortran_order {fortran_order!r}")
+        dtype = np.lib.format.descr_to_dtype(header["descr"])
+    except Exception as exc:  # literal_eval and descr_to_dtype raise many types
+        raise DecodeError(f"{what} is not a valid NPY array: bad header: {exc}") from None
+    return shape, fortran_order, dtype, start + size
 
 
 def read_npy(body: bytes | bytearray, what: str = "body") -> np.ndarray:
@@ -22,17 +53,7 @@ def read_npy(body: bytes | bytearray, what: str = "body") -> np.ndarray:
     The array is a view of ``body`` when the layout allows (no copy); it is
     read-only when ``body`` is ``bytes``.
     """
-    stream = io.BytesIO(body)
-    try:
-        version = np.lib.format.read_magic(stream)
-        reader = _HEADER_READERS.get(version)
-        if reader is None:
-            raise DecodeError(f"{what} is not a valid NPY array: unknown format version {version}")
-        shape, fortran_order, dtype = reader(stream)
-    except DecodeError:
-        raise
-    except Exception as exc:  # numpy raises ValueError, EOFError, SyntaxError... here
-        raise DecodeError(f"{what} is not a valid NPY array: {exc}") from None
+    shape, fortran_order, dtype, offset = _read_header(body, what)
     if dtype.hasobject:
         raise DecodeError(
             f"{what} holds Python objects (a pickled object array); "
@@ -41,14 +62,13 @@ def read_npy(body: bytes | bytearray, what: str = "body") -> np.ndarray:
     count = 1
     for dim in shape:
         count *= dim
-    offset = stream.tell()
     # The declared size must be what was sent: checked before anything is allocated.
     if count * dtype.itemsize != len(body) - offset:
         raise DecodeError(
             f"{what}: NPY header declares shape {shape} of {dtype} ({count * dtype.itemsize} "
             f"bytes) but {len(body) - offset} bytes of data follow it"
         )
-    if dtype.itemsize == 0:
+    if dtype.itemsize == 0 or count == 0:
         return np.zeros(shape, dtype=dtype)
     array = np.frombuffer(body, dtype=dtype, count=count, offset=offset)
     return array.reshape(shape, order="F" if fortran_order else "C")
