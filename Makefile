@@ -1,28 +1,43 @@
-# make install: .venv with the package and its test extras, from nothing.
+# make install: .venv with the package and its test extras, from nothing, and
+#               .venv-sdk, the SageMaker Python SDK v2 client environment the tests drive it with.
 # make serve:   serve the bundled NumPy example model on port 8080.
 # make test:    the whole suite.
+# make bench:   the codec benchmark (benchmarks/codecs.py).
 
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# The SDK v2 needs numpy 2 and protobuf < 7: a client environment of its own, as users have.
+SDK_VENV := .venv-sdk
+SDK_STAMP := $(SDK_VENV)/.installed
+SDK_REQUIREMENTS := "sagemaker>=2.200,<3" "protobuf<7" scipy pillow
+PIP := -m pip install --disable-pip-version-check -q
 PORT ?= 8080
 
-.PHONY: install serve test clean
+.PHONY: install serve test bench clean
 
-install: $(STAMP)
+install: $(STAMP) $(SDK_STAMP)
 
 $(STAMP): setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --disable-pip-version-check -q --upgrade pip
-	$(BIN)/python -m pip install --disable-pip-version-check -q -e '.[test]'
+	$(BIN)/python $(PIP) --upgrade pip
+	$(BIN)/python $(PIP) -e '.[test]'
 	touch $(STAMP)
+
+$(SDK_STAMP):
+	test -x $(SDK_VENV)/bin/python || $(PYTHON) -m venv $(SDK_VENV)
+	$(SDK_VENV)/bin/python $(PIP) $(SDK_REQUIREMENTS)
+	touch $(SDK_STAMP)
 
 serve: $(STAMP)
 	$(BIN)/serve --model-dir examples/numpy-linear/model --port $(PORT)
 
-test: $(STAMP)
+test: install
 	$(BIN)/python -m pytest -q tests
 
+bench: install
+	$(BIN)/python benchmarks/codecs.py
+
 clean:
-	rm -rf $(VENV) *.egg-info .pytest_cache
+	rm -rf $(VENV) $(SDK_VENV) *.egg-info .pytest_cache

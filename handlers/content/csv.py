@@ -22,7 +22,8 @@ class CSVHandler(ContentHandler):
             raise DecodeError("CSV body is empty")
         try:
             # loadtxt is NumPy's C parser; it refuses ragged rows and non-numbers.
-            return np.loadtxt(io.StringIO(text), delimiter=",", dtype=np.float64, ndmin=2)
+            return np.loadtxt(io.StringIO(text), delimiter=",", dtype=np.float64, ndmin=2,
+                              comments=None)
         except ValueError as exc:
             raise DecodeError(f"CSV body is not rows of numbers of equal length: {exc}") from None
 

@@ -21,10 +21,14 @@ def _fallback(obj: t.Any) -> t.Any:
     """What orjson cannot write itself: tensors, odd arrays, NumPy scalars."""
     obj = to_numpy(obj)
     if isinstance(obj, np.ndarray):
-        if obj.dtype.hasobject or obj.dtype.kind in "USbiufc":
+        if obj.dtype.kind == "S":  # byte strings (scipy's save_npz "format"): as text
+            obj = np.char.decode(obj, "utf-8")
+        if obj.dtype.hasobject or obj.dtype.kind in "Ubiuf":
             return obj.tolist()  # non-contiguous, big-endian, float16, strings, objects
     if isinstance(obj, np.generic):
         return obj.item()
+    if isinstance(obj, bytes):
+        return obj.decode("utf-8")
     if isinstance(obj, (set, frozenset)):
         return list(obj)
     raise TypeError(f"a {type(obj).__name__} is not JSON serializable")

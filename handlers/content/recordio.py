@@ -283,6 +283,14 @@ def _decode_records(payloads: list[bytes]) -> np.ndarray | list[Message]:
             records.append(Record.FromString(payload))
         except ProtobufDecodeError as exc:
             raise DecodeError(f"record {number} is not a valid Record message: {exc}") from None
+    for number, record in enumerate(records):
+        for field in ("features", "label"):
+            for key, value in getattr(record, field).items():
+                if value.WhichOneof("value") is None:
+                    raise DecodeError(
+                        f"record {number}: {field}[{key!r}] holds no known tensor type "
+                        f"(float32_tensor, float64_tensor, int32_tensor or bytes)"
+                    )
     dense = [_plain_dense(record) for record in records]
     kinds = {d[0] for d in dense if d is not None}
     if None in dense or len(kinds) != 1:
