@@ -1,5 +1,6 @@
 # make install: .venv with the package and its test extras, from nothing, and
-#               .venv-sdk, the SageMaker Python SDK v2 client environment the tests drive it with.
+#               .venv-sdk and .venv-mxnet, the client environments the tests drive it from
+#               (the SageMaker Python SDK v2; MXNet's RecordIO writer).
 # make serve:   serve the bundled NumPy example model on port 8080.
 # make test:    the whole suite.
 # make bench:   the codec benchmark (benchmarks/codecs.py).
@@ -12,12 +13,16 @@ STAMP := $(VENV)/.installed
 SDK_VENV := .venv-sdk
 SDK_STAMP := $(SDK_VENV)/.installed
 SDK_REQUIREMENTS := "sagemaker>=2.200,<3" "protobuf<7" scipy pillow
+# MXNet's RecordIO writer, a real producer of continuation flags (mxnet 1.9.1 needs numpy < 1.24).
+MXNET_VENV := .venv-mxnet
+MXNET_STAMP := $(MXNET_VENV)/.installed
+MXNET_REQUIREMENTS := "mxnet==1.9.1" "numpy<1.24" protobuf
 PIP := -m pip install --disable-pip-version-check -q
 PORT ?= 8080
 
 .PHONY: install serve test bench clean
 
-install: $(STAMP) $(SDK_STAMP)
+install: $(STAMP) $(SDK_STAMP) $(MXNET_STAMP)
 
 $(STAMP): setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -30,6 +35,11 @@ $(SDK_STAMP):
 	$(SDK_VENV)/bin/python $(PIP) $(SDK_REQUIREMENTS)
 	touch $(SDK_STAMP)
 
+$(MXNET_STAMP):
+	test -x $(MXNET_VENV)/bin/python || $(PYTHON) -m venv $(MXNET_VENV)
+	$(MXNET_VENV)/bin/python $(PIP) $(MXNET_REQUIREMENTS)
+	touch $(MXNET_STAMP)
+
 serve: $(STAMP)
 	$(BIN)/serve --model-dir examples/numpy-linear/model --port $(PORT)
 
@@ -40,4 +50,4 @@ bench: install
 	$(BIN)/python benchmarks/codecs.py
 
 clean:
-	rm -rf $(VENV) $(SDK_VENV) *.egg-info .pytest_cache
+	rm -rf $(VENV) $(SDK_VENV) $(MXNET_VENV) *.egg-info .pytest_cache

@@ -43,6 +43,37 @@ def write_model_dir(root: Path, inference: str, files: dict[str, str] | None = N
     return root / "model"
 
 
+def write_wheel(directory: Path, name: str, files: dict[str, str],
+                entry_points: str | None = None) -> Path:
+    """A minimal pure-Python wheel, so that a test needs no network and no build step."""
+    import zipfile
+
+    path = directory / f"{name}-0.1-py3-none-any.whl"
+    info = f"{name}-0.1.dist-info"
+    files = {
+        **files,
+        f"{info}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: 0.1\n",
+        f"{info}/WHEEL": "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\n"
+                         "Tag: py3-none-any\n",
+    }
+    if entry_points:
+        files[f"{info}/entry_points.txt"] = textwrap.dedent(entry_points)
+    files[f"{info}/RECORD"] = "".join(f"{f},,\n" for f in [*files, f"{info}/RECORD"])
+    with zipfile.ZipFile(path, "w") as whl:
+        for filename, text in files.items():
+            whl.writestr(filename, text)
+    return path
+
+
+def pip_install(target: Path | str) -> None:
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps",
+                    "--disable-pip-version-check", str(target)], check=True)
+
+
+def pip_uninstall(name: str) -> None:
+    subprocess.run([sys.executable, "-m", "pip", "uninstall", "-y", "-q", name], check=False)
+
+
 class Server:
     """One ``python -m serving`` process; its output goes to a log file."""
 

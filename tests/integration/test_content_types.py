@@ -13,7 +13,7 @@ from PIL import Image
 
 from handlers.content.recordio import Record, read_recordio
 
-from .conftest import REPO, Server, write_model_dir
+from .conftest import REPO, Server, pip_install, pip_uninstall, run_serve, write_model_dir, write_wheel
 
 SDK_PYTHON = REPO / ".venv-sdk" / "bin" / "python"
 SDK_CLIENT = REPO / "tests" / "clients" / "sdk_v2_client.py"
@@ -176,3 +176,76 @@ def test_sdk_text_and_npz(echo_server):
     assert sdk(echo_server, "text")["result"] == "héllo"
     out = sdk(echo_server, "npz_out")
     assert out["files"] == ["arr_0"] and out["arr_0"] == ARRAY.tolist()
+
+
+PLUGIN = '''
+from handlers.content import ContentHandler, DecodeError
+
+
+class ShoutHandler(ContentHandler):
+    media_type = "text/x-shout"
+
+    def decode(self, body):
+        if not body.isascii():
+            raise DecodeError("shouts are ASCII")
+        return body.decode().upper()
+
+    def encode(self, obj):
+        return (str(obj) + "!").encode()
+'''
+
+
+def test_an_installed_plugin_package_adds_a_type(tmp_path):
+    name = "serving_toolkit_shout_plugin"
+    wheel = write_wheel(tmp_path, name, {f"{name}.py": PLUGIN}, f"""
+        [serving.content_handlers]
+        shout = {name}:ShoutHandler
+    """)
+    pip_install(wheel)
+    try:
+        server = Server(write_model_dir(tmp_path, ECHO), "--workers", "1",
+                        log_path=tmp_path / "serve.log")
+        server.wait_ready()
+        assert post(server, b"hello", "text/x-shout", "text/x-shout") == b"HELLO!"
+        response = requests.post(server.url(), data="é".encode(),
+                                 headers={"Content-Type": "text/x-shout"})
+        assert response.status_code == 400 and response.json()["message"] == "shouts are ASCII"
+        unsupported = requests.post(server.url(), data=b"x", headers={"Content-Type": "text/x-no"})
+        assert "text/x-shout" in unsupported.json()["supported"]
+        assert server.terminate() == 0
+    finally:
+        pip_uninstall(name)
+
+
+def test_a_plugin_that_clashes_stops_startup(tmp_path):
+    name = "serving_toolkit_clash_plugin"
+    source = "from handlers.content.json import JSONHandler as Mine\n"
+    wheel = write_wheel(tmp_path, name, {f"{name}.py": source}, f"""
+        [serving.content_handlers]
+        json2 = {name}:Mine
+    """)
+    pip_install(wheel)
+    try:
+        result = run_serve("--model-dir", str(write_model_dir(tmp_path, ECHO)))
+        assert result.returncode == 1
+        assert f"plugin json2 ({name}:Mine, from {name})" in result.stderr
+        assert "application/json is already handled" in result.stderr
+    finally:
+        pip_uninstall(name)
+
+
+MXNET_PYTHON = REPO / ".venv-mxnet" / "bin" / "python"
+
+
+def test_mxnet_recordio_with_continuation_flags(echo_server):
+    assert MXNET_PYTHON.exists(), f"{MXNET_PYTHON} is missing: run `make install`"
+    result = subprocess.run(
+        [str(MXNET_PYTHON), str(REPO / "tests" / "clients" / "mxnet_recordio_client.py"),
+         echo_server.url()],
+        capture_output=True, text=True, timeout=120, env={"PYTHONPATH": str(REPO)},
+    )
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    assert out["flags"] == [1, 2, 3] * 3  # MXNet split each record at the magic numbers
+    assert len(out["rows"]) == 3
+    assert np.array_equal(np.float32(out["rows"]), np.float32([out["sent"]] * 3))

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import requests
 
-from .conftest import REPO, free_port, run_serve, write_model_dir
+from .conftest import REPO, free_port, pip_uninstall, run_serve, write_model_dir, write_wheel
 
 EXAMPLE = REPO / "examples" / "numpy-linear" / "model"
 
@@ -297,25 +297,6 @@ def test_program_from_a_tarball_submit_directory_with_sibling_modules(serve, tmp
     assert requests.post(server.url(), json=[1, 2]).json() == [3, 6]
 
 
-def _write_wheel(directory: Path, name: str) -> Path:
-    """A minimal pure-Python wheel, so the test needs no network and no build."""
-    import zipfile
-
-    path = directory / f"{name}-0.1-py3-none-any.whl"
-    info = f"{name}-0.1.dist-info"
-    files = {
-        f"{name}.py": "ANSWER = 42\n",
-        f"{info}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: 0.1\n",
-        f"{info}/WHEEL": "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\n"
-                         "Tag: py3-none-any\n",
-    }
-    files[f"{info}/RECORD"] = "".join(f"{f},,\n" for f in [*files, f"{info}/RECORD"])
-    with zipfile.ZipFile(path, "w") as whl:
-        for filename, text in files.items():
-            whl.writestr(filename, text)
-    return path
-
-
 def test_requirements_are_installed_before_workers_start(serve, tmp_path):
     name = "serving_toolkit_reqtest"
     model_dir = write_model_dir(tmp_path, f"""
@@ -323,14 +304,13 @@ def test_requirements_are_installed_before_workers_start(serve, tmp_path):
         def model_fn(model_dir):
             return lambda x: {name}.ANSWER
     """)
-    wheel = _write_wheel(model_dir / "code", name)
+    wheel = write_wheel(model_dir / "code", name, {f"{name}.py": "ANSWER = 42\n"})
     (model_dir / "code" / "requirements.txt").write_text(f"./{wheel.name}\n")
     try:
         server = serve(model_dir, "--workers", "1")
         assert requests.post(server.url(), json=[1]).json() == 42
     finally:
-        import subprocess
-        subprocess.run([sys.executable, "-m", "pip", "uninstall", "-y", "-q", name], check=False)
+        pip_uninstall(name)
 
 
 def test_requirements_switch_off(tmp_path):
