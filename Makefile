@@ -48,6 +48,7 @@ test: install
 
 bench: install
 	$(BIN)/python benchmarks/codecs.py
+	PYTHONPATH=. $(SDK_VENV)/bin/python benchmarks/recordio_vs_sdk.py
 
 clean:
 	rm -rf $(VENV) $(SDK_VENV) $(MXNET_VENV) *.egg-info .pytest_cache

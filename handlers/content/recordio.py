@@ -8,9 +8,10 @@ The wire contract is ``shared/specs/recordio-protobuf.md``. Decoding:
   configuration, rows of different lengths) gives a list of :data:`Record`
   messages that keep everything.
 
-The common case, rows of equal length, is decoded in bulk: the records then
-share every byte but their values, which NumPy checks and slices out of the
-body at once. Other bodies are parsed record by record with protobuf.
+The common case, dense records as ``RecordSerializer`` writes them, is decoded
+in bulk: NumPy finds the frames, checks every record's layout and cuts out and
+converts the values of all records at once. Other bodies are parsed record by
+record with protobuf.
 
 Encoding: a 2-D array gives one record per row under ``label["values"]``
 (a 1-D array one record per element); a dict of equal-length arrays gives one
@@ -197,83 +198,139 @@ def _plain_dense(record: Message) -> tuple[str, t.Any] | None:
 def _varints(data: np.ndarray) -> np.ndarray:
     """Decode concatenated protobuf varints (uint8 array) to int64, all at once."""
     ends = np.flatnonzero(data < 0x80)
-    starts = np.concatenate(([0], ends[:-1] + 1))
+    starts = np.empty_like(ends)
+    starts[:1] = 0
+    starts[1:] = ends[:-1] + 1
     sizes = ends - starts + 1
-    if sizes.max(initial=0) > 10:
+    longest = int(sizes.max(initial=0))
+    if longest > 10:
         raise ValueError("a varint longer than 10 bytes")
-    values = np.zeros(len(ends), dtype=np.uint64)
-    for k in range(int(sizes.max(initial=0))):
-        take = sizes > k
-        values[take] |= (data[starts[take] + k] & 0x7F).astype(np.uint64) << np.uint64(7 * k)
+    values = (data[starts] & 0x7F).astype(np.uint64)
+    for k in range(1, longest):  # one pass per byte position, over all varints at once
+        byte = data[np.minimum(starts + k, len(data) - 1)] & 0x7F
+        values |= np.where(sizes > k, byte.astype(np.uint64) << np.uint64(7 * k), np.uint64(0))
     return values.astype(np.int64)
 
 
-def _uniform_payloads(body: bytes) -> np.ndarray | None:
-    """Payloads as an (n, length) byte matrix when every frame has the same header."""
-    if len(body) < 8:
-        return None
-    magic, lrec = _HEADER.unpack_from(body, 0)
-    if magic != MAGIC or lrec >> 29 or lrec == 0:
-        return None
-    stride = 8 + _padded(lrec)
-    if len(body) % stride:
-        return None
-    frames = np.frombuffer(body, dtype=np.uint8).reshape(-1, stride)
-    if not (frames[:, :8] == frames[0, :8]).all():
-        return None
-    return frames[:, 8:8 + lrec]
+def _varints_at(data: np.ndarray, at: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One varint at each offset in ``at``: (values, sizes, valid), at once for all offsets."""
+    values = np.zeros(len(at), dtype=np.int64)
+    sizes = np.ones(len(at), dtype=np.int64)
+    done = np.zeros(len(at), dtype=bool)
+    last = len(data) - 1
+    for k in range(5):  # 5 bytes hold any length up to 2**35; RecordIO stops at 2**29
+        byte = data[np.minimum(at + k, last)]
+        values += np.where(done, 0, (byte & 0x7F).astype(np.int64) << (7 * k))
+        done |= byte < 0x80
+        if done.all():  # lengths are short: this ends after a byte or two
+            break
+        sizes += ~done
+    return values, sizes, done
 
 
-def _decode_uniform_dense(body: bytes) -> np.ndarray | None:
-    """The bulk path: equal-length dense records whose bytes differ only in their values."""
-    matrix = _uniform_payloads(body)
-    if matrix is None:
+def _frames_in_bulk(body: bytes) -> tuple[np.ndarray, np.ndarray] | None:
+    """(payload offsets, payload lengths) of a body of plain cflag-0 frames, found at once.
+
+    Every 4-aligned magic number is a candidate frame start; when each frame's
+    length leads exactly to the next candidate and the last to the end, the
+    candidates are the frames. Anything else (continued records, a magic number
+    inside a payload, damage) returns ``None`` for the careful reader.
+    """
+    if len(body) < 8 or len(body) % 4:
         return None
-    try:
-        first = Record.FromString(matrix[0].tobytes())
-    except ProtobufDecodeError:
+    words = np.frombuffer(body, dtype="<u4")
+    starts = np.flatnonzero(words == MAGIC)
+    if not len(starts) or starts[0] != 0 or starts[-1] + 1 >= len(words):
         return None
-    dense = _plain_dense(first)
-    if dense is None:
+    lrec = words[starts + 1]
+    if (lrec >> 29).any():
         return None
-    kind, values = dense
+    lengths = (lrec & _LENGTH_MASK).astype(np.int64)
+    following = starts + 2 + (lengths + 3) // 4
+    if following[-1] != len(words) or not (following[:-1] == starts[1:]).all():
+        return None
+    return starts.astype(np.int64) * 4 + 8, lengths
+
+
+#: Tag byte of each tensor field of ``Value`` (field number << 3 | length-delimited).
+_TENSOR_TAGS = {0x12: "float32_tensor", 0x1A: "float64_tensor", 0x3A: "int32_tensor"}
+_VALUES_KEY = np.frombuffer(b"\x0a\x06values\x12", dtype=np.uint8)
+
+
+def _decode_dense_in_bulk(body: bytes) -> np.ndarray | None:
+    """The bulk path: dense ``features["values"]`` records, as ``RecordSerializer`` writes them.
+
+    Each payload must be exactly ``features { key: "values" value { <tensor> { values:
+    packed } } }`` in the canonical field order; the layout of every record is checked
+    with NumPy at once, and the values of all records are cut out and converted at
+    once. Bodies of any other shape return ``None`` and go to protobuf record by record.
+    """
+    frames = _frames_in_bulk(body)
+    if frames is None:
+        return None
+    start, length = frames
+    data = np.frombuffer(body, dtype=np.uint8)
+    end = start + length
+    last = len(data) - 1
+
+    def take(at: np.ndarray) -> np.ndarray:
+        return data[np.minimum(at, last)]
+
+    def nested(at: np.ndarray, tag: int) -> tuple[np.ndarray, np.ndarray]:
+        """Check a tag then a length that runs exactly to the end of the payload."""
+        ok = (at < end) & (take(at) == tag)
+        size, width, valid = _varints_at(data, at + 1)
+        at = at + 1 + width
+        return at, ok & valid & (at + size == end)
+
+    at, ok = nested(start, 0x0A)  # Record.features: one map entry, the whole payload
+    ok &= (take(at[:, None] + np.arange(len(_VALUES_KEY))) == _VALUES_KEY).all(axis=1)
+    at = at + len(_VALUES_KEY) - 1  # key "values", then the entry's value field
+    at, valid = nested(at, 0x12)
+    ok &= valid
+    tags = take(at)
+    if not ok.all() or not (tags == tags[0]).all() or int(tags[0]) not in _TENSOR_TAGS:
+        return None
+    kind = _TENSOR_TAGS[int(tags[0])]
+    at, valid = nested(at, int(tags[0]))  # the tensor message
+    values_at, valid2 = nested(at, 0x0A)  # its packed values field, and nothing else
+    if not (valid & valid2).all():
+        return None
+
+    sizes = end - values_at
     dtype = _TENSOR_DTYPES[kind]
-    count = len(values)
-    if kind == "int32_tensor":
-        # Varints: the values' byte size is that of the first row's; every row must match it.
-        expected = np.asarray(values, dtype=np.int64)
-        size = int(sum(_varint_size(v) for v in expected.tolist()))
-    else:
-        size = count * dtype.itemsize
-    split = matrix.shape[1] - size
-    if split < 0 or count == 0:
-        return None
-    head, tail = matrix[:, :split], matrix[:, split:]
-    if not (head == head[0]).all():
-        return None
+    if kind != "int32_tensor" and (sizes == sizes[0]).all() and (
+        (values_at - start == values_at[0] - start[0]).all()
+    ):
+        # Rows of one length: the frames are a matrix, the values a block of columns.
+        stride = len(data) // len(start)
+        block = data.reshape(len(start), stride)[:, values_at[0]:values_at[0] + sizes[0]]
+        if sizes[0] % dtype.itemsize:
+            return None
+        return np.ascontiguousarray(block).view(dtype)
+    # One gather of every record's value bytes: a mask that is on inside value regions.
+    edges = np.zeros(len(data) + 1, dtype=np.int8)
+    edges[values_at] = 1
+    edges[end] -= 1
+    raw = data[np.cumsum(edges[:-1], dtype=np.int8).view(bool)]
     if kind != "int32_tensor":
-        if tail[0].tobytes() != np.asarray(values, dtype=dtype).tobytes():
-            return None  # values are not where a packed field ends the record
-        return np.ascontiguousarray(tail).view(dtype).reshape(len(matrix), count)
-    if not ((tail < 0x80).sum(axis=1) == count).all() or not (tail[:, -1] < 0x80).all():
-        return None  # some row holds more or fewer varints than the first
-    try:
-        decoded = _varints(np.ascontiguousarray(tail).reshape(-1))
-    except ValueError:
-        return None
-    if not np.array_equal(decoded[:count], expected):
-        return None
-    return decoded.reshape(len(matrix), count).astype(np.int32)
-
-
-def _varint_size(value: int) -> int:
-    if value < 0:
-        return 10  # negative int32 values are sign-extended to 64 bits
-    size = 1
-    while value >= 0x80:
-        value >>= 7
-        size += 1
-    return size
+        if (sizes % dtype.itemsize).any():
+            return None
+        counts = sizes // dtype.itemsize
+        values = raw.view(dtype)
+    else:
+        ends_varint = raw < 0x80
+        row_ends = np.cumsum(sizes) - 1
+        if not len(raw) or not ends_varint[row_ends].all():
+            return None  # a varint runs past the end of its record
+        try:
+            values = _varints(raw).astype(np.int32)  # int32 wraps as protobuf does
+        except ValueError:
+            return None
+        counts = np.add.reduceat(ends_varint, np.concatenate(([0], row_ends[:-1] + 1)))
+    if not (counts == counts[0]).all():
+        return None  # ragged rows: no 2-D array
+    return values.reshape(len(counts), int(counts[0]))
 
 
 def _decode_records(payloads: list[bytes]) -> np.ndarray | list[Message]:
@@ -378,7 +435,7 @@ class RecordIOHandler(ContentHandler):
     def decode(self, body: bytes) -> np.ndarray | list[Message]:
         if not body:
             raise DecodeError("recordio-protobuf body is empty: no records")
-        bulk = _decode_uniform_dense(body)
+        bulk = _decode_dense_in_bulk(body)
         if bulk is not None:
             return bulk
         return _decode_records(read_recordio(body))

@@ -2,6 +2,9 @@ import io
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
 from PIL import Image
 
 from handlers.content import DecodeError, EncodeError
@@ -75,3 +78,9 @@ def test_encoders_want_uint8_images():
     with pytest.raises(EncodeError, match="uint8 array"):
         PNGHandler().encode(np.zeros((4, 4, 3), dtype=np.float32))
     assert JPEGHandler().encode(np.zeros((4, 4, 4), dtype=np.uint8))[:2] == b"\xff\xd8"
+
+
+@settings(max_examples=40, deadline=None)
+@given(hnp.arrays(np.uint8, st.tuples(st.integers(1, 40), st.integers(1, 40), st.just(3))))
+def test_any_rgb_array_round_trips_through_png(array):
+    assert np.array_equal(PNGHandler().decode(PNGHandler().encode(array)), array)

@@ -70,23 +70,34 @@ def test_encoded_arrays_are_one_label_record_per_row(array):
     assert len(body) % 4 == 0 and struct.unpack_from("<I", body, 4)[0] >> 29 == 0
 
 
-def test_bulk_path_matches_the_record_by_record_path():
-    array = np.random.default_rng(0).normal(size=(500, 7)).astype(np.float32)
+@pytest.mark.parametrize("array", [
+    np.random.default_rng(0).normal(size=(500, 7)).astype(np.float32),
+    np.random.default_rng(1).normal(size=(3, 200)),
+    np.arange(3000).reshape(1000, 3) % 100,  # one-byte varints
+    np.array([[1, 2, 3], [1000, 2, -5], [0, 0, 2**31 - 1]]),  # mixed varint sizes, negatives
+], ids=["float32", "float64", "int32", "int32-mixed"])
+def test_bulk_path_matches_the_record_by_record_path(array):
     body = dense_request(array)
-    bulk = recordio._decode_uniform_dense(body)
+    bulk = recordio._decode_dense_in_bulk(body)
     one_by_one = recordio._decode_records(read_recordio(body))
+    assert bulk is not None and bulk.dtype == one_by_one.dtype
     assert np.array_equal(bulk, array) and np.array_equal(one_by_one, array)
-    # Different byte sizes of varints per row force the record-by-record path.
-    ints = np.array([[1, 2, 3], [1000, 2, -5], [0, 0, 0]])
-    assert recordio._decode_uniform_dense(dense_request(ints)) is None
-    assert handler.decode(dense_request(ints)).tolist() == ints.tolist()
 
 
-def test_int32_rows_with_equal_varint_sizes_decode_in_bulk():
-    ints = np.arange(3000).reshape(1000, 3) % 100
-    assert np.array_equal(recordio._decode_uniform_dense(dense_request(ints)), ints)
-    negative = -np.arange(1, 31).reshape(10, 3)
-    assert np.array_equal(handler.decode(dense_request(negative)), negative)
+def test_bodies_off_the_canonical_layout_take_the_careful_path():
+    ragged = dense_request_ragged()
+    assert recordio._decode_dense_in_bulk(ragged) is None
+    assert isinstance(handler.decode(ragged), list)
+    labelled = Record()
+    labelled.features["values"].float32_tensor.values.extend([1.0])
+    labelled.label["values"].float32_tensor.values.extend([0.0])
+    body = write_recordio([labelled.SerializeToString()] * 2)
+    assert recordio._decode_dense_in_bulk(body) is None
+    assert handler.decode(body) == [labelled, labelled]
+    # A float payload that holds the magic number (SDK writers do not split it).
+    magic = float(np.frombuffer(struct.pack("<I", 0xCED7230A), "<f4")[0])
+    array = np.array([[magic, magic, magic, 1.0]] * 4, np.float32)
+    assert np.array_equal(handler.decode(dense_request(array)), array)
 
 
 def test_unpacked_repeated_values_and_reordered_map_entries():
