@@ -249,3 +249,27 @@ def test_mxnet_recordio_with_continuation_flags(echo_server):
     assert out["flags"] == [1, 2, 3] * 3  # MXNet split each record at the magic numbers
     assert len(out["rows"]) == 3
     assert np.array_equal(np.float32(out["rows"]), np.float32([out["sent"]] * 3))
+
+
+def test_a_type_registered_from_inference_py(tmp_path):
+    model_dir = write_model_dir(tmp_path, """
+        from handlers.content import ContentHandler, register
+
+        class Reversed(ContentHandler):
+            media_type = "text/x-reversed"
+
+            def decode(self, body):
+                return body[::-1].decode()
+
+            def encode(self, obj):
+                return str(obj)[::-1].encode()
+
+        register(Reversed())
+
+        def predict_fn(data, model):
+            return data.upper()
+    """)
+    server = Server(model_dir, "--workers", "1", log_path=tmp_path / "serve.log")
+    server.wait_ready()
+    assert post(server, b"olleh", "text/x-reversed", "text/x-reversed") == b"OLLEH"
+    assert server.terminate() == 0

@@ -84,3 +84,9 @@ def test_encoders_want_uint8_images():
 @given(hnp.arrays(np.uint8, st.tuples(st.integers(1, 40), st.integers(1, 40), st.just(3))))
 def test_any_rgb_array_round_trips_through_png(array):
     assert np.array_equal(PNGHandler().decode(PNGHandler().encode(array)), array)
+
+
+def test_formats_that_run_external_programs_are_refused():
+    eps = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nshowpage\n"
+    with pytest.raises(DecodeError, match="is not JPEG/PNG/GIF/BMP/TIFF/WEBP/PPM"):
+        ImageHandler().decode(eps)
