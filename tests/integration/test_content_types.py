@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import subprocess
@@ -195,14 +196,20 @@ class ShoutHandler(ContentHandler):
 '''
 
 
+@contextlib.contextmanager
+def installed_plugin(tmp_path, name: str, source: str, entry_point: str):
+    """A one-module package with a serving.content_handlers entry point, pip-installed."""
+    pip_install(write_wheel(tmp_path, name, {f"{name}.py": source},
+                            f"[serving.content_handlers]\n{entry_point}\n"))
+    try:
+        yield
+    finally:
+        pip_uninstall(name)
+
+
 def test_an_installed_plugin_package_adds_a_type(tmp_path):
     name = "serving_toolkit_shout_plugin"
-    wheel = write_wheel(tmp_path, name, {f"{name}.py": PLUGIN}, f"""
-        [serving.content_handlers]
-        shout = {name}:ShoutHandler
-    """)
-    pip_install(wheel)
-    try:
+    with installed_plugin(tmp_path, name, PLUGIN, f"shout = {name}:ShoutHandler"):
         server = Server(write_model_dir(tmp_path, ECHO), "--workers", "1",
                         log_path=tmp_path / "serve.log")
         server.wait_ready()
@@ -213,25 +220,16 @@ def test_an_installed_plugin_package_adds_a_type(tmp_path):
         unsupported = requests.post(server.url(), data=b"x", headers={"Content-Type": "text/x-no"})
         assert "text/x-shout" in unsupported.json()["supported"]
         assert server.terminate() == 0
-    finally:
-        pip_uninstall(name)
 
 
 def test_a_plugin_that_clashes_stops_startup(tmp_path):
     name = "serving_toolkit_clash_plugin"
     source = "from handlers.content.json import JSONHandler as Mine\n"
-    wheel = write_wheel(tmp_path, name, {f"{name}.py": source}, f"""
-        [serving.content_handlers]
-        json2 = {name}:Mine
-    """)
-    pip_install(wheel)
-    try:
+    with installed_plugin(tmp_path, name, source, f"json2 = {name}:Mine"):
         result = run_serve("--model-dir", str(write_model_dir(tmp_path, ECHO)))
         assert result.returncode == 1
         assert f"plugin json2 ({name}:Mine, from {name})" in result.stderr
         assert "application/json is already handled" in result.stderr
-    finally:
-        pip_uninstall(name)
 
 
 MXNET_PYTHON = REPO / ".venv-mxnet" / "bin" / "python"
