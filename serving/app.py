@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
-import typing as t
 
 from flask import Flask, Response, g, request
 from werkzeug.exceptions import HTTPException
@@ -13,7 +11,7 @@ from werkzeug.exceptions import HTTPException
 from serving import errors
 from serving.config import Config
 from serving.negotiation import choose_accept, parse_media_type
-from serving.pipeline import Context, Pipeline
+from serving.pipeline import Pipeline
 
 __all__ = ["create_app"]
 
@@ -26,16 +24,8 @@ DEFAULT_CONTENT_TYPE = "application/json"
 BATCH_STRATEGY = "MultiRecord"
 
 
-def create_app(
-    config: Config,
-    pipeline: Pipeline,
-    worker_index: t.Callable[[], int | None] = lambda: None,
-) -> Flask:
-    """Build the app serving ``pipeline``.
-
-    :param worker_index: gives this process's worker index at request time
-        (the app may be built in the master, before workers exist).
-    """
+def create_app(config: Config, pipeline: Pipeline) -> Flask:
+    """Build the app serving ``pipeline``."""
     app = Flask("serving")
     app.json.sort_keys = False
     limit = config.max_payload_bytes
@@ -99,8 +89,6 @@ def create_app(
             else int(config.max_payload_mb),
         })
 
-    base_context = Context(model_dir=config.model_dir)
-
     @app.post("/invocations")
     @app.post("/endpoints/<name>/invocations")
     def invocations(name: str | None = None) -> Response:
@@ -117,10 +105,7 @@ def create_app(
         if accept is None:
             raise errors.NotAcceptable(accept_header or "", pipeline.output_types or [])
         body = read_body(limit)
-        context = dataclasses.replace(
-            base_context, worker_index=worker_index(), headers=request.headers
-        )
-        payload, media_type = pipeline.invoke(body, content_type, accept, context)
+        payload, media_type = pipeline.invoke(body, content_type, accept, request.headers)
         return Response(payload, status=200, content_type=media_type)
 
     return app

@@ -3,7 +3,11 @@ from the user's module, loading the model once, and running one request.
 
 Each function is optional and may take one extra trailing ``context``
 argument (a :class:`Context`). Missing ones fall back to the content
-handlers (decode by Content-Type, encode by Accept) and to calling the model.
+handlers (decode by Content-Type, encode by Accept) and to the framework
+handler (``handlers/frameworks``): its loader for ``model_fn``, its forward
+pass for ``predict_fn``. The framework comes from ``SERVING_FRAMEWORK``, else
+the model directory's files, else the type of model ``model_fn`` returned; a
+model of no framework is called as a plain function.
 """
 
 from __future__ import annotations
@@ -15,7 +19,9 @@ import threading
 import types
 import typing as t
 
+from handlers import frameworks
 from handlers.content import DecodeError, EncodeError, Registry
+from handlers.frameworks import FrameworkHandler, SelectionError
 from serving.errors import BadRequest, ModelError, ServingError, StartupError
 
 __all__ = ["Context", "HOSTING_FUNCTIONS", "Pipeline"]
@@ -90,11 +96,21 @@ class Pipeline:
         functions: t.Mapping[str, UserFunction],
         registry: Registry,
         *,
+        model_dir: str,
+        framework: str | None = None,
+        framework_options: t.Mapping[str, t.Any] | None = None,
         source: str = "default handlers",
     ) -> None:
         self.functions = dict(functions)
         self.registry = registry
         self.source = source
+        #: The framework's short name; ``None`` until known (or when there is none).
+        self.framework_name = framework
+        self.framework: FrameworkHandler | None = None
+        self._framework_options = dict(framework_options or {})
+        #: This process's context: the master's until :meth:`enter_worker`.
+        self.context = Context(model_dir=model_dir)
+        self._threads: int | None = None
         self.model: t.Any = None
         self._loaded = False
         self._load_lock = threading.Lock()
@@ -105,9 +121,15 @@ class Pipeline:
         module: types.ModuleType | None,
         registry: Registry,
         *,
+        model_dir: str,
         default_accept: str,
+        framework: str = "auto",
+        trust_pickled_models: bool = False,
     ) -> Pipeline:
-        """Resolve the hosting functions of ``module``; check they fit together."""
+        """Resolve the hosting functions of ``module``; check they fit together.
+
+        :param framework: ``auto``, ``none`` or a name in ``handlers.frameworks.FRAMEWORKS``.
+        """
         source = getattr(module, "__file__", None) or getattr(module, "__name__", "user code")
         functions = {}
         for name in HOSTING_FUNCTIONS:
@@ -121,13 +143,23 @@ class Pipeline:
                     f"{source}: transform_fn replaces input_fn, predict_fn and output_fn, "
                     f"so it cannot be defined with {', '.join(mixed)}; keep one or the other"
                 )
-        if not functions.keys() & {"model_fn", "predict_fn", "transform_fn"}:
-            where = source if module is not None else "no user script was found, so nothing"
+        name: str | None = None if framework in ("auto", "none") else framework
+        if framework == "auto":
+            try:
+                name = frameworks.detect_from_files(model_dir)
+            except SelectionError as exc:
+                raise StartupError(str(exc)) from None
+        if name is None and not functions.keys() & {"model_fn", "predict_fn", "transform_fn"}:
+            looked = "no user script was found" if module is None else f"{source} has no model_fn"
             raise StartupError(
-                f"{where} defines no model_fn, predict_fn or transform_fn: there is no model "
-                f"to serve (put an inference.py with a model_fn in <model-dir>/code/)"
+                f"nothing to serve: {looked}, and {model_dir} holds no files a framework handler "
+                f"loads (model.pt, model.pt2, *.pt, *.pth; <prefix>-symbol.json with "
+                f"<prefix>-NNNN.params). Put an inference.py with a model_fn in "
+                f"<model-dir>/code/, or set SERVING_FRAMEWORK"
             )
-        pipeline = cls(functions, registry, source=source)
+        pipeline = cls(functions, registry, model_dir=model_dir, framework=name,
+                       framework_options={"trust_pickled_models": trust_pickled_models},
+                       source=source)
         if pipeline.output_types is not None and default_accept not in pipeline.output_types:
             raise StartupError(
                 f"default accept {default_accept} (SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT) has no "
@@ -151,28 +183,68 @@ class Pipeline:
             return None
         return self.registry.media_types
 
-    # -- loading -----------------------------------------------------------------
+    # -- processes and loading -----------------------------------------------------
+
+    def enter_worker(self, index: int, device: str, threads: int) -> None:
+        """Called in each worker right after fork: its index, device and CPU threads."""
+        self.context = dataclasses.replace(self.context, worker_index=index, device=device)
+        self._threads = threads
+        if self.framework is not None:  # preloaded: the handler exists already
+            self.framework.configure_worker(device, threads)
+
+    def _use_framework(self, name: str) -> None:
+        try:
+            self.framework = frameworks.load(name, **self._framework_options)
+        except ImportError as exc:
+            raise StartupError(
+                f"the {name} handler needs {exc.name or 'its framework'}, which is not "
+                f"installed: pip install 'serving-toolkit[{name}]'"
+            ) from exc
+        self.framework_name = name
+        if self._threads is not None:  # in a worker already
+            self.framework.configure_worker(self.context.device, self._threads)
 
     @property
     def ready(self) -> bool:
         return self._loaded
 
-    def load_model(self, context: Context) -> None:
-        """Run ``model_fn`` once in this process; later calls do nothing."""
+    def load_model(self) -> None:
+        """Load the model once in this process; later calls do nothing.
+
+        Runs ``model_fn`` (or the framework's loader) with this process's context,
+        then places the model on its device.
+        """
         with self._load_lock:
             if self._loaded:
                 return
+            context = self.context
+            if self.framework_name is not None and self.framework is None:
+                self._use_framework(self.framework_name)
             model_fn = self.functions.get("model_fn")
-            if model_fn is not None:
-                log.info("loading the model: %s model_fn(%r)", self.source, context.model_dir)
-                self.model = model_fn(context.model_dir, context=context)
-            if not self.functions.keys() & {"predict_fn", "transform_fn"} and not callable(
-                self.model
-            ):
+            try:
+                if model_fn is not None:
+                    log.info("loading the model: %s model_fn(%r)", self.source, context.model_dir)
+                    self.model = model_fn(context.model_dir, context=context)
+                    if self.framework is None:
+                        name = frameworks.framework_of_model(self.model)
+                        if name is not None:
+                            self._use_framework(name)
+                    if self.framework is not None:
+                        self.model = self.framework.place(self.model, context.device)
+                elif self.framework is not None:
+                    log.info("loading the model with the %s handler from %s",
+                             self.framework.name, context.model_dir)
+                    self.model = self.framework.load(context.model_dir, context.device)
+            except SelectionError as exc:
+                raise StartupError(str(exc)) from None
+            uses_model = not self.functions.keys() & {"predict_fn", "transform_fn"}
+            if uses_model and self.framework is None and not callable(self.model):
                 raise StartupError(
                     f"{self.source}: model_fn returned a {type(self.model).__name__}, which "
                     f"cannot be called; define predict_fn(data, model) to say how to use it"
                 )
+            log.info("model ready (framework: %s, device: %s)",
+                     self.framework_name or "none", context.device)
             self._loaded = True
 
     # -- one request -------------------------------------------------------------
@@ -196,14 +268,14 @@ class Pipeline:
         return self._run(name, lambda: self.functions[name](*args, context=context))
 
     def invoke(
-        self, body: bytes, content_type: str, accept: str, context: Context
+        self, body: bytes, content_type: str, accept: str, headers: t.Mapping[str, str]
     ) -> tuple[bytes, str]:
         """Answer one request: ``(response body, response media type)``.
 
-        :param content_type: the bare request media type (parameters are in
-            ``context.headers``).
+        :param content_type: the bare request media type (parameters are in ``headers``).
         :param accept: the negotiated response media type.
         """
+        context = dataclasses.replace(self.context, headers=headers)
         fns = self.functions
         if "transform_fn" in fns:
             result = self._user(
@@ -220,6 +292,10 @@ class Pipeline:
 
         if "predict_fn" in fns:
             prediction = self._user("predict_fn", data, self.model, context=context)
+        elif self.framework is not None:
+            framework = self.framework
+            prediction = self._run(f"the {framework.name} model", framework.predict,
+                                   self.model, data, context.device)
         else:
             prediction = self._run("the model", self.model, data)
 

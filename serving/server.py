@@ -19,7 +19,8 @@ from gunicorn.arbiter import Arbiter
 
 from serving.app import create_app
 from serving.config import Config
-from serving.pipeline import Context, Pipeline
+from serving.devices import DevicePlan
+from serving.pipeline import Pipeline
 
 __all__ = ["ServingApplication", "gunicorn_options"]
 
@@ -40,8 +41,11 @@ def _assign_worker_index(arbiter: Arbiter, worker: t.Any) -> None:
 
 
 def _enter_worker(arbiter: Arbiter, worker: t.Any) -> None:
-    """gunicorn's ``post_fork`` hook, in the new worker process."""
-    arbiter.app.worker_index = worker.index
+    """gunicorn's ``post_fork`` hook, in the new worker process: its device and threads."""
+    application: ServingApplication = arbiter.app
+    plan = application.plan
+    application.pipeline.enter_worker(worker.index, plan.device_for(worker.index),
+                                      plan.threads_per_worker)
 
 
 def _gunicorn_log_level(level: int) -> str:
@@ -77,11 +81,10 @@ def gunicorn_options(config: Config) -> dict[str, t.Any]:
 class ServingApplication(BaseApplication):
     """The gunicorn application serving one pipeline."""
 
-    def __init__(self, config: Config, pipeline: Pipeline) -> None:
+    def __init__(self, config: Config, pipeline: Pipeline, plan: DevicePlan) -> None:
         self.config = config
         self.pipeline = pipeline
-        #: This process's worker index: ``None`` in the master, set after fork.
-        self.worker_index: int | None = None
+        self.plan = plan
         super().__init__()
 
     def load_config(self) -> None:
@@ -90,18 +93,18 @@ class ServingApplication(BaseApplication):
                 self.cfg.set(key, value)
 
     def load(self) -> t.Any:
-        app = create_app(self.config, self.pipeline, worker_index=lambda: self.worker_index)
+        app = create_app(self.config, self.pipeline)
         if not self.config.preload:
             threading.Thread(target=self._load_in_worker, name="model-loader", daemon=True).start()
         return app
 
     def _load_in_worker(self) -> None:
-        context = Context(model_dir=self.config.model_dir, worker_index=self.worker_index)
+        index = self.pipeline.context.worker_index
         try:
-            self.pipeline.load_model(context)
-        except Exception:
-            log.exception("worker %s: loading the model failed", self.worker_index)
+            self.pipeline.load_model()
+        except Exception as exc:
+            log.exception("worker %s: loading the model failed: %s", index, exc)
             # Exit code 3 tells the master this worker could not boot: it stops the
             # server instead of restarting the worker for ever.
             os._exit(Arbiter.WORKER_BOOT_ERROR)
-        log.info("worker %s: model loaded", self.worker_index)
+        log.info("worker %s: model loaded", index)

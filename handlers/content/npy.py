@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import io
 import typing as t
+import warnings
 import zipfile
 
 import numpy as np
@@ -76,7 +77,9 @@ def read_npy(body: bytes | bytearray, what: str = "body") -> np.ndarray:
 
 def _as_array(obj: t.Any, what: str) -> np.ndarray:
     try:
-        array = np.asarray(to_numpy(obj))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # NumPy < 1.24 warns on ragged lists, then objects
+            array = np.asarray(to_numpy(obj))
     except (ValueError, TypeError) as exc:  # ragged nested lists
         raise EncodeError(f"cannot write the prediction as {what}: {exc}") from None
     if array.dtype.hasobject:

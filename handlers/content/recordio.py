@@ -333,6 +333,25 @@ def _decode_dense_in_bulk(body: bytes) -> np.ndarray | None:
     return values.reshape(len(counts), int(counts[0]))
 
 
+def _check_record(number: int, record: Message) -> None:
+    """Refuse what protobuf parses but a model cannot use: unknown tensors, bad UTF-8."""
+    try:
+        # proto2 strings are checked for UTF-8 only when read: read every one now.
+        _ = (record.uid, record.metadata, record.configuration)
+        for field in ("features", "label"):
+            for key, value in getattr(record, field).items():
+                kind = value.WhichOneof("value")
+                if kind is None:
+                    raise DecodeError(
+                        f"record {number}: {field}[{key!r}] holds no known tensor type "
+                        f"(float32_tensor, float64_tensor, int32_tensor or bytes)"
+                    )
+                if kind == "bytes":
+                    _ = value.bytes.content_type
+    except UnicodeDecodeError as exc:
+        raise DecodeError(f"record {number}: a string field is not valid UTF-8: {exc}") from None
+
+
 def _decode_records(payloads: list[bytes]) -> np.ndarray | list[Message]:
     records = []
     for number, payload in enumerate(payloads):
@@ -341,13 +360,7 @@ def _decode_records(payloads: list[bytes]) -> np.ndarray | list[Message]:
         except ProtobufDecodeError as exc:
             raise DecodeError(f"record {number} is not a valid Record message: {exc}") from None
     for number, record in enumerate(records):
-        for field in ("features", "label"):
-            for key, value in getattr(record, field).items():
-                if value.WhichOneof("value") is None:
-                    raise DecodeError(
-                        f"record {number}: {field}[{key!r}] holds no known tensor type "
-                        f"(float32_tensor, float64_tensor, int32_tensor or bytes)"
-                    )
+        _check_record(number, record)
     dense = [_plain_dense(record) for record in records]
     kinds = {d[0] for d in dense if d is not None}
     if None in dense or len(kinds) != 1:

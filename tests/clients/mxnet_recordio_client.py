@@ -1,7 +1,8 @@
 """MXNet's own RecordIO writer and reader against a running server.
 
-Runs in ``.venv-mxnet`` (mxnet 1.9.1 needs numpy < 1.24), with the repository on
-``sys.path`` for the Record schema only. Usage: ``python mxnet_recordio_client.py URL``.
+Runs with an interpreter that has mxnet (the test environment ``.venv``), in a
+process of its own; it uses the Record schema from ``handlers``. Usage:
+``python mxnet_recordio_client.py URL``.
 
 It writes records whose payloads hold the RecordIO magic number at 4-aligned
 offsets, which MXRecordIO splits into continuation parts (cflag 1, 2, 3), posts

@@ -104,11 +104,13 @@ def test_help_documents_every_setting_and_its_variable():
 
 
 def test_readme_options_table_is_generated():
-    # README.md carries the output of `python -m serving.config`; regenerate it if this fails.
+    # Regenerate with `python -m serving.config --write README.md` if this fails.
     import pathlib
 
+    from serving.config import TABLE_END, TABLE_START
+
     readme = (pathlib.Path(__file__).parents[2] / "README.md").read_text()
-    assert settings_table() in readme
+    assert f"{TABLE_START}\n{settings_table()}\n{TABLE_END}" in readme
 
 
 def test_unknown_flag_exits_like_argparse(model_dir):

@@ -22,12 +22,18 @@ def module(**functions):
     return mod
 
 
+def make_pipeline(tmp_path, mod, default_accept="application/json", **options):
+    return Pipeline.from_module(mod, default_registry(), model_dir=str(tmp_path),
+                                default_accept=default_accept, **options)
+
+
 def make_client(tmp_path, mod, argv=(), load=True):
     config = Config.load(["--model-dir", str(tmp_path), *argv], {})
-    pipeline = Pipeline.from_module(mod, default_registry(), default_accept=config.default_accept)
+    pipeline = make_pipeline(tmp_path, mod, config.default_accept)
     if load:
-        pipeline.load_model(Context(model_dir=config.model_dir))
-    return create_app(config, pipeline, worker_index=lambda: 7).test_client()
+        pipeline.load_model()
+        pipeline.enter_worker(7, "cpu", 1)
+    return create_app(config, pipeline).test_client()
 
 
 def npy(array):
@@ -47,26 +53,25 @@ def test_transform_fn_with_the_others_is_a_startup_error():
     mod = module(model_fn=lambda d: None, transform_fn=lambda m, d, c, a: b"",
                  predict_fn=lambda d, m: d, output_fn=lambda p, a: b"")
     with pytest.raises(StartupError, match="cannot be defined with output_fn, predict_fn"):
-        Pipeline.from_module(mod, default_registry(), default_accept="application/json")
+        make_pipeline("/tmp", mod)
 
 
 def test_no_model_is_a_startup_error():
-    with pytest.raises(StartupError, match="no model_fn, predict_fn or transform_fn"):
-        Pipeline.from_module(module(), default_registry(), default_accept="application/json")
-    with pytest.raises(StartupError, match="no user script was found"):
-        Pipeline.from_module(None, default_registry(), default_accept="application/json")
+    with pytest.raises(StartupError, match="nothing to serve: inference.py has no model_fn"):
+        make_pipeline("/tmp", module())
+    with pytest.raises(StartupError, match="nothing to serve: no user script was found"):
+        make_pipeline("/tmp", None)
 
 
 def test_wrong_arity_is_a_startup_error():
     mod = module(model_fn=lambda d: None, predict_fn=lambda data: data)
     with pytest.raises(StartupError, match=r"predict_fn\(data\) must take \(data, model\)"):
-        Pipeline.from_module(mod, default_registry(), default_accept="application/json")
+        make_pipeline("/tmp", mod)
 
 
 def test_default_accept_without_encoder_is_a_startup_error():
     with pytest.raises(StartupError, match="text/html"):
-        Pipeline.from_module(module(model_fn=lambda d: abs), default_registry(),
-                             default_accept="text/html")
+        make_pipeline("/tmp", module(model_fn=lambda d: abs), "text/html")
 
 
 def test_uncallable_model_without_predict_fn_is_a_startup_error(tmp_path):
@@ -77,9 +82,9 @@ def test_uncallable_model_without_predict_fn_is_a_startup_error(tmp_path):
 def test_model_fn_runs_once_per_process(tmp_path):
     calls = []
     mod = module(model_fn=lambda d: calls.append(d) or abs)
-    pipeline = Pipeline.from_module(mod, default_registry(), default_accept="application/json")
+    pipeline = make_pipeline(tmp_path, mod)
     for _ in range(3):
-        pipeline.load_model(Context(model_dir=str(tmp_path)))
+        pipeline.load_model()
     assert calls == [str(tmp_path)]
 
 

@@ -201,3 +201,12 @@ def test_encode_refuses_what_a_tensor_cannot_hold():
         handler.encode(np.array([[2**40]]))
     with pytest.raises(EncodeError, match="not <U1"):
         handler.encode(np.array([["a"]]))
+
+
+def test_keys_that_are_not_utf8_are_decode_errors():
+    # Found by the fuzz test: a flipped byte in the key "values".
+    record = Record()
+    record.features["values"].float32_tensor.values.append(1.0)
+    payload = record.SerializeToString().replace(b"values", b"v\xe1lues")
+    with pytest.raises(DecodeError, match="not valid UTF-8"):
+        handler.decode(frame(payload))

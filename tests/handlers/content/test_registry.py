@@ -100,7 +100,7 @@ def test_user_registered_handler_serves_through_the_pipeline(tmp_path):
 
     from serving.app import create_app
     from serving.config import Config
-    from serving.pipeline import Context, Pipeline
+    from serving.pipeline import Pipeline
 
     registry = Registry()
     registry.register(JSONHandler())
@@ -108,8 +108,9 @@ def test_user_registered_handler_serves_through_the_pipeline(tmp_path):
     mod = types.ModuleType("inference")
     mod.predict_fn = lambda data, model: data + "!"
     config = Config.load(["--model-dir", str(tmp_path)], {})
-    pipeline = Pipeline.from_module(mod, registry, default_accept="application/json")
-    pipeline.load_model(Context(model_dir=str(tmp_path)))
+    pipeline = Pipeline.from_module(mod, registry, model_dir=str(tmp_path),
+                                    default_accept="application/json")
+    pipeline.load_model()
     client = create_app(config, pipeline).test_client()
     response = client.post("/invocations", data=b"hi", headers={
         "Content-Type": "text/x-upper", "Accept": "text/x-upper"})

@@ -1,0 +1,56 @@
+"""The framework-handler base class."""
+
+from __future__ import annotations
+
+import typing as t
+
+import numpy as np
+
+__all__ = ["FrameworkHandler", "SelectionError", "cast_floats"]
+
+
+class SelectionError(ValueError):
+    """No framework, or several, fit the model; the message says what to set."""
+
+
+class FrameworkHandler:
+    """What one framework adds: loading its files, placing, and calling a model.
+
+    Subclasses import their framework in ``__init__`` (never at module import),
+    and write :meth:`artifacts`, :meth:`load` and :meth:`predict`.
+    """
+
+    name: t.ClassVar[str] = ""
+
+    def __init__(self, *, trust_pickled_models: bool = False) -> None:
+        self.trust_pickled_models = trust_pickled_models
+
+    @classmethod
+    def artifacts(cls, model_dir: str) -> list[str]:
+        """Files in ``model_dir`` this framework's default loader reads (no import needed)."""
+        return []
+
+    def configure_worker(self, device: str, threads: int) -> None:
+        """Set this worker process's threads and device; called once, after fork."""
+
+    def load(self, model_dir: str, device: str) -> t.Any:
+        """The default ``model_fn``: the model in ``model_dir``, on ``device``."""
+        raise NotImplementedError
+
+    def place(self, model: t.Any, device: str) -> t.Any:
+        """Move a loaded model (a user's ``model_fn``'s too) to ``device``."""
+        return model
+
+    def predict(self, model: t.Any, data: t.Any, device: str) -> t.Any:
+        """The default ``predict_fn``: NumPy in, the model's forward pass, NumPy out."""
+        raise NotImplementedError
+
+
+def cast_floats(array: np.ndarray, dtype: t.Any) -> np.ndarray:
+    """Floating input in the model's floating dtype: JSON has no float32, models mostly do.
+
+    Integers keep theirs (token ids, class indices).
+    """
+    if array.dtype.kind == "f" and dtype is not None and array.dtype != dtype:
+        return array.astype(dtype)
+    return array

@@ -1,0 +1,59 @@
+"""Chainer: the user's ``model_fn`` builds the network (Chainer files hold weights only);
+the default predict runs it in inference mode, on a GPU through CuPy when asked.
+"""
+
+from __future__ import annotations
+
+import os
+import typing as t
+
+import numpy as np
+
+from handlers.content.base import to_numpy
+from handlers.frameworks.base import FrameworkHandler, SelectionError, cast_floats
+
+__all__ = ["ChainerHandler"]
+
+
+class ChainerHandler(FrameworkHandler):
+    name = "chainer"
+
+    def __init__(self, *, trust_pickled_models: bool = False) -> None:
+        super().__init__(trust_pickled_models=trust_pickled_models)
+        # Chainer 7's import-time check needs the standard library's distutils.
+        os.environ.setdefault("SETUPTOOLS_USE_DISTUTILS", "stdlib")
+        import chainer
+
+        self.chainer = chainer
+
+    def load(self, model_dir: str, device: str) -> t.Any:
+        raise SelectionError(
+            "Chainer files hold weights, not the network: define model_fn in inference.py to "
+            "build the model and load them (chainer.serializers.load_npz)"
+        )
+
+    def place(self, model: t.Any, device: str) -> t.Any:
+        if device.startswith("cuda") and isinstance(model, self.chainer.Link):
+            model.to_device(f"@cupy:{device.partition(':')[2] or 0}")
+        return model
+
+    def predict(self, model: t.Any, data: t.Any, device: str) -> t.Any:
+        chainer = self.chainer
+        if isinstance(data, np.ndarray) and data.dtype.kind in "biuf":
+            params = list(model.params()) if isinstance(model, chainer.Link) else []
+            floats = next((p.dtype for p in params if p.dtype is not None and p.dtype.kind == "f"),
+                          None)
+            data = cast_floats(data, floats)
+            if device.startswith("cuda"):
+                data = chainer.get_device(f"@cupy:{device.partition(':')[2] or 0}").send(data)
+        with chainer.using_config("train", False), chainer.no_backprop_mode():
+            out = model(data)
+        return _outputs_to_numpy(out)
+
+
+def _outputs_to_numpy(out: t.Any) -> t.Any:
+    if isinstance(out, (list, tuple)):
+        return type(out)(_outputs_to_numpy(o) for o in out)
+    if isinstance(out, dict):
+        return {k: _outputs_to_numpy(v) for k, v in out.items()}
+    return to_numpy(out)
