@@ -51,7 +51,7 @@ serve: $(STAMP)
 	$(BIN)/serve --model-dir examples/numpy-linear/model --port $(PORT)
 
 test: install
-	$(BIN)/python -m pytest -q tests
+	SETUPTOOLS_USE_DISTUTILS=stdlib $(BIN)/python -m pytest -q tests
 	$(NP2_VENV)/bin/python -m pytest -q -m "not chainer and not mxnet" tests
 
 bench: install

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import logging
 import os
 import sys
@@ -30,19 +31,33 @@ THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"
                     "MXNET_CPU_WORKER_NTHREADS")
 
 
-def _prepare_environment(threads_per_worker: int) -> None:
-    """Variables the frameworks read when they start, set before any of them is imported.
+def _set_thread_variables(threads_per_worker: int) -> None:
+    """Workers share the CPUs: each math library gets about cores / workers threads.
 
-    Workers share the CPUs: each library gets about cores / workers threads unless
-    the user set its variable. Chainer 7's import-time check needs the standard
-    library's distutils (setuptools >= 60 would hide it).
+    Set before any framework is imported (they read these when they start), unless
+    the user set them.
     """
     for name in THREAD_VARIABLES:
         os.environ.setdefault(name, str(threads_per_worker))
-    os.environ.setdefault("SETUPTOOLS_USE_DISTUTILS", "stdlib")
+
+
+def _reexec_for_chainer(argv: t.Sequence[str] | None) -> None:
+    """Start again with ``SETUPTOOLS_USE_DISTUTILS=stdlib`` when Chainer is installed.
+
+    Chainer 7's import-time check imports ``numpy.distutils``, which needs the
+    standard library's distutils; setuptools >= 60 hides it behind a shim that it
+    installs at interpreter start, so the variable must be set before this
+    process began. Costs one interpreter start, only where Chainer is installed.
+    """
+    if "SETUPTOOLS_USE_DISTUTILS" in os.environ or importlib.util.find_spec("chainer") is None:
+        return
+    args = list(sys.argv[1:] if argv is None else argv)
+    os.execve(sys.executable, [sys.executable, "-m", "serving", *args],
+              {**os.environ, "SETUPTOOLS_USE_DISTUTILS": "stdlib"})
 
 
 def main(argv: t.Sequence[str] | None = None) -> None:
+    _reexec_for_chainer(argv)
     try:
         config = Config.load(argv)
     except ConfigError as exc:
@@ -64,7 +79,7 @@ def main(argv: t.Sequence[str] | None = None) -> None:
                                      preload=config.preload and plan.kind == "cpu")
         log.info("devices: %s, %d worker(s), %d thread(s) each%s", plan.kind, plan.workers,
                  plan.threads_per_worker, f", GPUs {list(plan.gpus)}" if plan.gpus else "")
-        _prepare_environment(plan.threads_per_worker)
+        _set_thread_variables(plan.threads_per_worker)
         registry = default_registry()  # built-in handlers and installed plugins, once
         script = locate_user_script(config)
         module = None

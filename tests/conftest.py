@@ -2,6 +2,8 @@ import os
 
 import pytest
 
+from tests.server_helpers import Server
+
 # Settings the server reads from the environment: a test sets the ones it means.
 _SERVING_ENV = ("SM_", "SAGEMAKER_", "SERVING_")
 
@@ -11,3 +13,21 @@ def _clean_serving_env(monkeypatch):
     for name in list(os.environ):
         if name.startswith(_SERVING_ENV):
             monkeypatch.delenv(name)
+
+
+@pytest.fixture
+def serve(tmp_path):
+    """``serve(model_dir, *flags, env=..., ready=True)`` → a running :class:`Server`."""
+    servers: list[Server] = []
+
+    def start(model_dir, *args, env=None, ready=True, command=None):
+        server = Server(model_dir, *args, env=env, command=command,
+                        log_path=tmp_path / f"serve-{len(servers)}.log")
+        servers.append(server)
+        if ready:
+            server.wait_ready()
+        return server
+
+    yield start
+    for server in servers:
+        server.kill()

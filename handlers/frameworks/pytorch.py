@@ -62,7 +62,9 @@ class PyTorchHandler(FrameworkHandler):
         path = self._model_file(model_dir)
         if path.endswith(".pt2"):
             program = torch.export.load(path)
-            return self.place(program.module(), device)
+            if device != "cpu":
+                program = torch.export.passes.move_to_device_pass(program, device)
+            return program.module()  # an inference graph already: no eval(), no .to()
         if self._is_torchscript(path):
             return torch.jit.load(path, map_location=device).eval()
         try:  # weights_only unpickles tensors and containers, never code: safe to try
@@ -100,7 +102,10 @@ class PyTorchHandler(FrameworkHandler):
     def place(self, model: t.Any, device: str) -> t.Any:
         if isinstance(model, self.torch.nn.Module):
             model = model.to(device)
-            model.eval()  # dropout and batch norm in inference mode
+            try:
+                model.eval()  # dropout and batch norm in inference mode
+            except NotImplementedError:
+                pass  # an exported program's module: captured for inference already
         return model
 
     # -- predicting ----------------------------------------------------------------------

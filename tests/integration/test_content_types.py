@@ -15,7 +15,7 @@ from PIL import Image
 
 from handlers.content.recordio import Record, read_recordio
 
-from .conftest import REPO, Server, pip_install, pip_uninstall, run_serve, write_model_dir, write_wheel
+from tests.server_helpers import REPO, Server, pip_install, pip_uninstall, run_serve, write_model_dir, write_wheel
 
 SDK_PYTHON = REPO / ".venv-sdk" / "bin" / "python"
 SDK_CLIENT = REPO / "tests" / "clients" / "sdk_v2_client.py"

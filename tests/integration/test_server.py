@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import requests
 
-from .conftest import REPO, free_port, pip_uninstall, run_serve, write_model_dir, write_wheel
+from tests.server_helpers import REPO, free_port, pip_uninstall, run_serve, write_model_dir, write_wheel
 
 EXAMPLE = REPO / "examples" / "numpy-linear" / "model"
 

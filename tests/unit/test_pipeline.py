@@ -49,29 +49,29 @@ def doubler(tmp_path, **extra):
 # -- resolution ------------------------------------------------------------------
 
 
-def test_transform_fn_with_the_others_is_a_startup_error():
+def test_transform_fn_with_the_others_is_a_startup_error(tmp_path):
     mod = module(model_fn=lambda d: None, transform_fn=lambda m, d, c, a: b"",
                  predict_fn=lambda d, m: d, output_fn=lambda p, a: b"")
     with pytest.raises(StartupError, match="cannot be defined with output_fn, predict_fn"):
-        make_pipeline("/tmp", mod)
+        make_pipeline(tmp_path, mod)
 
 
-def test_no_model_is_a_startup_error():
+def test_no_model_is_a_startup_error(tmp_path):
     with pytest.raises(StartupError, match="nothing to serve: inference.py has no model_fn"):
-        make_pipeline("/tmp", module())
+        make_pipeline(tmp_path, module())
     with pytest.raises(StartupError, match="nothing to serve: no user script was found"):
-        make_pipeline("/tmp", None)
+        make_pipeline(tmp_path, None)
 
 
-def test_wrong_arity_is_a_startup_error():
+def test_wrong_arity_is_a_startup_error(tmp_path):
     mod = module(model_fn=lambda d: None, predict_fn=lambda data: data)
     with pytest.raises(StartupError, match=r"predict_fn\(data\) must take \(data, model\)"):
-        make_pipeline("/tmp", mod)
+        make_pipeline(tmp_path, mod)
 
 
-def test_default_accept_without_encoder_is_a_startup_error():
+def test_default_accept_without_encoder_is_a_startup_error(tmp_path):
     with pytest.raises(StartupError, match="text/html"):
-        make_pipeline("/tmp", module(model_fn=lambda d: abs), "text/html")
+        make_pipeline(tmp_path, module(model_fn=lambda d: abs), "text/html")
 
 
 def test_uncallable_model_without_predict_fn_is_a_startup_error(tmp_path):

@@ -1,4 +1,4 @@
-"""A real ``serve`` process on a free port, and model directories made on the fly."""
+"""A real ``serve`` process on a free port, model directories and wheels made on the fly."""
 
 from __future__ import annotations
 
@@ -11,10 +11,9 @@ import textwrap
 import time
 from pathlib import Path
 
-import pytest
 import requests
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 
 
 def free_port() -> int:
@@ -25,8 +24,10 @@ def free_port() -> int:
 
 def server_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     """This process's environment without serving settings, plus ``extra``."""
+    # SETUPTOOLS_USE_DISTUTILS is dropped too: serve must manage Chainer without it, as
+    # users run it.
     environ = {k: v for k, v in os.environ.items()
-               if not k.startswith(("SM_", "SAGEMAKER_", "SERVING_"))}
+               if not k.startswith(("SM_", "SAGEMAKER_", "SERVING_", "SETUPTOOLS_USE_DISTUTILS"))}
     environ.update(extra or {})
     return environ
 
@@ -121,24 +122,6 @@ class Server:
             self.proc.kill()
             self.proc.wait()
         self._log.close()
-
-
-@pytest.fixture
-def serve(tmp_path):
-    """``serve(model_dir, *flags, env=..., ready=True)`` → a running :class:`Server`."""
-    servers: list[Server] = []
-
-    def start(model_dir, *args, env=None, ready=True, command=None):
-        server = Server(model_dir, *args, env=env, command=command,
-                        log_path=tmp_path / f"serve-{len(servers)}.log")
-        servers.append(server)
-        if ready:
-            server.wait_ready()
-        return server
-
-    yield start
-    for server in servers:
-        server.kill()
 
 
 def run_serve(*args: str, env: dict[str, str] | None = None,
