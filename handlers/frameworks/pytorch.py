@@ -39,7 +39,7 @@ class PyTorchHandler(FrameworkHandler):
                       if f.endswith(_SUFFIXES) and os.path.isfile(os.path.join(model_dir, f)))
 
     def configure_worker(self, device: str, threads: int) -> None:
-        self.torch.set_num_threads(threads)
+        # CPU threads: torch reads OMP_NUM_THREADS, which serve sets (or the user did).
         if device.startswith("cuda"):
             self.torch.cuda.set_device(self.torch.device(device))
 

@@ -64,6 +64,10 @@ def test_module_checkpoint_with_a_softmax_head(serve, tmp_path):
     model_dir = tmp_path / "model"
     model_dir.mkdir()
     module.save_checkpoint(str(model_dir / "legacy"), 12)
+    newest = [{k: v.copy() for k, v in params.items()} for params in module.get_params()]
+    module.init_params(mx.init.Uniform(5), force_init=True)
+    module.save_checkpoint(str(model_dir / "legacy"), 3)  # an older epoch: not the one served
+    module.set_params(*newest)
     x = np.random.default_rng(5).normal(size=(37, 4)).astype(np.float32)
     arg, _ = module.get_params()
     hidden_np = np.maximum(x @ arg["fc1_weight"].asnumpy().T + arg["fc1_bias"].asnumpy(), 0)
