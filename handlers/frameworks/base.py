@@ -24,6 +24,7 @@ class FrameworkHandler:
 
     def __init__(self, *, trust_pickled_models: bool = False) -> None:
         self.trust_pickled_models = trust_pickled_models
+        self._float_dtypes: dict[int, t.Any] = {}
 
     @classmethod
     def artifacts(cls, model_dir: str) -> list[str]:
@@ -44,6 +45,17 @@ class FrameworkHandler:
     def predict(self, model: t.Any, data: t.Any, device: str) -> t.Any:
         """The default ``predict_fn``: NumPy in, the model's forward pass, NumPy out."""
         raise NotImplementedError
+
+    def float_dtype(self, model: t.Any) -> t.Any:
+        """The NumPy dtype of the model's floating parameters, looked up once per model."""
+        key = id(model)
+        if key not in self._float_dtypes:
+            self._float_dtypes[key] = self.find_float_dtype(model)
+        return self._float_dtypes[key]
+
+    def find_float_dtype(self, model: t.Any) -> t.Any:
+        """The first floating parameter's dtype, or ``None``; frameworks override it."""
+        return None
 
 
 def cast_floats(array: np.ndarray, dtype: t.Any) -> np.ndarray:

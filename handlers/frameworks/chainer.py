@@ -37,13 +37,16 @@ class ChainerHandler(FrameworkHandler):
             model.to_device(f"@cupy:{device.partition(':')[2] or 0}")
         return model
 
+    def find_float_dtype(self, model: t.Any) -> t.Any:
+        if not isinstance(model, self.chainer.Link):
+            return None
+        return next((p.dtype for p in model.params()
+                     if p.dtype is not None and p.dtype.kind == "f"), None)
+
     def predict(self, model: t.Any, data: t.Any, device: str) -> t.Any:
         chainer = self.chainer
         if isinstance(data, np.ndarray) and data.dtype.kind in "biuf":
-            params = list(model.params()) if isinstance(model, chainer.Link) else []
-            floats = next((p.dtype for p in params if p.dtype is not None and p.dtype.kind == "f"),
-                          None)
-            data = cast_floats(data, floats)
+            data = cast_floats(data, self.float_dtype(model))
             if device.startswith("cuda"):
                 data = chainer.get_device(f"@cupy:{device.partition(':')[2] or 0}").send(data)
         with chainer.using_config("train", False), chainer.no_backprop_mode():

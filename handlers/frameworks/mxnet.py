@@ -29,11 +29,17 @@ class SymbolModel:
                  label_names: list[str]) -> None:
         self.block, self.symbol = block, symbol
         self.data_names, self.label_names = data_names, label_names
+        self._label_shapes: dict[tuple[int, ...], list[tuple[int, ...]]] = {}
 
     def label_shapes(self, data_shape: tuple[int, ...]) -> list[tuple[int, ...]]:
-        arg_shapes, _, _ = self.symbol.infer_shape_partial(**{self.data_names[0]: data_shape})
-        shapes = dict(zip(self.symbol.list_arguments(), arg_shapes))
-        return [tuple(shapes[name]) or (data_shape[0],) for name in self.label_names]
+        """Shapes of the dummy labels for a batch of ``data_shape``, inferred once per shape."""
+        if data_shape not in self._label_shapes:
+            arg_shapes, _, _ = self.symbol.infer_shape_partial(
+                **{self.data_names[0]: data_shape})
+            shapes = dict(zip(self.symbol.list_arguments(), arg_shapes))
+            self._label_shapes[data_shape] = [tuple(shapes[name]) or (data_shape[0],)
+                                              for name in self.label_names]
+        return self._label_shapes[data_shape]
 
 
 class MXNetHandler(FrameworkHandler):

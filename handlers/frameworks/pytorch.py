@@ -110,8 +110,7 @@ class PyTorchHandler(FrameworkHandler):
 
     # -- predicting ----------------------------------------------------------------------
 
-    def _float_dtype(self, model: t.Any) -> t.Any:
-        """The numpy dtype of the model's first floating parameter, if any."""
+    def find_float_dtype(self, model: t.Any) -> t.Any:
         parameters = getattr(model, "parameters", None)
         if parameters is None:
             return None
@@ -148,6 +147,6 @@ class PyTorchHandler(FrameworkHandler):
         return out
 
     def predict(self, model: t.Any, data: t.Any, device: str) -> t.Any:
-        inputs = self._to_torch(data, device, self._float_dtype(model))
+        inputs = self._to_torch(data, device, self.float_dtype(model))
         with self.torch.inference_mode():
             return self._to_numpy(model(inputs))
