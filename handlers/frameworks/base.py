@@ -6,7 +6,9 @@ import typing as t
 
 import numpy as np
 
-__all__ = ["FrameworkHandler", "SelectionError", "cast_floats"]
+from handlers.content.base import to_numpy
+
+__all__ = ["FrameworkHandler", "SelectionError", "cast_floats", "outputs_to_numpy"]
 
 
 class SelectionError(ValueError):
@@ -66,3 +68,12 @@ def cast_floats(array: np.ndarray, dtype: t.Any) -> np.ndarray:
     if array.dtype.kind == "f" and dtype is not None and array.dtype != dtype:
         return array.astype(dtype)
     return array
+
+
+def outputs_to_numpy(out: t.Any) -> t.Any:
+    """A model's outputs with every tensor in them as a NumPy array (tuples, lists, dicts kept)."""
+    if isinstance(out, dict):
+        return {k: outputs_to_numpy(v) for k, v in out.items()}
+    if isinstance(out, (list, tuple)):
+        return type(out)(outputs_to_numpy(v) for v in out)
+    return to_numpy(out)

@@ -9,8 +9,12 @@ import typing as t
 
 import numpy as np
 
-from handlers.content.base import to_numpy
-from handlers.frameworks.base import FrameworkHandler, SelectionError, cast_floats
+from handlers.frameworks.base import (
+    FrameworkHandler,
+    SelectionError,
+    cast_floats,
+    outputs_to_numpy,
+)
 
 __all__ = ["ChainerHandler"]
 
@@ -51,12 +55,5 @@ class ChainerHandler(FrameworkHandler):
                 data = chainer.get_device(f"@cupy:{device.partition(':')[2] or 0}").send(data)
         with chainer.using_config("train", False), chainer.no_backprop_mode():
             out = model(data)
-        return _outputs_to_numpy(out)
+        return outputs_to_numpy(out)
 
-
-def _outputs_to_numpy(out: t.Any) -> t.Any:
-    if isinstance(out, (list, tuple)):
-        return type(out)(_outputs_to_numpy(o) for o in out)
-    if isinstance(out, dict):
-        return {k: _outputs_to_numpy(v) for k, v in out.items()}
-    return to_numpy(out)

@@ -11,7 +11,7 @@ import typing as t
 
 import numpy as np
 
-from handlers.frameworks.base import FrameworkHandler, SelectionError
+from handlers.frameworks.base import FrameworkHandler, SelectionError, outputs_to_numpy
 
 __all__ = ["MXNetHandler", "SymbolModel"]
 
@@ -115,12 +115,5 @@ class MXNetHandler(FrameworkHandler):
                 out = model.block(data, *labels)
             else:
                 out = model(data)
-            return _outputs_to_numpy(out, mx)
+            return outputs_to_numpy(out)
 
-
-def _outputs_to_numpy(out: t.Any, mx: t.Any) -> t.Any:
-    if isinstance(out, mx.nd.NDArray):
-        return out.asnumpy()
-    if isinstance(out, (list, tuple)):
-        return type(out)(_outputs_to_numpy(o, mx) for o in out)
-    return out

@@ -12,7 +12,12 @@ import zipfile
 
 import numpy as np
 
-from handlers.frameworks.base import FrameworkHandler, SelectionError, cast_floats
+from handlers.frameworks.base import (
+    FrameworkHandler,
+    SelectionError,
+    cast_floats,
+    outputs_to_numpy,
+)
 
 __all__ = ["PyTorchHandler"]
 
@@ -137,16 +142,7 @@ class PyTorchHandler(FrameworkHandler):
             return type(data)(self._to_torch(v, device, float_dtype) for v in data)
         return data
 
-    def _to_numpy(self, out: t.Any) -> t.Any:
-        if isinstance(out, self.torch.Tensor):
-            return out.detach().cpu().numpy()
-        if isinstance(out, dict):
-            return {k: self._to_numpy(v) for k, v in out.items()}
-        if isinstance(out, (list, tuple)):
-            return type(out)(self._to_numpy(v) for v in out)
-        return out
-
     def predict(self, model: t.Any, data: t.Any, device: str) -> t.Any:
         inputs = self._to_torch(data, device, self.float_dtype(model))
         with self.torch.inference_mode():
-            return self._to_numpy(model(inputs))
+            return outputs_to_numpy(model(inputs))
