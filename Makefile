@@ -4,8 +4,11 @@
 #   .venv-np2  the package with numpy 2 and torch only: the core suite runs here too;
 #   .venv-sdk  the SageMaker Python SDK v2 (numpy 2, protobuf < 7), the client the tests drive
 #              the server with, as users do.
+# make container-tools: buildah and debootstrap (apt-get, as root), for the container tests
+#              where there is no Docker engine; best effort, the tests say why they skip.
 # make serve:  serve the bundled NumPy example model on port 8080.
-# make test:   the whole suite in .venv, then the core suite (no chainer, no mxnet) in .venv-np2.
+# make test:   the whole suite in .venv (container images included), then the core suite
+#              (no chainer, no mxnet, no images) in .venv-np2.
 # make bench:  the benchmarks of BENCHMARKS.md.
 
 PYTHON ?= python3
@@ -23,7 +26,7 @@ SDK_VENV := .venv-sdk
 SDK_STAMP := $(SDK_VENV)/.installed
 SDK_REQUIREMENTS := "sagemaker>=2.200,<3" "protobuf<7" scipy pillow
 
-.PHONY: install serve test bench clean
+.PHONY: install container-tools serve test bench clean
 
 install: $(STAMP) $(NP2_STAMP) $(SDK_STAMP)
 
@@ -47,12 +50,23 @@ $(SDK_STAMP):
 	$(SDK_VENV)/bin/python $(PIP) $(SDK_REQUIREMENTS)
 	touch $(SDK_STAMP)
 
+container-tools:
+	@if docker info >/dev/null 2>&1 || (command -v buildah && command -v debootstrap) >/dev/null; then \
+		echo "container tools: present"; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq buildah debootstrap >/dev/null \
+		|| (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq buildah debootstrap >/dev/null) \
+		|| echo "container tools: apt-get could not install buildah and debootstrap"; \
+	else \
+		echo "container tools: not root or no apt-get; the container tests will skip"; \
+	fi
+
 serve: $(STAMP)
 	$(BIN)/serve --model-dir examples/numpy-linear/model --port $(PORT)
 
-test: install
+test: install container-tools
 	SETUPTOOLS_USE_DISTUTILS=stdlib $(BIN)/python -m pytest -q tests
-	$(NP2_VENV)/bin/python -m pytest -q -m "not chainer and not mxnet" tests \
+	$(NP2_VENV)/bin/python -m pytest -q -m "not chainer and not mxnet and not container" tests \
 		--ignore=tests/frameworks/test_chainer.py --ignore=tests/frameworks/test_mxnet.py
 
 bench: install

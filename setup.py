@@ -21,7 +21,7 @@ setup(
         "pytorch": ["torch>=2.1"],
         # Chainer 7.8.1 is an sdist: build it with --no-build-isolation and setuptools < 81
         # (see the Makefile); it imports with SETUPTOOLS_USE_DISTUTILS=stdlib, which serve sets.
-        "chainer": ["chainer>=7.8"],
+        "chainer": ["chainer>=7.8", "numpy<2"],  # np.sctypes, gone in NumPy 2
         # MXNet 1.9 still uses np.bool, gone in NumPy 1.24.
         "mxnet": ["mxnet>=1.9,<2", "numpy<1.24"],
         "test": ["pytest>=8", "requests>=2.31", "boto3>=1.34", "hypothesis>=6.100"],

@@ -52,7 +52,10 @@ def _reexec_for_chainer(argv: t.Sequence[str] | None) -> None:
     if "SETUPTOOLS_USE_DISTUTILS" in os.environ or importlib.util.find_spec("chainer") is None:
         return
     args = list(sys.argv[1:] if argv is None else argv)
-    os.execve(sys.executable, [sys.executable, "-m", "serving", *args],
+    # Start the way this process was started: the `serve` script, or `python -m serving`.
+    script = sys.argv[0]
+    how = ["-m", "serving"] if script.endswith("__main__.py") else [script]
+    os.execve(sys.executable, [sys.executable, *how, *args],
               {**os.environ, "SETUPTOOLS_USE_DISTUTILS": "stdlib"})
 
 

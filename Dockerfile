@@ -1,0 +1,71 @@
+# serving-toolkit's image: `docker run -v model:/opt/ml/model <image> serve`.
+#
+#   docker build --build-arg FRAMEWORK=pytorch -t serving-toolkit:pytorch .
+#
+# Build arguments:
+#   FRAMEWORK    none | pytorch | chainer | mxnet: the framework installed with the server.
+#   BASE_IMAGE   a Debian-like image with Python 3.10+ (`python3 -m venv` must work): the
+#                default, or a CUDA runtime image with Python for GPU serving.
+#   PIP_OPTIONS  passed to every pip install: --index-url, --extra-index-url, --find-links…
+#   TORCH        the torch requirement (a CUDA build's index goes in PIP_OPTIONS).
+ARG BASE_IMAGE=python:3.11-slim
+
+# -- build: a virtual environment with the framework and the server ---------------------
+FROM ${BASE_IMAGE} AS build
+ARG FRAMEWORK=none
+ARG PIP_OPTIONS=""
+ARG TORCH="torch==2.13.0"
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1 PIP_ROOT_USER_ACTION=ignore
+# The framework first, in a layer of its own: it outlives changes to the server's code.
+RUN set -eu; \
+    python3 -m venv /opt/serving; \
+    pip="/opt/serving/bin/pip install ${PIP_OPTIONS}"; \
+    $pip --upgrade pip; \
+    case "${FRAMEWORK}" in \
+      none) ;; \
+      pytorch) $pip "${TORCH}" ;; \
+      # Chainer 7.8.1 is an sdist that builds only without build isolation, setuptools < 81.
+      chainer) $pip "setuptools>=77,<81" wheel "numpy<2" \
+               && $pip --no-build-isolation "chainer==7.8.1" ;; \
+      # MXNet 1.9 uses np.bool, gone in NumPy 1.24.
+      mxnet) $pip "mxnet==1.9.1" "numpy<1.24" ;; \
+      *) echo "FRAMEWORK must be none, pytorch, chainer or mxnet, not ${FRAMEWORK}" >&2; exit 1 ;; \
+    esac
+COPY setup.py README.md /src/
+COPY serving /src/serving
+COPY handlers /src/handlers
+RUN set -eu; \
+    extra=""; [ "${FRAMEWORK}" = none ] || extra="[${FRAMEWORK}]"; \
+    /opt/serving/bin/pip install ${PIP_OPTIONS} "/src${extra}"; \
+    find /opt/serving -name __pycache__ -prune -exec rm -rf {} +
+
+# -- the image: the environment, an unprivileged user, nothing else ------------------------
+FROM ${BASE_IMAGE}
+ARG FRAMEWORK=none
+# MXNet links against the system's OpenMP and quad-math runtimes (torch ships its own).
+RUN set -eu; \
+    if [ "${FRAMEWORK}" = mxnet ]; then \
+        apt-get update -qq; \
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends libgomp1 libquadmath0; \
+        rm -rf /var/lib/apt/lists/*; \
+    fi
+# The server runs as `serving`. It owns the environment (copied in with that owner, not
+# chowned after, which would copy every file into one more layer) so that a model's
+# requirements.txt can be installed at start-up, and the model and code directories.
+RUN set -eu; \
+    useradd --uid 10001 --user-group --create-home --home-dir /home/serving serving; \
+    mkdir -p /opt/ml/model /opt/ml/code; \
+    chown serving:serving /opt/ml/model /opt/ml/code
+COPY --from=build --chown=10001:10001 /opt/serving /opt/serving
+COPY docker/entrypoint.sh /usr/local/bin/serving-entrypoint
+ENV PATH=/opt/serving/bin:${PATH} \
+    SM_MODEL_DIR=/opt/ml/model \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1
+# /opt/ml/model is where hosts mount the model. It is not a VOLUME: a VOLUME would make
+# `COPY model /opt/ml/model` in an image built FROM this one vanish (see examples/bake-model).
+WORKDIR /opt/ml/model
+USER serving
+EXPOSE 8080
+ENTRYPOINT ["/usr/local/bin/serving-entrypoint"]
+CMD ["serve"]

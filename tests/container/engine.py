@@ -1,0 +1,278 @@
+"""Building and running the image with what the machine has: a Docker engine, else buildah.
+
+Without a Docker engine (our machines), images are built with ``buildah bud
+--storage-driver vfs --isolation chroot`` on a Debian bookworm base made once
+with ``debootstrap`` and kept in buildah's storage (``localhost/serving-base``),
+so that reruns only rebuild the layers the change touched. Containers run with
+``buildah run --isolation chroot --network host``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+import typing as t
+import uuid
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
+BASE_IMAGE = "localhost/serving-base:bookworm"
+ROOTFS_CACHE = Path(os.environ.get("SERVING_ROOTFS_CACHE", "/var/cache/serving-toolkit/rootfs"))
+BUILD_TIMEOUT = 1800
+
+
+def pip_find_links() -> str | None:
+    """The find-links folder of this machine's pip config (it holds the CPU torch wheel)."""
+    try:
+        listing = subprocess.run(["pip", "config", "list"], capture_output=True, text=True,
+                                 timeout=60).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    for line in listing.splitlines():
+        key, _, value = line.partition("=")
+        if key.endswith("find-links"):
+            folder = value.strip().strip("'\"").split()[0]
+            if os.path.isdir(folder):
+                return folder
+    return None
+
+
+class Running:
+    """A started container: its process, and how to send it SIGTERM."""
+
+    def __init__(self, process: subprocess.Popen, stop: t.Callable[[], None],
+                 cleanup: t.Callable[[], None], log: Path) -> None:
+        self.process, self._stop, self._cleanup, self.log_path = process, stop, cleanup, log
+
+    @property
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def terminate(self, timeout: float = 60) -> int:
+        """SIGTERM to the server, as a host scaling down sends it; the exit code."""
+        self._stop()
+        try:
+            return self.process.wait(timeout)
+        finally:
+            self._cleanup()
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        self._cleanup()
+
+
+class Engine:
+    name = ""
+
+    def build(self, tag: str, context: Path, dockerfile: Path | None = None,
+              args: t.Mapping[str, str] | None = None) -> None:
+        raise NotImplementedError
+
+    def start(self, image: str, model_dir: Path, command: list[str], log: Path) -> Running:
+        raise NotImplementedError
+
+    def run(self, image: str, command: list[str]) -> subprocess.CompletedProcess:
+        raise NotImplementedError
+
+    def user_of(self, image: str) -> str:
+        raise NotImplementedError
+
+    def framework_args(self, framework: str) -> dict[str, str]:
+        return {"FRAMEWORK": framework}
+
+
+def _check(command: list[str], timeout: float = BUILD_TIMEOUT) -> subprocess.CompletedProcess:
+    result = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+    if result.returncode != 0:
+        raise AssertionError(f"{' '.join(command)} failed ({result.returncode}):\n"
+                             f"{result.stdout[-4000:]}\n{result.stderr[-4000:]}")
+    return result
+
+
+class Docker(Engine):
+    name = "docker"
+
+    def build(self, tag, context, dockerfile=None, args=None):
+        command = ["docker", "build", "-q", "-t", tag]
+        if dockerfile:
+            command += ["-f", str(dockerfile)]
+        for key, value in (args or {}).items():
+            command += ["--build-arg", f"{key}={value}"]
+        _check(command + [str(context)])
+
+    def framework_args(self, framework):
+        # A Docker build reaches the network: the CPU wheel index keeps torch small.
+        return {"FRAMEWORK": framework,
+                "PIP_OPTIONS": "--extra-index-url https://download.pytorch.org/whl/cpu"}
+
+    def start(self, image, model_dir, command, log):
+        name = f"serving-test-{uuid.uuid4().hex[:12]}"
+        mounts = ["-v", f"{model_dir}:/opt/ml/model:ro"] if model_dir else []
+        with open(log, "wb") as out:
+            process = subprocess.Popen(
+                ["docker", "run", "--rm", "--name", name, "--network", "host", *mounts,
+                 image, *command],
+                stdout=out, stderr=subprocess.STDOUT)
+        return Running(process,
+                       lambda: subprocess.run(["docker", "kill", "--signal", "TERM", name],
+                                              capture_output=True),
+                       lambda: subprocess.run(["docker", "rm", "-f", name], capture_output=True),
+                       log)
+
+    def run(self, image, command):
+        return subprocess.run(["docker", "run", "--rm", image, *command], capture_output=True,
+                              text=True, timeout=300)
+
+    def user_of(self, image):
+        return _check(["docker", "image", "inspect", "-f", "{{.Config.User}}", image]).stdout.strip()
+
+
+class Buildah(Engine):
+    name = "buildah"
+    base = ["buildah", "--storage-driver", "vfs"]
+    #: vfs stores every layer as a full copy: past this much free disk left, cached layers
+    #: of earlier builds are dropped before building (the base image is kept).
+    min_free_bytes = 20 * 2**30
+
+    def prune_if_short_of_disk(self) -> None:
+        storage = "/var/lib/containers" if os.path.isdir("/var/lib/containers") else "/"
+        if shutil.disk_usage(storage).free < self.min_free_bytes:
+            for image in _check([*self.base, "images", "-q", "--filter", "dangling=true"]
+                                ).stdout.split():
+                subprocess.run([*self.base, "rmi", "-f", image], capture_output=True)
+
+    def ensure_base_image(self) -> None:
+        """Debian bookworm with Python 3.11, made with debootstrap once and kept."""
+        if subprocess.run([*self.base, "inspect", BASE_IMAGE], capture_output=True).returncode == 0:
+            return
+        if not (ROOTFS_CACHE / "usr" / "bin" / "python3").exists():
+            partial = Path(tempfile.mkdtemp(prefix="rootfs-", dir=ROOTFS_CACHE.parent
+                                            if ROOTFS_CACHE.parent.exists() else None))
+            _check(["debootstrap", "--variant=minbase",
+                    "--include=python3,python3-venv,ca-certificates", "bookworm",
+                    str(partial), "http://deb.debian.org/debian"])
+            for junk in ("var/cache/apt/archives", "var/lib/apt/lists"):
+                for item in (partial / junk).glob("*"):
+                    if item.is_file():
+                        item.unlink()
+            ROOTFS_CACHE.parent.mkdir(parents=True, exist_ok=True)
+            shutil.rmtree(ROOTFS_CACHE, ignore_errors=True)
+            partial.rename(ROOTFS_CACHE)
+        container = _check([*self.base, "from", "scratch"]).stdout.strip()
+        try:
+            mount = _check([*self.base, "mount", container]).stdout.strip()
+            _check(["cp", "-a", f"{ROOTFS_CACHE}/.", mount])
+            _check([*self.base, "umount", container])
+            _check([*self.base, "config", "--env",
+                    "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+                    "--cmd", "/bin/bash", container])
+            _check([*self.base, "commit", "-q", container, BASE_IMAGE])
+        finally:
+            subprocess.run([*self.base, "rm", container], capture_output=True)
+
+    def framework_args(self, framework):
+        args = {"FRAMEWORK": framework, "BASE_IMAGE": BASE_IMAGE}
+        links = pip_find_links()
+        if links:  # the CPU torch wheel; without it pip pulls several GB of CUDA packages
+            args["PIP_OPTIONS"] = f"--find-links {links}"
+        return args
+
+    def build(self, tag, context, dockerfile=None, args=None):
+        self.prune_if_short_of_disk()
+        self.ensure_base_image()
+        command = [*self.base, "bud", "--isolation", "chroot", "--layers", "-q", "-t", tag,
+                   "-v", f"{CA_BUNDLE}:{CA_BUNDLE}:ro"]
+        links = pip_find_links()
+        if links:
+            command += ["-v", f"{links}:{links}:ro"]
+        if dockerfile:
+            command += ["-f", str(dockerfile)]
+        for key, value in (args or {}).items():
+            command += ["--build-arg", f"{key}={value}"]
+        _check(command + [str(context)])
+
+    def start(self, image, model_dir, command, log):
+        container = _check([*self.base, "from", "-q", "--name",
+                            f"serving-test-{uuid.uuid4().hex[:12]}", image]).stdout.strip()
+        mounts = ["-v", f"{model_dir}:/opt/ml/model:ro"] if model_dir else []
+        # buildah run does not use the image's entrypoint or user: name both, as docker does.
+        user = self.user_of(image)
+        with open(log, "wb") as out:
+            process = subprocess.Popen(
+                [*self.base, "run", "--isolation", "chroot", "--network", "host",
+                 "--user", user, *mounts, container, "--", "/usr/local/bin/serving-entrypoint",
+                 *command],
+                stdout=out, stderr=subprocess.STDOUT)
+
+        def stop() -> None:
+            # buildah run kills its child on SIGTERM instead of passing it on: signal the
+            # server itself (chroot isolation shares the host's process table).
+            pid = _server_master(process.pid)
+            if pid is not None:
+                os.kill(pid, signal.SIGTERM)
+
+        def cleanup() -> None:
+            subprocess.run([*self.base, "rm", container], capture_output=True)
+
+        return Running(process, stop, cleanup, log)
+
+    def run(self, image, command):
+        container = _check([*self.base, "from", "-q", image]).stdout.strip()
+        try:
+            return subprocess.run(
+                [*self.base, "run", "--isolation", "chroot", "--user", self.user_of(image),
+                 container, "--", "/usr/local/bin/serving-entrypoint", *command],
+                capture_output=True, text=True, timeout=300)
+        finally:
+            subprocess.run([*self.base, "rm", container], capture_output=True)
+
+    def user_of(self, image):
+        return _check([*self.base, "inspect", "--format", "{{.OCIv1.Config.User}}",
+                       image]).stdout.strip()
+
+
+def _children(pid: int) -> list[int]:
+    """Children of every thread of ``pid`` (Go programs such as buildah fork from any)."""
+    found = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            found += [int(c) for c in (task / "children").read_text().split()]
+        except OSError:
+            pass
+    return found
+
+
+def _server_master(root: int) -> int | None:
+    """The first process under ``root`` that runs ``serve`` (the gunicorn master)."""
+    queue = [root]
+    deadline = time.monotonic() + 10
+    while queue and time.monotonic() < deadline:
+        pid = queue.pop(0)
+        try:
+            command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if any(part.endswith(b"bin/serve") for part in command) or (
+            b"-m" in command and b"serving" in command
+        ):
+            return pid
+        queue.extend(_children(pid))
+    return None
+
+
+def find_engine() -> tuple[Engine | None, str]:
+    """The engine to use, or ``None`` and why there is none."""
+    if shutil.which("docker") and subprocess.run(["docker", "info"], capture_output=True,
+                                                 timeout=60).returncode == 0:
+        return Docker(), "a Docker engine answers"
+    if shutil.which("buildah") and shutil.which("debootstrap"):
+        return Buildah(), "no Docker engine; buildah and debootstrap are installed"
+    return None, ("neither a Docker engine nor buildah + debootstrap is available here "
+                  "(`make container-tools` installs buildah and debootstrap with apt-get as root)")
