@@ -113,8 +113,9 @@ class NPZHandler(ContentHandler):
         try:
             archive = zipfile.ZipFile(io.BytesIO(body))
             members = archive.infolist()
-        except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
-            raise DecodeError(f"body is not a valid NPZ archive: {exc}") from None
+        except Exception as exc:  # zipfile raises BadZipFile, NotImplementedError, struct.error…
+            raise DecodeError(f"body is not a valid NPZ archive: {type(exc).__name__}: {exc}"
+                              ) from None
         budget = self.max_unpacked_bytes
         arrays: dict[str, np.ndarray] = {}
         for member in members:
@@ -124,9 +125,9 @@ class NPZHandler(ContentHandler):
             try:
                 with archive.open(member) as stream:
                     data = stream.read(budget + 1)
-            except (zipfile.BadZipFile, ValueError, OSError, EOFError, NotImplementedError,
-                    RuntimeError) as exc:
-                raise DecodeError(f"NPZ member {name} cannot be read: {exc}") from None
+            except Exception as exc:  # bad CRC, unknown compression, encryption, truncation…
+                raise DecodeError(f"NPZ member {name} cannot be read: {type(exc).__name__}: {exc}"
+                                  ) from None
             if len(data) > budget:
                 raise DecodeError(f"NPZ members unpack to more than {self.max_unpacked_bytes} bytes")
             budget -= len(data)

@@ -102,3 +102,11 @@ def test_npz_refuses_bombs_pickles_and_garbage():
         npz.decode(buf.getvalue())
     with pytest.raises(DecodeError, match="not a valid NPZ"):
         npz.decode(b"PK\x03\x04 truncated")
+
+
+def test_zip_of_an_unknown_version_is_a_decode_error():
+    # Found by the fuzz test: zipfile raises NotImplementedError for this one.
+    body = bytearray(npz.encode(np.arange(12, dtype=np.float32).reshape(3, 4)))
+    body[241] ^= 64
+    with pytest.raises(DecodeError, match="not a valid NPZ archive: NotImplementedError"):
+        npz.decode(bytes(body))
