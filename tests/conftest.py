@@ -1,8 +1,16 @@
 import os
 
 import pytest
+from hypothesis import settings
 
 from tests.server_helpers import Server
+
+# Property and fuzz tests explore new inputs on every developer run; CI replays a fixed
+# sequence so that a landing is not decided by chance (what a developer finds becomes a
+# regression test).
+settings.register_profile("ci", derandomize=True, database=None)
+if os.environ.get("CI"):
+    settings.load_profile("ci")
 
 # Settings the server reads from the environment: a test sets the ones it means.
 _SERVING_ENV = ("SM_", "SAGEMAKER_", "SERVING_")
