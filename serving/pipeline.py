@@ -98,6 +98,7 @@ class Pipeline:
         *,
         model_dir: str,
         framework: str | None = None,
+        detect_framework: bool = True,
         framework_options: t.Mapping[str, t.Any] | None = None,
         source: str = "default handlers",
     ) -> None:
@@ -107,6 +108,8 @@ class Pipeline:
         #: The framework's short name; ``None`` until known (or when there is none).
         self.framework_name = framework
         self.framework: FrameworkHandler | None = None
+        #: Whether the type of model model_fn returns may choose the framework.
+        self._detect_framework = detect_framework and framework is None
         self._framework_options = dict(framework_options or {})
         #: This process's context: the master's until :meth:`enter_worker`.
         self.context = Context(model_dir=model_dir)
@@ -158,6 +161,7 @@ class Pipeline:
                 f"<model-dir>/code/, or set SERVING_FRAMEWORK"
             )
         pipeline = cls(functions, registry, model_dir=model_dir, framework=name,
+                       detect_framework=framework == "auto",
                        framework_options={"trust_pickled_models": trust_pickled_models},
                        source=source)
         if pipeline.output_types is not None and default_accept not in pipeline.output_types:
@@ -225,7 +229,7 @@ class Pipeline:
                 if model_fn is not None:
                     log.info("loading the model: %s model_fn(%r)", self.source, context.model_dir)
                     self.model = model_fn(context.model_dir, context=context)
-                    if self.framework is None:
+                    if self._detect_framework:
                         name = frameworks.framework_of_model(self.model)
                         if name is not None:
                             self._use_framework(name)

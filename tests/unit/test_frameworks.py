@@ -84,3 +84,18 @@ def test_every_framework_is_a_dotted_path():
     assert set(frameworks.FRAMEWORKS) == {"pytorch", "chainer", "mxnet"}
     for path in frameworks.FRAMEWORKS.values():
         assert path.startswith("handlers.frameworks.") and path.count(".") == 3
+
+
+def test_framework_none_calls_the_model_as_a_function(tmp_path):
+    from handlers.content import default_registry
+
+    torch_like = _fake("torch.nn.modules.module")
+    torch_like.__class__.__call__ = lambda self, data: data * 2
+    mod = types.ModuleType("inference")
+    mod.model_fn = lambda model_dir: torch_like
+    pipeline = Pipeline.from_module(mod, default_registry(), model_dir=str(tmp_path),
+                                    default_accept="application/json", framework="none")
+    pipeline.load_model()
+    assert pipeline.framework is None  # not chosen from the model's type
+    body, _ = pipeline.invoke(b"[1, 2]", "application/json", "application/json", {})
+    assert body == b"[2,4]"
