@@ -3,7 +3,7 @@
 Runs in its own environment (``.venv-sdk``: ``sagemaker<3``, numpy 2, protobuf < 7),
 as a user's client would, never in the server's. Usage:
 
-    python sdk_v2_client.py URL SCENARIO
+    python sdk_v2_client.py URL SCENARIO [JSON PAYLOAD]
 
 Prints one JSON object: what came back, in plain JSON types, for the test to check.
 """
@@ -47,8 +47,11 @@ def record_rows(records) -> list:
     return out
 
 
-def run(url: str, scenario: str) -> dict:
+def run(url: str, scenario: str, payload: str | None = None) -> dict:
     array = np.arange(12, dtype=np.float32).reshape(3, 4) / 4
+    if scenario == "json_payload":  # the JSON given on the command line, as a notebook sends it
+        p = predictor(url, serializers.JSONSerializer(), deserializers.JSONDeserializer())
+        return {"result": p.predict(json.loads(payload))}
     if scenario == "json":
         p = predictor(url, serializers.JSONSerializer(), deserializers.JSONDeserializer())
         return {"result": p.predict({"instances": [[1.5, 2], [3, 4]]}),
@@ -108,4 +111,4 @@ def run(url: str, scenario: str) -> dict:
 
 
 if __name__ == "__main__":
-    print(json.dumps(run(sys.argv[1], sys.argv[2])))
+    print(json.dumps(run(*sys.argv[1:4])))

@@ -1,0 +1,77 @@
+"""Hosting functions of the word-level language model: all four are ours, as in the notebook.
+
+Request:  {"seed": 111, "temperature": 2.0, "words": 100}   (application/json)
+Response: the generated text, a JSON string.
+The same seed and temperature always give the same text.
+"""
+
+import json
+import os
+
+import torch
+
+from rnn import RNNModel
+from serving import ClientError
+
+MAX_WORDS = 1000
+
+
+def model_fn(model_dir, context):
+    with open(os.path.join(model_dir, "model_info.json")) as f:
+        info = json.load(f)
+    with open(os.path.join(model_dir, "vocab.json")) as f:
+        vocab = json.load(f)
+    model = RNNModel(len(vocab), info["size"], info["layers"], info["dropout"])
+    state = torch.load(os.path.join(model_dir, "model.pth"), map_location="cpu",
+                       weights_only=True)
+    model.load_state_dict(state)
+    model.to(context.device).eval()
+    return {"model": model, "vocab": vocab}
+
+
+def input_fn(input_data, content_type):
+    if content_type != "application/json":
+        raise ClientError(f"send application/json, not {content_type}", status_code=415)
+    try:
+        request = json.loads(input_data)
+    except ValueError as exc:
+        raise ClientError(f"the body is not JSON: {exc}") from None
+    if not isinstance(request, dict):
+        raise ClientError('expected {"seed": int, "temperature": float, "words": int}')
+    try:
+        seed = int(request.get("seed", 0))
+        temperature = float(request.get("temperature", 1.0))
+        words = int(request.get("words", 100))
+    except (TypeError, ValueError) as exc:
+        raise ClientError(f"bad parameter: {exc}") from None
+    if not 0 < temperature <= 100:
+        raise ClientError("temperature must be more than 0 (and at most 100)")
+    if not 0 < words <= MAX_WORDS:
+        raise ClientError(f"words must be 1-{MAX_WORDS}")
+    return {"seed": seed, "temperature": temperature, "words": words}
+
+
+def predict_fn(data, model, context):
+    net, vocab = model["model"], model["vocab"]
+    # A generator of this request's own: the same seed gives the same text, whatever other
+    # requests run in the same worker at the same time.
+    generator = torch.Generator().manual_seed(data["seed"])
+    token = torch.randint(len(vocab), (1, 1), generator=generator)
+    hidden = net.init_hidden(1, context.device)
+    words = []
+    with torch.inference_mode():
+        for _ in range(data["words"]):
+            logits, hidden = net(token.to(context.device), hidden)
+            weights = logits.squeeze().div(data["temperature"]).exp().cpu()
+            token = torch.multinomial(weights, 1, generator=generator).view(1, 1)
+            words.append(vocab[token.item()])
+    return " ".join(words)
+
+
+def output_fn(prediction, accept):
+    if accept not in ("application/json", "text/plain"):
+        raise ClientError(f"answers are application/json or text/plain, not {accept}",
+                          status_code=406)
+    if accept == "text/plain":
+        return prediction, "text/plain"
+    return json.dumps(prediction), "application/json"

@@ -1,0 +1,57 @@
+"""examples/word-language-model: the notebook's JSON request through the SDK and curl."""
+
+from __future__ import annotations
+
+import pytest
+import requests
+
+from tests.examples.conftest import sdk
+from tests.server_helpers import Server
+
+pytestmark = pytest.mark.pytorch
+
+REQUEST = {"seed": 111, "temperature": 2.0, "words": 100}
+
+
+@pytest.fixture(scope="module")
+def server(example_dir, tmp_path_factory):
+    model_dir = example_dir("word-language-model")
+    server = Server(model_dir, "--workers", "2",
+                    log_path=tmp_path_factory.mktemp("logs") / "serve.log")
+    server.wait_ready()
+    yield server
+    assert server.terminate() == 0
+
+
+def test_sdk_json_predictor_gets_text_of_the_asked_length(server):
+    text = sdk(server, "json_payload", REQUEST)["result"]
+    assert isinstance(text, str) and len(text.split()) == 100
+
+
+def test_same_seed_and_temperature_give_the_same_text(server):
+    first = requests.post(server.url(), json=REQUEST).json()
+    # New connections: the answers may come from either worker.
+    again = [requests.post(server.url(), json=REQUEST, headers={"Connection": "close"}).json()
+             for _ in range(6)]
+    assert all(text == first for text in again)
+    other = requests.post(server.url(), json={**REQUEST, "seed": 112}).json()
+    assert other != first
+    assert sdk(server, "json_payload", REQUEST)["result"] == first
+
+
+def test_curl_style_requests(server):
+    response = requests.post(server.url(), data='{"seed": 1, "temperature": 0.5, "words": 5}',
+                             headers={"Content-Type": "application/json", "Accept": "text/plain"})
+    assert response.status_code == 200 and response.headers["Content-Type"] == "text/plain"
+    assert len(response.text.split()) == 5
+
+
+@pytest.mark.parametrize("body, status", [
+    ({"seed": 1, "temperature": 0, "words": 5}, 400),
+    ({"seed": 1, "words": 100000}, 400),
+    ({"seed": "x"}, 400),
+    ([1, 2], 400),
+])
+def test_bad_requests_are_4xx(server, body, status):
+    response = requests.post(server.url(), json=body)
+    assert response.status_code == status and response.json()["code"] == status
