@@ -137,11 +137,17 @@ class Docker(Engine):
 class Buildah(Engine):
     name = "buildah"
     base = ["buildah", "--storage-driver", "vfs"]
-    #: vfs stores every layer as a full copy: past this much free disk left, cached layers
-    #: of earlier builds are dropped before building (the base image is kept).
-    min_free_bytes = 20 * 2**30
+    #: vfs stores every layer as a full copy (a torch image is ~1 GB a layer): with less
+    #: free disk than this, the cached layers of earlier builds are dropped before
+    #: building (tagged images and the base image stay).
+    min_free_bytes = 30 * 2**30
 
     def prune_if_short_of_disk(self) -> None:
+        # Containers of earlier runs that died before their cleanup hold their images.
+        for line in _check([*self.base, "containers", "--format", "{{.ContainerName}}"]
+                           ).stdout.split():
+            if line.startswith("serving-test-"):
+                subprocess.run([*self.base, "rm", line], capture_output=True)
         storage = "/var/lib/containers" if os.path.isdir("/var/lib/containers") else "/"
         if shutil.disk_usage(storage).free < self.min_free_bytes:
             for image in _check([*self.base, "images", "-q", "--filter", "dangling=true"]

@@ -37,6 +37,7 @@ def serve_in_container(engine, image, model_dir, tmp_path, *flags):
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         if running.process.poll() is not None:
+            running.kill()  # removes the container
             raise AssertionError(f"the container exited {running.process.returncode}:\n"
                                  f"{running.log}")
         try:
