@@ -52,6 +52,11 @@ def run(url: str, scenario: str, payload: str | None = None) -> dict:
     if scenario == "json_payload":  # the JSON given on the command line, as a notebook sends it
         p = predictor(url, serializers.JSONSerializer(), deserializers.JSONDeserializer())
         return {"result": p.predict(json.loads(payload))}
+    if scenario == "numpy_payload":  # the JSON list given, sent as the NumpySerializer does
+        p = predictor(url, serializers.NumpySerializer(), deserializers.NumpyDeserializer())
+        result = p.predict(np.array(json.loads(payload)))
+        return {"result": result.tolist(), "dtype_kind": result.dtype.kind,
+                "shape": list(result.shape)}
     if scenario == "json":
         p = predictor(url, serializers.JSONSerializer(), deserializers.JSONDeserializer())
         return {"result": p.predict({"instances": [[1.5, 2], [3, 4]]}),

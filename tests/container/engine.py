@@ -202,7 +202,13 @@ class Buildah(Engine):
             command += ["-f", str(dockerfile)]
         for key, value in (args or {}).items():
             command += ["--build-arg", f"{key}={value}"]
-        _check(command + [str(context)])
+        try:
+            _check(command + [str(context)])
+        except AssertionError as exc:
+            if "layer not known" not in str(exc):
+                raise
+            # The layer cache lost a layer (pruned under a build): build without it.
+            _check([*command, "--no-cache", str(context)])
 
     def start(self, image, model_dir, command, log):
         container = _check([*self.base, "from", "-q", "--name",

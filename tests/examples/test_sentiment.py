@@ -1,0 +1,68 @@
+"""examples/sentiment: sentences in as NPY, [sentence, prediction, score] rows out as NPY."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import requests
+
+from tests.examples.conftest import sdk
+from tests.server_helpers import Server
+
+pytestmark = pytest.mark.chainer
+
+SENTENCES = [
+    "It is fun and easy to watch, a joyful ride!",
+    "A dull film with a lazy script.",
+    "Brilliant acting and a great soundtrack",
+    "I hated every minute of it",
+]
+
+
+@pytest.fixture(scope="module")
+def server(example_dir, tmp_path_factory):
+    model_dir = example_dir("sentiment")
+    server = Server(model_dir, "--workers", "1",
+                    log_path=tmp_path_factory.mktemp("logs") / "serve.log")
+    server.wait_ready()
+    yield server
+    assert server.terminate() == 0
+
+
+def test_sdk_numpy_predictor_like_the_notebook(server):
+    out = sdk(server, "numpy_payload", SENTENCES)
+    assert out["shape"] == [4, 3] and out["dtype_kind"] == "U"  # strings: no pickles
+    rows = out["result"]
+    assert [row[0] for row in rows] == [
+        "it is fun and easy to watch a joyful ride", "a dull film with a lazy script",
+        "brilliant acting and a great soundtrack", "i hated every minute of it"]
+    assert [row[1] for row in rows] == ["positive", "negative", "positive", "negative"]
+    assert all(0.5 <= float(row[2]) <= 1.0 for row in rows)
+
+
+def test_same_sentences_same_scores_and_raw_npy(server):
+    buf = io.BytesIO()
+    np.save(buf, np.array(SENTENCES))
+    answers = [requests.post(server.url(), data=buf.getvalue(), headers={
+        "Content-Type": "application/x-npy", "Accept": "application/x-npy"}) for _ in range(2)]
+    assert all(a.status_code == 200 for a in answers)
+    first, second = (np.load(io.BytesIO(a.content), allow_pickle=False) for a in answers)
+    assert np.array_equal(first, second)  # dropout is off when serving
+
+
+def test_numbers_instead_of_sentences_are_a_client_error(server):
+    buf = io.BytesIO()
+    np.save(buf, np.arange(3))
+    response = requests.post(server.url(), data=buf.getvalue(),
+                             headers={"Content-Type": "application/x-npy"})
+    assert response.status_code == 422 and "sentences" in response.json()["message"]
+
+
+def test_pickled_object_arrays_are_refused(server):
+    buf = io.BytesIO()
+    np.save(buf, np.array(["a", None], dtype=object), allow_pickle=True)
+    response = requests.post(server.url(), data=buf.getvalue(),
+                             headers={"Content-Type": "application/x-npy"})
+    assert response.status_code == 400 and "pickles are refused" in response.json()["message"]
