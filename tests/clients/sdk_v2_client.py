@@ -52,6 +52,12 @@ def run(url: str, scenario: str, payload: str | None = None) -> dict:
     if scenario == "json_payload":  # the JSON given on the command line, as a notebook sends it
         p = predictor(url, serializers.JSONSerializer(), deserializers.JSONDeserializer())
         return {"result": p.predict(json.loads(payload))}
+    if scenario == "file_payload":  # a file's bytes, as the notebooks' ImagePredictor sends them
+        spec = json.loads(payload)
+        p = predictor(url, serializers.IdentitySerializer(spec["content_type"]),
+                      deserializers.JSONDeserializer())
+        with open(spec["path"], "rb") as f:
+            return {"result": p.predict(f.read())}
     if scenario == "numpy_payload":  # the JSON list given, sent as the NumpySerializer does
         p = predictor(url, serializers.NumpySerializer(), deserializers.NumpyDeserializer())
         result = p.predict(np.array(json.loads(payload)))
