@@ -341,7 +341,9 @@ def _check_record(number: int, record: Message) -> None:
         for field in ("features", "label"):
             for key, value in getattr(record, field).items():
                 kind = value.WhichOneof("value")
-                if kind is None:
+                # An empty Value is how an empty tensor looks on the wire (the seq2seq
+                # client's features["target"]); one with unknown fields is refused.
+                if kind is None and value.ByteSize():
                     raise DecodeError(
                         f"record {number}: {field}[{key!r}] holds no known tensor type "
                         f"(float32_tensor, float64_tensor, int32_tensor or bytes)"

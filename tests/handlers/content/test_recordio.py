@@ -210,3 +210,19 @@ def test_keys_that_are_not_utf8_are_decode_errors():
     payload = record.SerializeToString().replace(b"values", b"v\xe1lues")
     with pytest.raises(DecodeError, match="not valid UTF-8"):
         handler.decode(frame(payload))
+
+
+def test_empty_tensors_are_kept():
+    # What the seq2seq client sends: features["target"] as an empty int32 tensor, which
+    # some writers leave as an empty Value with no tensor field at all.
+    record = Record()
+    record.features["source"].int32_tensor.values.extend([4, 5, 6])
+    record.features["target"].int32_tensor.values.extend([])
+    bare = Record()
+    bare.features["source"].int32_tensor.values.extend([4])
+    bare.features["target"].Clear()  # the map entry, with an empty Value
+    decoded = handler.decode(write_recordio([record.SerializeToString(),
+                                             bare.SerializeToString()]))
+    assert isinstance(decoded, list)
+    assert sorted(decoded[0].features) == sorted(decoded[1].features) == ["source", "target"]
+    assert decoded[1].features["target"].WhichOneof("value") is None

@@ -1,0 +1,86 @@
+"""examples/seq2seq: JSON instances (with attention matrices) and recordio-protobuf token ids."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import requests
+
+from handlers.content.recordio import Record, read_recordio, write_recordio
+from tests.examples.conftest import sdk
+from tests.server_helpers import Server
+
+pytestmark = pytest.mark.mxnet
+
+PAIRS = {"i am tired": "ich bin müde", "the cat is black": "die katze ist schwarz",
+         "where is the station ?": "wo ist der bahnhof ?", "thank you": "danke"}
+
+
+@pytest.fixture(scope="module")
+def model_dir(example_dir):
+    return example_dir("seq2seq")
+
+
+@pytest.fixture(scope="module")
+def server(model_dir, tmp_path_factory):
+    server = Server(model_dir, "--workers", "1",
+                    log_path=tmp_path_factory.mktemp("logs") / "serve.log")
+    server.wait_ready()
+    yield server
+    assert server.terminate() == 0
+
+
+def test_json_instances_through_the_sdk(server):
+    payload = {"instances": [
+        {"data": "i am tired"},
+        {"data": "the cat is black", "configuration": {"attention_matrix": "true"}},
+    ]}
+    predictions = sdk(server, "json_payload", payload)["result"]["predictions"]
+    assert predictions[0] == {"target": "ich bin müde"}  # no matrix unless asked
+    assert predictions[1]["target"] == "die katze ist schwarz"
+    matrix = np.array(predictions[1]["matrix"])
+    assert matrix.shape == (4, 4)  # a row per target word, a column per source word
+    assert np.allclose(matrix.sum(axis=1), 1, atol=1e-5)
+
+
+def test_recordio_token_ids_through_boto3_in_request_order(server, model_dir):
+    import boto3
+
+    source = json.loads((model_dir / "vocab.src.json").read_text(encoding="utf-8"))
+    target = {i: w for w, i in json.loads(
+        (model_dir / "vocab.trg.json").read_text(encoding="utf-8")).items()}
+    sentences = list(PAIRS)
+    payloads = []
+    for sentence in sentences:  # as the notebook's list_to_record_bytes(sentence, [])
+        record = Record()
+        record.features["source"].int32_tensor.values.extend(
+            [source.get(w, 1) for w in sentence.split()])
+        record.features["target"].int32_tensor.values.extend([])
+        payloads.append(record.SerializeToString())
+    client = boto3.client("sagemaker-runtime", endpoint_url=server.url(""),
+                          region_name="us-east-1", aws_access_key_id="test",
+                          aws_secret_access_key="test")
+    answer = client.invoke_endpoint(EndpointName="seq2seq", Body=write_recordio(payloads),
+                                    ContentType="application/x-recordio-protobuf",
+                                    Accept="application/x-recordio-protobuf")
+    assert answer["ContentType"] == "application/x-recordio-protobuf"
+    records = [Record.FromString(p) for p in read_recordio(answer["Body"].read())]
+    got = [" ".join(target[i] for i in r.features["target"].int32_tensor.values)
+           for r in records]
+    assert got == [PAIRS[s] for s in sentences]
+
+
+@pytest.mark.parametrize("body, content_type, accept, status", [
+    ('{"instances": [{"data": "hello"}]}', "application/json",
+     "application/x-recordio-protobuf", 406),
+    ('{"instances": []}', "application/json", "application/json", 400),
+    ('{"instances": [{"data": ""}]}', "application/json", "application/json", 400),
+    ('{"instances": [{"text": "hello"}]}', "application/json", "application/json", 400),
+    ("[1, 2, 3]", "application/json", "application/json", 422),
+])
+def test_bad_requests_are_4xx(server, body, content_type, accept, status):
+    response = requests.post(server.url(), data=body,
+                             headers={"Content-Type": content_type, "Accept": accept})
+    assert response.status_code == status and response.json()["code"] == status
