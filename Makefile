@@ -6,7 +6,7 @@
 #              the server with, as users do.
 # make container-tools: buildah and debootstrap (apt-get, as root), for the container tests
 #              where there is no Docker engine; best effort, the tests say why they skip.
-# make serve:  serve the bundled NumPy example model on port 8080.
+# make serve:  serve the bundled NumPy example model on port 8080 (EXAMPLE=<name> another).
 # make test:   the whole suite in .venv (container images included), then the core suite
 #              (no chainer, no mxnet, no images) in .venv-np2.
 # make bench:  the benchmarks of BENCHMARKS.md.
@@ -61,8 +61,14 @@ container-tools:
 		echo "container tools: not root or no apt-get; the container tests will skip"; \
 	fi
 
+# EXAMPLE=translation (or word-language-model, image-classifier, sentiment, seq2seq) serves
+# one of the workflow examples, making its model first if it has none yet.
+EXAMPLE ?= numpy-linear
+
 serve: $(STAMP)
-	$(BIN)/serve --model-dir examples/numpy-linear/model --port $(PORT)
+	@if [ -f examples/$(EXAMPLE)/make_model.py ] && [ -z "$$(ls examples/$(EXAMPLE)/model | grep -v '^code$$')" ]; then \
+		SETUPTOOLS_USE_DISTUTILS=stdlib $(BIN)/python examples/$(EXAMPLE)/make_model.py; fi
+	$(BIN)/serve --model-dir examples/$(EXAMPLE)/model --port $(PORT)
 
 test: install container-tools
 	SETUPTOOLS_USE_DISTUTILS=stdlib $(BIN)/python -m pytest -q tests

@@ -13,7 +13,7 @@ def compare(fns: dict[str, t.Callable[[], object]], repeats: int = 7,
     loops = {}
     for name, fn in fns.items():
         fn()  # warm up
-        n, start = 1, time.perf_counter()
+        start = time.perf_counter()
         fn()
         elapsed = time.perf_counter() - start
         loops[name] = max(1, int(min_seconds / max(elapsed, 1e-9)))

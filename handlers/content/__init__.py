@@ -7,7 +7,6 @@ adds its own with ``handlers.content.register(MyHandler())``.
 from __future__ import annotations
 
 import threading
-import typing as t
 
 from handlers.content.base import ContentHandler, DecodeError, EncodeError, to_numpy
 

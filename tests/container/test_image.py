@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-import io
-import os
-import shutil
 import textwrap
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -97,19 +93,23 @@ def test_baked_model_image_needs_no_mount(engine, tmp_path):
     check_lifecycle(engine, tag, None, tmp_path, post_json([[0.5, 0, -1]]), linear([[0.5, 0, -1]]))
 
 
-def test_pytorch_image(engine, tmp_path):
-    import torch
+def test_pytorch_image_serves_the_translation_example(engine, tmp_path):
+    # One of the five workflow examples, built from nothing and served inside the image.
+    from tests.examples.conftest import build_example
 
-    torch.manual_seed(0)
-    net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
-    model_dir = tmp_path / "model"
-    model_dir.mkdir()
-    torch.jit.save(torch.jit.trace(net.eval(), torch.zeros(1, 4)), str(model_dir / "model.pt"))
-    x = np.random.default_rng(0).normal(size=(3, 4)).astype(np.float32)
-    with torch.no_grad():
-        expected = net(torch.from_numpy(x)).numpy()
-    check_lifecycle(engine, build(engine, "pytorch"), model_dir, tmp_path, post_json(x.tolist()),
-                    expected)
+    model_dir = build_example("translation", tmp_path)
+
+    def translate(url):
+        response = requests.post(f"{url}/invocations", json="the man is tall")
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    running, url = serve_in_container(engine, build(engine, "pytorch"), model_dir, tmp_path)
+    try:
+        assert translate(url) == "l&apos;homme est grand"
+        assert running.terminate() == 0, running.log
+    finally:
+        running.kill()
 
 
 @pytest.mark.chainer

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from handlers.content import default_registry
-from serving import ClientError, Context
+from serving import ClientError
 from serving.app import create_app
 from serving.config import Config
 from serving.errors import StartupError

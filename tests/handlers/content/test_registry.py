@@ -1,6 +1,5 @@
 import importlib.metadata
 
-import numpy as np
 import pytest
 
 from handlers.content import (
