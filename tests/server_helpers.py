@@ -81,6 +81,7 @@ class Server:
     def __init__(self, model_dir: Path | str, *args: str, env: dict[str, str] | None = None,
                  log_path: Path, command: list[str] | None = None) -> None:
         self.port = free_port()
+        self.model_dir = Path(model_dir)
         self.log_path = log_path
         argv = [*(command or [sys.executable, "-m", "serving"]),
                 "--model-dir", str(model_dir), "--host", "127.0.0.1", "--port", str(self.port),

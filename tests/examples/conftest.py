@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import subprocess
 import sys
 
-import pytest
-
-from tests.server_helpers import REPO
+from tests.server_helpers import REPO, Server
 
 SDK_PYTHON = REPO / ".venv-sdk" / "bin" / "python"
 SDK_CLIENT = REPO / "tests" / "clients" / "sdk_v2_client.py"
@@ -36,8 +35,15 @@ def sdk(server, scenario: str, payload=None) -> dict:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-@pytest.fixture(scope="module")
-def example_dir(tmp_path_factory):
-    def build(name):
-        return build_example(name, tmp_path_factory.mktemp(name))
-    return build
+@contextlib.contextmanager
+def served_example(name: str, tmp_path_factory, *flags: str):
+    """Build example ``name`` from nothing and serve it; on leaving, SIGTERM must exit 0."""
+    root = tmp_path_factory.mktemp(name)
+    server = Server(build_example(name, root), "--workers", "1", *flags,
+                    log_path=root / "serve.log")
+    try:
+        server.wait_ready()
+        yield server
+        assert server.terminate() == 0, server.log
+    finally:
+        server.kill()

@@ -9,8 +9,8 @@ import sys
 import pytest
 import requests
 
-from tests.examples.conftest import sdk
-from tests.server_helpers import REPO, Server
+from tests.examples.conftest import sdk, served_example
+from tests.server_helpers import REPO
 
 pytestmark = pytest.mark.pytorch
 
@@ -19,13 +19,9 @@ from shapes import CLASSES, draw, jpeg  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def server(example_dir, tmp_path_factory):
-    model_dir = example_dir("image-classifier")
-    server = Server(model_dir, "--workers", "1",
-                    log_path=tmp_path_factory.mktemp("logs") / "serve.log")
-    server.wait_ready()
-    yield server
-    assert server.terminate() == 0
+def server(tmp_path_factory):
+    with served_example("image-classifier", tmp_path_factory) as server:
+        yield server
 
 
 def pictures(count: int, seed: int = 1):

@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 import requests
 
-from tests.examples.conftest import sdk
-from tests.server_helpers import Server
+from tests.examples.conftest import sdk, served_example
 
 pytestmark = pytest.mark.chainer
 
@@ -22,13 +21,9 @@ SENTENCES = [
 
 
 @pytest.fixture(scope="module")
-def server(example_dir, tmp_path_factory):
-    model_dir = example_dir("sentiment")
-    server = Server(model_dir, "--workers", "1",
-                    log_path=tmp_path_factory.mktemp("logs") / "serve.log")
-    server.wait_ready()
-    yield server
-    assert server.terminate() == 0
+def server(tmp_path_factory):
+    with served_example("sentiment", tmp_path_factory) as server:
+        yield server
 
 
 def test_sdk_numpy_predictor_like_the_notebook(server):

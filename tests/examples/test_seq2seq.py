@@ -9,8 +9,7 @@ import pytest
 import requests
 
 from handlers.content.recordio import Record, read_recordio, write_recordio
-from tests.examples.conftest import sdk
-from tests.server_helpers import Server
+from tests.examples.conftest import sdk, served_example
 
 pytestmark = pytest.mark.mxnet
 
@@ -19,17 +18,14 @@ PAIRS = {"i am tired": "ich bin müde", "the cat is black": "die katze ist schwa
 
 
 @pytest.fixture(scope="module")
-def model_dir(example_dir):
-    return example_dir("seq2seq")
+def server(tmp_path_factory):
+    with served_example("seq2seq", tmp_path_factory) as server:
+        yield server
 
 
 @pytest.fixture(scope="module")
-def server(model_dir, tmp_path_factory):
-    server = Server(model_dir, "--workers", "1",
-                    log_path=tmp_path_factory.mktemp("logs") / "serve.log")
-    server.wait_ready()
-    yield server
-    assert server.terminate() == 0
+def model_dir(server):
+    return server.model_dir
 
 
 def test_json_instances_through_the_sdk(server):

@@ -7,20 +7,15 @@ import html
 import pytest
 import requests
 
-from tests.examples.conftest import sdk
-from tests.server_helpers import Server
+from tests.examples.conftest import sdk, served_example
 
 pytestmark = pytest.mark.pytorch
 
 
 @pytest.fixture(scope="module")
-def server(example_dir, tmp_path_factory):
-    model_dir = example_dir("translation")
-    server = Server(model_dir, "--workers", "1",
-                    log_path=tmp_path_factory.mktemp("logs") / "serve.log")
-    server.wait_ready()
-    yield server
-    assert server.terminate() == 0
+def server(tmp_path_factory):
+    with served_example("translation", tmp_path_factory) as server:
+        yield server
 
 
 @pytest.mark.parametrize("english, french", [

@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 import requests
 
-from tests.examples.conftest import sdk
-from tests.server_helpers import Server
+from tests.examples.conftest import sdk, served_example
 
 pytestmark = pytest.mark.pytorch
 
@@ -14,13 +13,9 @@ REQUEST = {"seed": 111, "temperature": 2.0, "words": 100}
 
 
 @pytest.fixture(scope="module")
-def server(example_dir, tmp_path_factory):
-    model_dir = example_dir("word-language-model")
-    server = Server(model_dir, "--workers", "2",
-                    log_path=tmp_path_factory.mktemp("logs") / "serve.log")
-    server.wait_ready()
-    yield server
-    assert server.terminate() == 0
+def server(tmp_path_factory):
+    with served_example("word-language-model", tmp_path_factory, "--workers", "2") as server:
+        yield server
 
 
 def test_sdk_json_predictor_gets_text_of_the_asked_length(server):
