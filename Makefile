@@ -76,7 +76,7 @@ test: install container-tools
 		--ignore=tests/frameworks/test_chainer.py --ignore=tests/frameworks/test_mxnet.py
 
 bench: install
-	$(BIN)/python benchmarks/codecs.py
+	$(NP2_VENV)/bin/python benchmarks/codecs.py
 	PYTHONPATH=. $(SDK_VENV)/bin/python benchmarks/recordio_vs_sdk.py
 
 clean:

@@ -1,6 +1,6 @@
 """Decode and encode throughput of every built-in content handler, small and large payloads.
 
-Run: .venv/bin/python benchmarks/codecs.py   (or `make bench`, which also runs
+Run: .venv-np2/bin/python benchmarks/codecs.py   (or `make bench`, which also runs
 benchmarks/recordio_vs_sdk.py in the SDK's environment).
 
 Each row times one handler on one payload, median of interleaved repeats; MB/s is
