@@ -21,6 +21,7 @@ import threading
 import mxnet as mx
 
 from attention import UNK, Translator
+from handlers.content import default_registry
 from handlers.content.recordio import Record
 from serving import ClientError
 
@@ -102,6 +103,4 @@ def output_fn(prediction, accept):
     if accept != "application/x-recordio-protobuf":
         raise ClientError("record requests are answered in application/x-recordio-protobuf",
                           status_code=406)
-    from handlers.content import default_registry
-
     return default_registry().get(accept).encode(prediction), accept
