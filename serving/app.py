@@ -10,8 +10,9 @@ from werkzeug.exceptions import HTTPException
 
 from serving import errors
 from serving.config import Config
-from serving.negotiation import choose_accept, parse_media_type
+from serving.negotiation import acceptable_types, parse_media_type
 from serving.pipeline import Pipeline
+from serving.runtime import Runtime
 
 __all__ = ["create_app"]
 
@@ -22,10 +23,18 @@ access_log = logging.getLogger("serving.access")
 DEFAULT_CONTENT_TYPE = "application/json"
 #: ``BatchStrategy`` reported to batch transform: it may pack many records into one request.
 BATCH_STRATEGY = "MultiRecord"
+#: WSGI environ key where the server puts when a request arrived (``time.monotonic()``):
+#: the request deadline counts from there, not from when a thread got to it.
+ARRIVED_KEY = "serving.arrived"
 
 
-def create_app(config: Config, pipeline: Pipeline) -> Flask:
-    """Build the app serving ``pipeline``."""
+def create_app(config: Config, pipeline: Pipeline, runtime: Runtime | None = None) -> Flask:
+    """Build the app serving ``pipeline``.
+
+    :param runtime: runs each request under its deadline; by default one made
+        from ``config`` (threads start in the process that first uses it).
+    """
+    runtime = runtime or Runtime(config.threads, config.deadline_seconds)
     app = Flask("serving")
     app.json.sort_keys = False
     limit = config.max_payload_bytes
@@ -54,11 +63,15 @@ def create_app(config: Config, pipeline: Pipeline) -> Flask:
     @app.errorhandler(Exception)
     def on_bug(error: Exception) -> Response:
         log.exception("unhandled error on %s %s", request.method, request.path)
-        return render(errors.ServingError(f"internal error: {type(error).__name__}: {error}"))
+        message = f"internal error: {type(error).__name__}"
+        if config.debug_errors:
+            message += f": {error}"
+        return render(errors.ServingError(message))
 
     @app.before_request
     def start_timer() -> None:
         g.started = time.perf_counter()
+        g.arrived = time.monotonic()
 
     @app.after_request
     def log_access(response: Response) -> Response:
@@ -101,11 +114,14 @@ def create_app(config: Config, pipeline: Pipeline) -> Flask:
         if pipeline.input_types is not None and content_type not in pipeline.input_types:
             raise errors.UnsupportedMediaType(content_type, pipeline.input_types)
         accept_header = request.headers.get("Accept")
-        accept = choose_accept(accept_header, pipeline.output_types, config.default_accept)
-        if accept is None:
+        accepts = acceptable_types(accept_header, pipeline.output_types, config.default_accept)
+        if not accepts:
             raise errors.NotAcceptable(accept_header or "", pipeline.output_types or [])
         body = read_body(limit)
-        payload, media_type = pipeline.invoke(body, content_type, accept, request.headers)
+        payload, media_type = runtime.call(
+            pipeline.invoke, body, content_type, accepts, request.headers,
+            started=request.environ.get(ARRIVED_KEY, g.arrived),
+        )
         return Response(payload, status=200, content_type=media_type)
 
     return app
@@ -125,4 +141,9 @@ def read_body(limit: int) -> bytes:
     body = request.stream.read(limit + 1)
     if len(body) > limit:
         raise errors.PayloadTooLarge(limit)
+    if length is not None and len(body) < length:
+        # The client closed its side early: predicting on part of a body is never right.
+        raise errors.BadRequest(
+            f"the body ended after {len(body)} of the {length} bytes its Content-Length declared"
+        )
     return body

@@ -52,6 +52,11 @@ def _positive_number(text: str) -> float:
     return value
 
 
+def _seconds(text: str) -> float:
+    value = _positive_number(text)
+    return int(value) if value == int(value) else value
+
+
 def _bool(text: str) -> bool:
     lowered = text.strip().lower()
     if lowered in ("1", "true", "yes", "on"):
@@ -131,6 +136,8 @@ class Setting:
     help: str
     switch: bool = False  # a boolean: --flag / --no-flag
     metavar: str | None = None
+    #: How the default reads in help and README when it is not a plain value.
+    default_help: str | None = None
 
     def default_value(self) -> t.Any:
         return self.default() if callable(self.default) else self.default
@@ -139,6 +146,8 @@ class Setting:
     def default_text(self) -> str:
         if self.default is cpu_count:
             return "number of CPUs"
+        if self.default_help is not None:
+            return self.default_help
         if self.default is None:
             return "none"
         if isinstance(self.default, bool):
@@ -160,6 +169,26 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("timeout", "--timeout", "SAGEMAKER_MODEL_SERVER_TIMEOUT", 60, _int_in(1),
             "Seconds a worker may go silent before it is restarted, and the grace "
             "period for in-flight requests on SIGTERM.", metavar="SECONDS"),
+    Setting("request_timeout", "--request-timeout", "SERVING_REQUEST_TIMEOUT", None, _seconds,
+            "Deadline of one /invocations, in seconds: past it the client gets 504 at once, and "
+            "a worker whose prediction is stuck is replaced once it has answered what else it "
+            "holds.", metavar="SECONDS", default_help="--timeout"),
+    Setting("header_timeout", "--header-timeout", "SERVING_HEADER_TIMEOUT", 10, _seconds,
+            "Seconds a client has to send a request's headers (and to take each write of the "
+            "response); past it: 408 and the connection closed.", metavar="SECONDS"),
+    Setting("min_body_rate_kb", "--min-body-rate-kb", "SERVING_MIN_BODY_RATE_KB", 64,
+            _positive_number, "Slowest request body accepted after its first second, in "
+            "KiB/s; a slower client gets 408 and its connection closed.", metavar="KB"),
+    Setting("max_connections", "--max-connections", "SERVING_MAX_CONNECTIONS", 1000,
+            _int_in(1), "Connections one worker holds open at once (idle, sending or being "
+            "answered); past it the worker stops accepting.", metavar="N"),
+    Setting("max_decoded_mb", "--max-decoded-mb", "SERVING_MAX_DECODED_MB", 128,
+            _positive_number, "Most memory a request body may decode to, in MiB (image pixels, "
+            "NPZ members, CSV cells, JSON elements, recordio records); over it: 413, checked "
+            "before the memory is spent.", metavar="MB"),
+    Setting("debug_errors", "--debug-errors", "SERVING_DEBUG_ERRORS", False, _bool,
+            "Put the exception's text in 500 bodies (it may hold paths or data: for "
+            "development only). The traceback is always logged.", switch=True),
     Setting("default_accept", "--default-accept", "SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT",
             "application/json", _media_type,
             "Response type when the request has no Accept header or accepts */*.",
@@ -204,6 +233,12 @@ class Config:
     workers: int
     threads: int
     timeout: int
+    request_timeout: float | None
+    header_timeout: float
+    min_body_rate_kb: float
+    max_connections: int
+    max_decoded_mb: float
+    debug_errors: bool
     default_accept: str
     max_payload_mb: float
     log_level: int
@@ -220,6 +255,15 @@ class Config:
     @property
     def max_payload_bytes(self) -> int:
         return int(self.max_payload_mb * 2**20)
+
+    @property
+    def max_decoded_bytes(self) -> int:
+        return int(self.max_decoded_mb * 2**20)
+
+    @property
+    def deadline_seconds(self) -> float:
+        """The deadline of one /invocations: --request-timeout, else --timeout."""
+        return self.request_timeout if self.request_timeout is not None else self.timeout
 
     @classmethod
     def load(

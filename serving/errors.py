@@ -10,10 +10,15 @@ place (``serving/app.py``)::
      │    ├── NotFound (404)              no such route
      │    ├── MethodNotAllowed (405)      route exists, method does not
      │    ├── NotAcceptable (406)         no offered type satisfies Accept
+     │    ├── RequestTimeout (408)        headers or body sent too slowly
      │    ├── PayloadTooLarge (413)       body over SAGEMAKER_MAX_PAYLOAD_IN_MB
-     │    └── UnsupportedMediaType (415)  no decoder for Content-Type
+     │    ├── DecodedTooLarge (413)       body decodes to more than SERVING_MAX_DECODED_MB
+     │    ├── URITooLong (414)            request line too long
+     │    ├── UnsupportedMediaType (415)  no decoder for Content-Type
+     │    └── HeadersTooLarge (431)       too many or too long header fields
      ├── ModelError (500)                 an exception in user code or the model
-     └── ServiceUnavailable (503)         the model is not loaded yet
+     ├── ServiceUnavailable (503)         the model is not loaded yet, or the server is stopping
+     └── DeadlineExceeded (504)           the request ran past SERVING_REQUEST_TIMEOUT
 
 :class:`StartupError` is not an HTTP error: it stops ``serve`` before it
 listens, with one clear line.
@@ -27,14 +32,19 @@ from http import HTTPStatus
 __all__ = [
     "BadRequest",
     "ClientError",
+    "DeadlineExceeded",
+    "DecodedTooLarge",
+    "HeadersTooLarge",
     "MethodNotAllowed",
     "ModelError",
     "NotAcceptable",
     "NotFound",
     "PayloadTooLarge",
+    "RequestTimeout",
     "ServiceUnavailable",
     "ServingError",
     "StartupError",
+    "URITooLong",
     "UnsupportedMediaType",
 ]
 
@@ -124,11 +134,11 @@ class UnsupportedMediaType(_MediaTypeError):
 class NotAcceptable(_MediaTypeError):
     status_code = 406
 
-    def __init__(self, accept: str, supported: t.Iterable[str]) -> None:
+    def __init__(self, accept: str, supported: t.Iterable[str], detail: str | None = None) -> None:
         supported = list(supported)
         super().__init__(
-            f"no response type satisfies Accept {accept!r}; the server can answer with: "
-            f"{', '.join(supported)}",
+            detail or f"no response type satisfies Accept {accept!r}; the server can answer "
+            f"with: {', '.join(supported)}",
             supported,
         )
 
@@ -145,11 +155,59 @@ class PayloadTooLarge(ClientError):
         )
 
 
+class DecodedTooLarge(ClientError):
+    status_code = 413
+
+    def __init__(self, detail: str, limit_bytes: int) -> None:
+        super().__init__(
+            f"{detail}: over the limit of {limit_bytes} bytes decoded "
+            f"(SERVING_MAX_DECODED_MB={limit_bytes / 2**20:g})"
+        )
+
+
+class RequestTimeout(ClientError):
+    status_code = 408
+
+
+class URITooLong(ClientError):
+    status_code = 414
+
+
+class HeadersTooLarge(ClientError):
+    status_code = 431
+
+
 class ModelError(ServingError):
-    """An exception raised by user code or the model while answering."""
+    """An exception raised by user code or the model while answering.
+
+    The body says which stage failed and the exception's type, in our words; the
+    exception's own text may hold paths or data, so it is left out unless
+    ``SERVING_DEBUG_ERRORS`` is on. The traceback always goes to the log.
+    """
 
     status_code = 500
+
+    def __init__(self, message: str | None = None, *, stage: str | None = None,
+                 exception: str | None = None) -> None:
+        self.stage, self.exception = stage, exception
+        super().__init__(message)
+
+    def to_dict(self) -> dict[str, t.Any]:
+        body = super().to_dict()
+        if self.stage is not None:
+            body["stage"] = self.stage
+        if self.exception is not None:
+            body["exception"] = self.exception
+        return body
 
 
 class ServiceUnavailable(ServingError):
     status_code = 503
+
+
+class DeadlineExceeded(ServingError):
+    status_code = 504
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(f"no answer within the request deadline of {seconds:g} s "
+                         f"(SERVING_REQUEST_TIMEOUT)")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import typing as t
 from dataclasses import dataclass, field
 
-__all__ = ["MediaRange", "MediaType", "choose_accept", "parse_accept", "parse_media_type"]
+__all__ = ["MediaRange", "MediaType", "acceptable_types", "choose_accept", "parse_accept", "parse_media_type"]
 
 
 def _is_token(text: str) -> bool:
@@ -107,10 +107,13 @@ def _weight(ranges: list[MediaRange], media_type: str) -> float:
     return best.q if best is not None else 0.0
 
 
-def choose_accept(
+def acceptable_types(
     header: str | None, offered: t.Sequence[str] | None, default: str
-) -> str | None:
-    """The response media type for an Accept header, or ``None`` for 406.
+) -> list[str]:
+    """Every response media type the Accept header allows, most preferred first.
+
+    The server tries them in this order: when the first cannot encode a
+    prediction (a float array as PNG, say), the next one is tried. Empty: 406.
 
     :param header: the Accept header as sent (``None`` when absent).
     :param offered: the types the server can encode, or ``None`` when user code
@@ -121,18 +124,32 @@ def choose_accept(
     ranges = parse_accept(header)
     if not ranges:
         # Missing, empty or wholly unparseable: the client expressed no preference.
-        return default
+        return [default]
+    chosen: list[str] = []
+
+    def consider(candidate: str) -> None:
+        if candidate not in chosen and (offered is None or candidate in offered) \
+                and _weight(ranges, candidate) > 0:
+            chosen.append(candidate)
+
     for r in ranges:
         if r.q <= 0:
             break
         if not r.is_wildcard:
-            candidate = f"{r.type}/{r.subtype}"
-            if (offered is None or candidate in offered) and _weight(ranges, candidate) > 0:
-                return candidate
+            consider(f"{r.type}/{r.subtype}")
             continue
-        # A wildcard: the default when it fits, else the first offered type that does.
+        # A wildcard: the default when it fits, then the offered types that do.
         for candidate in [default, *(offered or ())]:
-            if (offered is None or candidate in offered) and r.matches(candidate):
-                if _weight(ranges, candidate) > 0:
-                    return candidate
-    return None
+            if r.matches(candidate):
+                consider(candidate)
+                if offered is None:  # user code encodes: the default stands for the rest
+                    break
+    return chosen
+
+
+def choose_accept(
+    header: str | None, offered: t.Sequence[str] | None, default: str
+) -> str | None:
+    """The preferred response media type for an Accept header, or ``None`` for 406."""
+    acceptable = acceptable_types(header, offered, default)
+    return acceptable[0] if acceptable else None

@@ -20,9 +20,10 @@ import types
 import typing as t
 
 from handlers import frameworks
-from handlers.content import DecodeError, EncodeError, Registry
+from handlers.content import DecodedTooLarge, DecodeError, EncodeError, Registry
 from handlers.frameworks import FrameworkHandler, SelectionError
-from serving.errors import BadRequest, ModelError, ServingError, StartupError
+from serving import errors
+from serving.errors import BadRequest, ModelError, NotAcceptable, ServingError, StartupError
 
 __all__ = ["Context", "HOSTING_FUNCTIONS", "Pipeline"]
 
@@ -101,8 +102,11 @@ class Pipeline:
         detect_framework: bool = True,
         framework_options: t.Mapping[str, t.Any] | None = None,
         source: str = "default handlers",
+        debug_errors: bool = False,
     ) -> None:
         self.functions = dict(functions)
+        #: Whether 500 bodies carry the exception's text (SERVING_DEBUG_ERRORS).
+        self.debug_errors = debug_errors
         self.registry = registry
         self.source = source
         #: The framework's short name; ``None`` until known (or when there is none).
@@ -128,6 +132,7 @@ class Pipeline:
         default_accept: str,
         framework: str = "auto",
         trust_pickled_models: bool = False,
+        debug_errors: bool = False,
     ) -> Pipeline:
         """Resolve the hosting functions of ``module``; check they fit together.
 
@@ -163,7 +168,7 @@ class Pipeline:
         pipeline = cls(functions, registry, model_dir=model_dir, framework=name,
                        detect_framework=framework == "auto",
                        framework_options={"trust_pickled_models": trust_pickled_models},
-                       source=source)
+                       source=source, debug_errors=debug_errors)
         if pipeline.output_types is not None and default_accept not in pipeline.output_types:
             raise StartupError(
                 f"default accept {default_accept} (SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT) has no "
@@ -253,62 +258,93 @@ class Pipeline:
 
     # -- one request -------------------------------------------------------------
 
-    def _run(self, what: str, fn: t.Callable[..., t.Any], *args: t.Any) -> t.Any:
-        """Call user code or a handler, translating what it raises into our errors."""
+    def _run(self, stage: str, what: str, fn: t.Callable[..., t.Any], *args: t.Any) -> t.Any:
+        """Call user code or a handler, translating what it raises into our errors.
+
+        :param stage: ``decode``, ``predict`` or ``encode``, for the 500 body.
+        """
         try:
             return fn(*args)
         except ServingError:
             raise
+        except DecodedTooLarge as exc:
+            raise errors.DecodedTooLarge(exc.detail, exc.limit_bytes) from exc
         except DecodeError as exc:
             raise BadRequest(str(exc)) from exc
-        except EncodeError as exc:
-            log.error("%s failed: %s", what, exc)
-            raise ModelError(str(exc)) from exc
         except Exception as exc:
             log.exception("%s raised", what)
-            raise ModelError(f"{what} raised {type(exc).__name__}: {exc}") from exc
+            kind = type(exc).__name__
+            message = f"{what} raised {kind}"
+            if self.debug_errors:
+                message += f": {exc}"
+            raise ModelError(message, stage=stage, exception=kind) from exc
 
-    def _user(self, name: str, *args: t.Any, context: Context) -> t.Any:
-        return self._run(name, lambda: self.functions[name](*args, context=context))
+    def _user(self, stage: str, name: str, *args: t.Any, context: Context) -> t.Any:
+        return self._run(stage, name, lambda: self.functions[name](*args, context=context))
 
     def invoke(
-        self, body: bytes, content_type: str, accept: str, headers: t.Mapping[str, str]
+        self, body: bytes, content_type: str, accept: str | t.Sequence[str],
+        headers: t.Mapping[str, str],
     ) -> tuple[bytes, str]:
         """Answer one request: ``(response body, response media type)``.
 
         :param content_type: the bare request media type (parameters are in ``headers``).
-        :param accept: the negotiated response media type.
+        :param accept: the negotiated response media types, most preferred first
+            (or one). When the pipeline encodes, an encoder that cannot write this
+            prediction passes to the next; none left is a 406.
         """
+        accepts = [accept] if isinstance(accept, str) else list(accept)
         context = dataclasses.replace(self.context, headers=headers)
         fns = self.functions
         if "transform_fn" in fns:
             result = self._user(
-                "transform_fn", self.model, body, content_type, accept, context=context
+                "predict", "transform_fn", self.model, body, content_type, accepts[0],
+                context=context,
             )
-            return self._response(result, accept, "transform_fn")
+            return self._response(result, accepts[0], "transform_fn")
 
         if "input_fn" in fns:
-            data = self._user("input_fn", body, content_type, context=context)
+            data = self._user("decode", "input_fn", body, content_type, context=context)
         else:
             decoder = self.registry.get(content_type)
             assert decoder is not None, "the app checks the Content-Type against input_types"
-            data = self._run(f"the {content_type} decoder", decoder.decode, body)
+            data = self._run("decode", f"the {content_type} decoder", decoder.decode, body)
 
         if "predict_fn" in fns:
-            prediction = self._user("predict_fn", data, self.model, context=context)
+            prediction = self._user("predict", "predict_fn", data, self.model, context=context)
         elif self.framework is not None:
             framework = self.framework
-            prediction = self._run(f"the {framework.name} model", framework.predict,
+            prediction = self._run("predict", f"the {framework.name} model", framework.predict,
                                    self.model, data, context.device)
         else:
-            prediction = self._run("the model", self.model, data)
+            prediction = self._run("predict", "the model", self.model, data)
 
         if "output_fn" in fns:
-            result = self._user("output_fn", prediction, accept, context=context)
-            return self._response(result, accept, "output_fn")
-        encoder = self.registry.get(accept)
-        assert encoder is not None, "the app negotiates Accept against output_types"
-        return self._run(f"the {accept} encoder", encoder.encode, prediction), accept
+            result = self._user("encode", "output_fn", prediction, accepts[0], context=context)
+            return self._response(result, accepts[0], "output_fn")
+        return self._encode(prediction, accepts)
+
+    def _encode(self, prediction: t.Any, accepts: list[str]) -> tuple[bytes, str]:
+        """The first acceptable type whose encoder can write ``prediction``."""
+        refusals = []
+        for media_type in accepts:
+            encoder = self.registry.get(media_type)
+            assert encoder is not None, "the app negotiates Accept against output_types"
+
+            def attempt(encoder: t.Any = encoder) -> t.Any:
+                try:
+                    return encoder.encode(prediction)
+                except EncodeError as exc:  # this type cannot hold it: try the next
+                    return exc
+
+            body = self._run("encode", f"the {media_type} encoder", attempt)
+            if not isinstance(body, EncodeError):
+                return body, media_type
+            log.info("%s cannot hold this prediction: %s", media_type, body)
+            refusals.append(f"{media_type}: {body}")
+        raise NotAcceptable(", ".join(accepts), accepts,
+                            detail=f"the prediction cannot be written as any acceptable type: "
+                                   f"{'; '.join(refusals)}")
 
     @staticmethod
     def _response(result: t.Any, accept: str, name: str) -> tuple[bytes, str]:

@@ -8,12 +8,19 @@ from __future__ import annotations
 
 import threading
 
-from handlers.content.base import ContentHandler, DecodeError, EncodeError, to_numpy
+from handlers.content.base import (
+    ContentHandler,
+    DecodedTooLarge,
+    DecodeError,
+    EncodeError,
+    to_numpy,
+)
 
 __all__ = [
     "BUILTIN_HANDLERS",
     "ContentHandler",
     "DecodeError",
+    "DecodedTooLarge",
     "ENTRY_POINT_GROUP",
     "EncodeError",
     "PluginError",
@@ -70,6 +77,11 @@ class Registry:
                 )
         for name in names:
             self._handlers[name] = handler
+
+    def limit_decoded(self, max_bytes: int) -> None:
+        """Set the most memory one body may decode to, on every registered handler."""
+        for handler in set(self._handlers.values()):
+            handler.max_decoded_bytes = max_bytes
 
     def get(self, media_type: str) -> ContentHandler | None:
         return self._handlers.get(media_type)

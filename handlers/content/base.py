@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import typing as t
 
-__all__ = ["ContentHandler", "DecodeError", "EncodeError", "to_numpy"]
+__all__ = ["ContentHandler", "DEFAULT_MAX_DECODED_BYTES", "DecodeError", "DecodedTooLarge",
+           "EncodeError", "to_numpy"]
 
 if t.TYPE_CHECKING:
     import numpy as np
@@ -12,6 +13,22 @@ if t.TYPE_CHECKING:
 
 class DecodeError(ValueError):
     """A request body that does not decode as its declared media type (a 400)."""
+
+
+class DecodedTooLarge(DecodeError):
+    """A body that would decode to more memory than the limit allows (a 413).
+
+    Raised before that memory is allocated: from a header, a count or a
+    declared size, never after decoding.
+    """
+
+    def __init__(self, detail: str, limit_bytes: int) -> None:
+        self.detail, self.limit_bytes = detail, limit_bytes
+        super().__init__(f"{detail}: over the limit of {limit_bytes} bytes decoded")
+
+
+#: What a request may decode to unless the server sets another limit (SERVING_MAX_DECODED_MB).
+DEFAULT_MAX_DECODED_BYTES = 128 * 2**20
 
 
 class EncodeError(ValueError):
@@ -29,6 +46,15 @@ class ContentHandler:
     media_type: t.ClassVar[str] = ""
     #: Other media types that mean the same thing.
     aliases: t.ClassVar[tuple[str, ...]] = ()
+    #: Most bytes of memory one body may decode to; the server sets it from
+    #: SERVING_MAX_DECODED_MB (``Registry.limit_decoded``). A decoder checks it
+    #: with :meth:`check_decoded` before it allocates.
+    max_decoded_bytes: int = DEFAULT_MAX_DECODED_BYTES
+
+    def check_decoded(self, nbytes: int, what: str) -> None:
+        """Raise :class:`DecodedTooLarge` when ``nbytes`` (about to be allocated) is over the limit."""
+        if nbytes > self.max_decoded_bytes:
+            raise DecodedTooLarge(f"{what} decodes to {nbytes} bytes", self.max_decoded_bytes)
 
     def decode(self, body: bytes) -> t.Any:
         """Decode a request body; raise :class:`DecodeError` when it is malformed."""

@@ -20,6 +20,9 @@ class CSVHandler(ContentHandler):
             raise DecodeError(f"CSV body is not valid UTF-8: {exc}") from None
         if not text.strip():
             raise DecodeError("CSV body is empty")
+        if len(body) * 8 > self.max_decoded_bytes:  # else even all-commas fits
+            cells = body.count(b",") + body.count(b"\n") + 1
+            self.check_decoded(cells * 8, f"CSV of {cells} cells")
         try:
             # loadtxt is NumPy's C parser; it refuses ragged rows and non-numbers.
             return np.loadtxt(io.StringIO(text), delimiter=",", dtype=np.float64, ndmin=2,

@@ -47,6 +47,25 @@ def as_arrays(value: t.Any) -> t.Any:
     return array if array.dtype.kind in "biuf" else value
 
 
+#: What one parsed JSON value costs in memory, at most, in CPython: a number or string is an
+#: object and a list slot (~40 bytes); a list or object adds its own header (~64 bytes).
+ELEMENT_BYTES, CONTAINER_BYTES = 40, 64
+
+
+def check_elements(handler: ContentHandler, body: bytes) -> None:
+    """Refuse a body whose parsed values would take more than the limit, before parsing.
+
+    Counted from separators, so a 6 MB ``[[],[],…]`` is refused at C speed instead of
+    becoming two million lists; bodies too short to reach the limit are not counted.
+    """
+    if len(body) * CONTAINER_BYTES <= handler.max_decoded_bytes:
+        return
+    containers = body.count(b"[") + body.count(b"{")
+    elements = body.count(b",") + body.count(b"\n") + 1
+    handler.check_decoded(containers * CONTAINER_BYTES + elements * ELEMENT_BYTES,
+                          f"JSON of about {elements} values")
+
+
 def loads(body: bytes, what: str = "body") -> t.Any:
     try:
         return orjson.loads(body)
@@ -65,6 +84,7 @@ class JSONHandler(ContentHandler):
     media_type = "application/json"
 
     def decode(self, body: bytes) -> t.Any:
+        check_elements(self, body)
         # Numeric (nested) lists are what models eat: hand them over as arrays.
         return as_arrays(loads(body))
 

@@ -7,7 +7,7 @@ import typing as t
 import numpy as np
 
 from handlers.content.base import ContentHandler, DecodeError, to_numpy
-from handlers.content.json import as_arrays, dumps, loads
+from handlers.content.json import as_arrays, check_elements, dumps, loads
 
 
 class JSONLinesHandler(ContentHandler):
@@ -16,6 +16,7 @@ class JSONLinesHandler(ContentHandler):
 
     def decode(self, body: bytes) -> t.Any:
         """The list of values, one per non-blank line; numeric rows become one array."""
+        check_elements(self, body)
         values = [
             loads(line, f"line {number}")
             for number, line in enumerate(body.split(b"\n"), start=1)

@@ -106,8 +106,8 @@ class NPZHandler(ContentHandler):
     """A zip of NPY members, as ``np.savez`` and scipy's ``save_npz`` write it."""
 
     media_type = "application/x-npz"
-    #: Most bytes all members may unpack to: a small compressed body must not fill memory.
-    max_unpacked_bytes: t.ClassVar[int] = 1 << 30
+    #: Bytes unpacked per read: a member that lies about its size is caught within one.
+    read_chunk: t.ClassVar[int] = 1 << 20
 
     def decode(self, body: bytes) -> dict[str, np.ndarray]:
         try:
@@ -116,20 +116,27 @@ class NPZHandler(ContentHandler):
         except Exception as exc:  # zipfile raises BadZipFile, NotImplementedError, struct.error…
             raise DecodeError(f"body is not a valid NPZ archive: {type(exc).__name__}: {exc}"
                               ) from None
-        budget = self.max_unpacked_bytes
+        # All members together may unpack to max_decoded_bytes: a small compressed body
+        # must not fill memory. The declared sizes are checked first (one 413 before any
+        # unpacking), then each member is read in chunks, counting what really comes out.
+        declared = sum(member.file_size for member in members)
+        self.check_decoded(declared, f"NPZ members ({len(members)})")
+        budget = self.max_decoded_bytes
         arrays: dict[str, np.ndarray] = {}
         for member in members:
             name = member.filename
-            if member.file_size > budget:
-                raise DecodeError(f"NPZ member {name} unpacks to more than {budget} bytes")
+            data = bytearray()
             try:
                 with archive.open(member) as stream:
-                    data = stream.read(budget + 1)
+                    while chunk := stream.read(min(self.read_chunk, budget - len(data) + 1)):
+                        data += chunk
+                        if len(data) > budget:
+                            self.check_decoded(self.max_decoded_bytes + 1, "NPZ members")
+            except DecodeError:
+                raise
             except Exception as exc:  # bad CRC, unknown compression, encryption, truncation…
                 raise DecodeError(f"NPZ member {name} cannot be read: {type(exc).__name__}: {exc}"
                                   ) from None
-            if len(data) > budget:
-                raise DecodeError(f"NPZ members unpack to more than {self.max_unpacked_bytes} bytes")
             budget -= len(data)
             key = name[:-4] if name.endswith(".npy") else name
             arrays[key] = read_npy(data, f"NPZ member {name}")

@@ -444,16 +444,25 @@ def _encode_columns(columns: t.Mapping[str, t.Any]) -> bytes:
     return write_recordio(payloads)
 
 
+#: The memory estimate of decoded records: per wire byte, and per record.
+RECORD_BYTES_PER_BYTE, RECORD_BYTES = 8, 256
+
+
 class RecordIOHandler(ContentHandler):
     media_type = "application/x-recordio-protobuf"
 
     def decode(self, body: bytes) -> np.ndarray | list[Message]:
         if not body:
             raise DecodeError("recordio-protobuf body is empty: no records")
-        bulk = _decode_dense_in_bulk(body)
+        bulk = _decode_dense_in_bulk(body)  # one array of the body's own size, at most
         if bulk is not None:
             return bulk
-        return _decode_records(read_recordio(body))
+        payloads = read_recordio(body)
+        # Parsed messages, and the Python lists of values the dense path builds, take up to
+        # ~8 bytes per wire byte plus a few hundred per record.
+        self.check_decoded(len(body) * RECORD_BYTES_PER_BYTE + len(payloads) * RECORD_BYTES,
+                           f"{len(payloads)} records")
+        return _decode_records(payloads)
 
     def encode(self, obj: t.Any) -> bytes:
         obj = to_numpy(obj)

@@ -29,7 +29,8 @@ def make_pipeline(tmp_path, mod, default_accept="application/json", **options):
 
 def make_client(tmp_path, mod, argv=(), load=True):
     config = Config.load(["--model-dir", str(tmp_path), *argv], {})
-    pipeline = make_pipeline(tmp_path, mod, config.default_accept)
+    pipeline = make_pipeline(tmp_path, mod, config.default_accept,
+                             debug_errors=config.debug_errors)
     if load:
         pipeline.load_model()
         pipeline.enter_worker(7, "cpu", 1)
@@ -208,20 +209,49 @@ def test_client_error_refuses_a_non_4xx_status():
         ClientError("nope", status_code=500)
 
 
-def test_exception_in_user_code_is_500_with_its_message(tmp_path, caplog):
+def test_exception_in_user_code_is_500_naming_stage_and_type_not_text(tmp_path, caplog):
     def predict_fn(data, model):
-        raise RuntimeError("weights are NaN")
+        raise FileNotFoundError("/opt/ml/model/secret/weights.bin")
 
     response = make_client(tmp_path, module(predict_fn=predict_fn)).post("/invocations", json=[1])
     assert response.status_code == 500
+    assert response.get_json() == {"code": 500, "type": "ModelError",
+                                   "message": "predict_fn raised FileNotFoundError",
+                                   "stage": "predict", "exception": "FileNotFoundError"}
+    assert "secret" not in response.get_data(as_text=True)
+    assert "Traceback" in caplog.text and "/opt/ml/model/secret/weights.bin" in caplog.text
+
+
+def test_debug_errors_put_the_exception_text_in_the_body(tmp_path):
+    def predict_fn(data, model):
+        raise RuntimeError("weights are NaN")
+
+    client = make_client(tmp_path, module(predict_fn=predict_fn), ["--debug-errors"])
+    response = client.post("/invocations", json=[1])
+    assert response.status_code == 500
     assert response.get_json()["message"] == "predict_fn raised RuntimeError: weights are NaN"
-    assert "Traceback" in caplog.text and "weights are NaN" in caplog.text
 
 
-def test_unencodable_prediction_is_500(tmp_path):
+def test_unencodable_prediction_is_406_naming_the_types_tried(tmp_path):
     client = make_client(tmp_path, module(predict_fn=lambda d, m: object()))
     response = client.post("/invocations", json=[1])
-    assert response.status_code == 500 and "cannot write" in response.get_json()["message"]
+    assert response.status_code == 406
+    body = response.get_json()
+    assert body["supported"] == ["application/json"]
+    assert "cannot be written as any acceptable type" in body["message"]
+
+
+def test_accept_falls_back_to_the_next_type_that_can_encode(tmp_path):
+    # PNG is preferred but cannot hold a float array: JSON, the next acceptable type, answers.
+    client = make_client(tmp_path, module(predict_fn=lambda d, m: np.asarray(d, dtype=float)))
+    response = client.post("/invocations", json=[[0.5, 1.5]],
+                           headers={"Accept": "image/png;q=0.9, application/json;q=0.5"})
+    assert response.status_code == 200
+    assert response.headers["Content-Type"] == "application/json"
+    assert response.get_json() == [[0.5, 1.5]]
+    refused = client.post("/invocations", json=[[0.5]], headers={"Accept": "image/png, text/plain"})
+    assert refused.status_code == 406
+    assert refused.get_json()["supported"] == ["image/png", "text/plain"]
 
 
 def test_output_fn_may_return_body_and_content_type(tmp_path):

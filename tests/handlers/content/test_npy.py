@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from handlers.content import DecodeError, EncodeError
+from handlers.content import DecodedTooLarge, DecodeError, EncodeError
 from handlers.content.npy import NPYHandler, NPZHandler
 
 npy, npz = NPYHandler(), NPZHandler()
@@ -93,8 +93,8 @@ def test_npz_refuses_bombs_pickles_and_garbage():
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as archive:
         archive.writestr("big.npy", np_save(np.zeros(2_000_000)))
     small = NPZHandler()
-    small.max_unpacked_bytes = 1_000_000
-    with pytest.raises(DecodeError, match="unpacks to more than 1000000 bytes"):
+    small.max_decoded_bytes = 1_000_000
+    with pytest.raises(DecodedTooLarge, match="over the limit of 1000000 bytes decoded"):
         small.decode(buf.getvalue())
     buf = io.BytesIO()
     np.savez(buf, bad=np.array([None], dtype=object))
