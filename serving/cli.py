@@ -92,9 +92,12 @@ def main(argv: t.Sequence[str] | None = None) -> None:
             module = import_user_module(script)
         else:
             log.info("no user script found; serving with the default handlers")
+        # After the user's module, whose own handlers get the limit too.
+        registry.limit_decoded(config.max_decoded_bytes)
         pipeline = Pipeline.from_module(
             module, registry, model_dir=config.model_dir, default_accept=config.default_accept,
             framework=config.framework, trust_pickled_models=config.trust_pickled_models,
+            debug_errors=config.debug_errors,
         )
         if config.preload:
             pipeline.load_model()

@@ -1,5 +1,9 @@
 """gunicorn, embedded: the master, its workers, and when the model is loaded.
 
+Workers are :class:`serving.worker.ServingWorker` (requests read whole under
+deadlines before a thread sees them; see that module), each with a
+:class:`serving.runtime.Runtime` running predictions under the request deadline.
+
 With ``preload`` (the default) the model is loaded in the master before
 anything listens, and the forked workers share it copy-on-write. Without it,
 each worker loads its own copy in a background thread right after it starts
@@ -10,7 +14,10 @@ heartbeat keeps going, so a slow load is never killed as a hung worker.
 from __future__ import annotations
 
 import logging
+import mmap
 import os
+import signal
+import sys
 import threading
 import typing as t
 
@@ -21,6 +28,7 @@ from serving.app import create_app
 from serving.config import Config
 from serving.devices import DevicePlan
 from serving.pipeline import Pipeline
+from serving.runtime import Runtime
 
 __all__ = ["ServingApplication", "gunicorn_options"]
 
@@ -28,6 +36,11 @@ log = logging.getLogger(__name__)
 
 #: How long kept-alive connections wait for the next request, in seconds.
 KEEPALIVE_SECONDS = 5
+#: The master waits this long past the workers' own grace period before it kills them:
+#: a worker answers its last requests with 503 itself at the end of its grace period.
+MASTER_GRACE_MARGIN = 5
+#: serve's exit status when a stop had to drop requests unanswered.
+EXIT_DROPPED = 1
 
 
 def _assign_worker_index(arbiter: Arbiter, worker: t.Any) -> None:
@@ -62,10 +75,11 @@ def gunicorn_options(config: Config) -> dict[str, t.Any]:
         "bind": [f"[{config.host}]:{config.port}" if ":" in config.host
                  else f"{config.host}:{config.port}"],
         "workers": config.workers,
-        "worker_class": "gthread",
+        "worker_class": "serving.worker.ServingWorker",
         "threads": config.threads,
+        "worker_connections": config.max_connections,
         "timeout": config.timeout,
-        "graceful_timeout": config.timeout,
+        "graceful_timeout": config.timeout + MASTER_GRACE_MARGIN,
         "keepalive": KEEPALIVE_SECONDS,
         "preload_app": config.preload,
         "loglevel": _gunicorn_log_level(config.log_level),
@@ -78,6 +92,27 @@ def gunicorn_options(config: Config) -> dict[str, t.Any]:
     }
 
 
+class ServingArbiter(Arbiter):
+    """gunicorn's master, which exits non-zero when a stop dropped requests."""
+
+    app: ServingApplication
+
+    def kill_workers(self, sig: int) -> None:
+        if sig == signal.SIGKILL and self.WORKERS:  # the grace period ran out
+            self.app.note_dropped()
+        super().kill_workers(sig)
+
+    def halt(self, reason: str | None = None, exit_status: int = 0) -> None:
+        try:
+            super().halt(reason, exit_status)
+        except SystemExit as stop:
+            if not stop.code and self.app.dropped_any:
+                self.log.error("stopped with requests dropped: exiting with status %d",
+                               EXIT_DROPPED)
+                sys.exit(EXIT_DROPPED)
+            raise
+
+
 class ServingApplication(BaseApplication):
     """The gunicorn application serving one pipeline."""
 
@@ -85,7 +120,26 @@ class ServingApplication(BaseApplication):
         self.config = config
         self.pipeline = pipeline
         self.plan = plan
+        #: Per worker after fork: runs requests under their deadline.
+        self.runtime = Runtime(config.threads, config.deadline_seconds)
+        # One byte shared by the master and its forked workers: set when a stop dropped
+        # requests, so that serve's exit status says so.
+        self._dropped = mmap.mmap(-1, 1)
         super().__init__()
+
+    def note_dropped(self) -> None:
+        self._dropped[0] = 1
+
+    @property
+    def dropped_any(self) -> bool:
+        return self._dropped[0] == 1
+
+    def run(self) -> None:
+        try:
+            ServingArbiter(self).run()
+        except RuntimeError as exc:  # as BaseApplication.run: a bad gunicorn setting
+            print(f"\nError: {exc}\n", file=sys.stderr)
+            sys.exit(1)
 
     def load_config(self) -> None:
         for key, value in gunicorn_options(self.config).items():
@@ -93,7 +147,7 @@ class ServingApplication(BaseApplication):
                 self.cfg.set(key, value)
 
     def load(self) -> t.Any:
-        app = create_app(self.config, self.pipeline)
+        app = create_app(self.config, self.pipeline, self.runtime)
         if not self.config.preload:
             threading.Thread(target=self._load_in_worker, name="model-loader", daemon=True).start()
         return app
