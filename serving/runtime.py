@@ -67,10 +67,15 @@ class Runtime:
             self._pending: set[_Job] = set()
             self._closed: ServingError | None = None
             self.retire_reason = None
-            for index in range(self.threads):
-                # Daemon threads: one stuck in user code must not keep the process alive.
-                threading.Thread(target=self._serve, name=f"predict-{index}", daemon=True).start()
+            self._started = 0
+            for _ in range(self.threads):
+                self._add_thread()
             self._pid = os.getpid()
+
+    def _add_thread(self) -> None:
+        # Daemon threads: one stuck in user code must not keep the process alive.
+        threading.Thread(target=self._serve, name=f"predict-{self._started}", daemon=True).start()
+        self._started += 1
 
     def _serve(self) -> None:
         while True:
@@ -119,6 +124,10 @@ class Runtime:
                                 f"a request ran past its deadline of "
                                 f"{self.deadline_seconds:g} s and is still running"
                             )
+                            # A fresh thread takes its place, so that what waits behind
+                            # it is answered while the worker retires.
+                            with self._lock:
+                                self._add_thread()
                         job.state = _GIVEN_UP  # a queued one is skipped, never started
                         raise DeadlineExceeded(self.deadline_seconds)
             if job.error is not None:

@@ -365,10 +365,14 @@ class ServingWorker(Worker):
                 if not self._read_head(conn, now):
                     return
             if conn.state == _BODY:
-                if len(conn.buf) < conn.head.length:
+                length = conn.head.length
+                if len(conn.buf) < length:
                     return
-                conn.body = conn.buf[:conn.head.length]
-                del conn.buf[:conn.head.length]
+                if len(conn.buf) == length:  # the usual case: the buffer is the body
+                    conn.body, conn.buf = conn.buf, bytearray()
+                else:  # pipelined: the next request's bytes follow
+                    conn.body = conn.buf[:length]
+                    del conn.buf[:length]
             elif conn.state == _CHUNKED:
                 if not self._read_chunks(conn):
                     return
@@ -511,6 +515,7 @@ class ServingWorker(Worker):
 
     def _environ(self, conn: _Connection) -> dict[str, t.Any]:
         head = conn.head
+        body, conn.body = bytes(conn.body), bytearray()
         target = head.target
         if target.startswith(("http://", "https://")):
             parts = urlsplit(target)
@@ -532,7 +537,8 @@ class ServingWorker(Worker):
             "REMOTE_PORT": str(conn.addr[1]) if isinstance(conn.addr, tuple) else "",
             "wsgi.version": (1, 0),
             "wsgi.url_scheme": "http",
-            "wsgi.input": io.BytesIO(conn.body),
+            # bytes, made once: BytesIO shares it, and reading it whole returns it uncopied.
+            "wsgi.input": io.BytesIO(body),
             "wsgi.errors": sys.stderr,
             "wsgi.multithread": True,
             "wsgi.multiprocess": True,
@@ -548,7 +554,7 @@ class ServingWorker(Worker):
                 key = "HTTP_" + key
             environ[key] = f"{environ[key]},{value}" if key in environ else value
         if head.chunked or head.length:
-            environ["CONTENT_LENGTH"] = str(len(conn.body))  # the body is here, whole
+            environ["CONTENT_LENGTH"] = str(len(body))  # the body is here, whole
         return environ
 
     def _respond(self, conn: _Connection) -> bool:

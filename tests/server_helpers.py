@@ -105,8 +105,8 @@ class Server:
             try:
                 if requests.get(self.url("/ping"), timeout=2).status_code == 200:
                     return
-            except requests.ConnectionError:
-                pass
+            except (requests.ConnectionError, requests.Timeout):
+                pass  # not listening yet, or listening while no worker has loaded
             time.sleep(0.1)
         raise AssertionError(f"serve not ready after {timeout}s:\n{self.log}")
 

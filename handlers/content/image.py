@@ -22,6 +22,32 @@ from handlers.content.base import (
     to_numpy,
 )
 
+#: Bytes of Pillow image copied into the array at a time.
+STRIP_BYTES = 1 << 22
+
+
+def _rgb_array(image: Image.Image) -> np.ndarray:
+    """The image as an (H, W, 3) uint8 array, filled strip by strip.
+
+    ``np.asarray(image)`` costs twice the array on top of Pillow's own pixels (its
+    ``tobytes`` joins chunks, then NumPy copies). Strips of a few MB keep the peak at
+    Pillow's pixels plus the array, and convert other modes to RGB a strip at a time
+    instead of making a whole RGB copy first.
+    """
+    width, height = image.size
+    array = np.empty((height, width, 3), dtype=np.uint8)
+    rows = array.reshape(height, width * 3)
+    step = max(1, STRIP_BYTES // (width * 4))
+    for top in range(0, height, step):
+        bottom = min(height, top + step)
+        strip = image.crop((0, top, width, bottom))
+        if strip.mode != "RGB":
+            strip = strip.convert("RGB")
+        rows[top:bottom] = np.frombuffer(strip.tobytes(), np.uint8).reshape(bottom - top, -1)
+    image.close()
+    return array
+
+
 class ImageHandler(ContentHandler):
     """The common image formats in; PNG out (lossless)."""
 
@@ -42,11 +68,7 @@ class ImageHandler(ContentHandler):
                 # Pillow holds RGB at 4 bytes a pixel while the 3-byte array is made.
                 self.check_decoded(width * height * 4, f"a {width}×{height} image")
                 image.load()
-                if image.mode != "RGB":
-                    rgb = image.convert("RGB")
-                    image.close()  # free the decoded original before the array is made
-                    image = rgb
-                return np.asarray(image)
+                return _rgb_array(image)
         except DecodeError:
             raise
         except Image.DecompressionBombError as exc:  # Pillow's own guard, past ~179 M pixels
