@@ -9,7 +9,9 @@
 # make serve:  serve the bundled NumPy example model on port 8080 (EXAMPLE=<name> another).
 # make test:   the whole suite in .venv (container images included), then the core suite
 #              (no chainer, no mxnet, no images) in .venv-np2.
-# make bench:  the benchmarks of BENCHMARKS.md.
+# make bench:  the codec benchmarks of BENCHMARKS.md.
+# make bench-faults: the fault figures of BENCHMARKS.md (slow clients, stuck predictions,
+#              memory bombs, reloads, shutdown), each against real servers; about 2 minutes.
 
 PYTHON ?= python3
 PIP := -m pip install --disable-pip-version-check -q
@@ -26,7 +28,7 @@ SDK_VENV := .venv-sdk
 SDK_STAMP := $(SDK_VENV)/.installed
 SDK_REQUIREMENTS := "sagemaker>=2.200,<3" "protobuf<7" scipy pillow
 
-.PHONY: install container-tools serve test bench clean
+.PHONY: install container-tools serve test bench bench-faults clean
 
 install: $(STAMP) $(NP2_STAMP) $(SDK_STAMP)
 
@@ -78,6 +80,9 @@ test: install container-tools
 bench: install
 	$(NP2_VENV)/bin/python benchmarks/codecs.py
 	PYTHONPATH=. $(SDK_VENV)/bin/python benchmarks/recordio_vs_sdk.py
+
+bench-faults: $(STAMP)
+	$(BIN)/python benchmarks/faults.py
 
 clean:
 	rm -rf $(VENV) $(NP2_VENV) $(SDK_VENV) *.egg-info .pytest_cache

@@ -174,8 +174,9 @@ SETTINGS: tuple[Setting, ...] = (
             "a worker whose prediction is stuck is replaced once it has answered what else it "
             "holds.", metavar="SECONDS", default_help="--timeout"),
     Setting("header_timeout", "--header-timeout", "SERVING_HEADER_TIMEOUT", 10, _seconds,
-            "Seconds a client has to send a request's headers (and to take each write of the "
-            "response); past it: 408 and the connection closed.", metavar="SECONDS"),
+            "Seconds a client has to send a request's headers; past it: 408 and the "
+            "connection closed. Also how long a client that does not read may hold up its "
+            "answer (plus its size at the minimum body rate).", metavar="SECONDS"),
     Setting("min_body_rate_kb", "--min-body-rate-kb", "SERVING_MIN_BODY_RATE_KB", 64,
             _positive_number, "Slowest request body accepted after its first second, in "
             "KiB/s; a slower client gets 408 and its connection closed.", metavar="KB"),

@@ -175,7 +175,7 @@ class _Connection:
     """One client connection and where its current request stands."""
 
     __slots__ = ("sock", "addr", "state", "buf", "head", "deadline", "body", "body_started",
-                 "received", "chunk_left", "arrived", "served", "fd")
+                 "received", "chunk_left", "arrived", "served", "fd", "answering")
 
     def __init__(self, sock: socket.socket, addr: t.Any, now: float, header_timeout: float) -> None:
         self.sock, self.addr = sock, addr
@@ -193,6 +193,8 @@ class _Connection:
         self.received = 0
         self.chunk_left: int | None = None
         self.arrived = now
+        #: Whether bytes of the answer went out (after that, a failure can only close).
+        self.answering = False
 
     @property
     def peer(self) -> str:
@@ -482,6 +484,13 @@ class ServingWorker(Worker):
                 keep = self._respond(conn)
             except Exception:
                 log.exception("answering %s %s failed", conn.head.method, conn.head.target)
+                if not conn.answering:
+                    try:
+                        self._write(conn, _response_bytes(
+                            errors.ServingError("internal error: the server failed to answer"),
+                            close=True))
+                    except OSError:
+                        pass
             self.finished.put((conn, keep))
             try:
                 os.write(self.wake_w, b"\0")
@@ -560,8 +569,6 @@ class ServingWorker(Worker):
     def _respond(self, conn: _Connection) -> bool:
         """Run the app on a complete request and write its answer; True to keep the connection."""
         head = conn.head
-        sock = conn.sock
-        sock.settimeout(self.header_timeout)  # a client that does not read cannot hold a thread
         keep = head.keep_alive and self.stopping_at is None
         started: list[t.Any] = []
 
@@ -597,17 +604,24 @@ class ServingWorker(Worker):
                     data = b"%x\r\n%s\r\n" % (len(data), data)
                 if not sent_head:
                     data, sent_head = out + data, True
-                sock.sendall(data)
+                self._write(conn, data)
             if not sent_head:
-                sock.sendall(out)
+                self._write(conn, out)
             if chunked:
-                sock.sendall(b"0\r\n\r\n")
+                self._write(conn, b"0\r\n\r\n")
         except OSError:
             return False
         finally:
             if hasattr(result, "close"):
                 result.close()
         return keep
+
+    def _write(self, conn: _Connection, data: bytes) -> None:
+        """Write from an HTTP thread. A client that does not read cannot hold the thread:
+        the write may take the header timeout plus its size at the minimum body rate."""
+        conn.answering = True
+        conn.sock.settimeout(self.header_timeout + len(data) / self.min_body_rate)
+        conn.sock.sendall(data)
 
     def _send_now(self, conn: _Connection, data: bytes) -> None:
         """Best-effort write from the loop: small answers fit in a fresh socket buffer."""
