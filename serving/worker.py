@@ -71,6 +71,10 @@ LINGER_SECONDS = 1.0
 TICK_SECONDS = 0.25
 #: How long a retiring worker waits for requests still being sent.
 RETIRE_SECONDS = 10.0
+#: How often a worker whose threads are all busy still takes one waiting connection, so
+#: that nothing starves in the listen backlog while every worker is saturated. A worker
+#: with a free thread waits on the listener and takes new connections first.
+SATURATED_ACCEPT_SECONDS = 0.05
 
 _TOKEN = frozenset(b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
 _HEX = frozenset(b"0123456789abcdefABCDEF")
@@ -258,9 +262,17 @@ class ServingWorker(Worker):
     def run(self) -> None:
         self.selector.register(self.wake_r, selectors.EVENT_READ, "wake")
         self.selector.register(self.PIPE[0], selectors.EVENT_READ, "wake")  # signals
+        for listener in self.sockets:  # accept() must never block the loop
+            listener.setblocking(False)
+        next_tick = next_saturated_accept = 0.0
         while True:
-            self.notify()
             now = time.monotonic()
+            if now >= next_tick:
+                # Once a tick, not once per event: under load the loop turns thousands of
+                # times a second, and these are a syscall and a walk over every connection.
+                next_tick = now + TICK_SECONDS
+                self.notify()
+                self._expire(now)
             if self.stopping_at is None and (not self.alive or self.runtime.retire_reason):
                 self._begin_stop(now)
             if self.stopping_at is not None and self._stop_done(now):
@@ -268,11 +280,18 @@ class ServingWorker(Worker):
             if self.ppid != os.getppid():
                 log.info("worker %s: the master is gone; exiting", self.pid)
                 break
-            self._set_listening(self.stopping_at is None and self.pipeline.ready
-                                and self.busy < self.threads
-                                and len(self.conns) < self.max_connections)
+            can_take = (self.stopping_at is None and self.pipeline.ready
+                        and len(self.conns) < self.max_connections)
+            self._set_listening(can_take and self.busy < self.threads)
+            timeout = TICK_SECONDS
+            if can_take and not self.listening:  # saturated
+                if now >= next_saturated_accept:
+                    next_saturated_accept = now + SATURATED_ACCEPT_SECONDS
+                    for listener in self.sockets:
+                        self._accept(listener, 1)
+                timeout = SATURATED_ACCEPT_SECONDS
             try:
-                events = self.selector.select(TICK_SECONDS)
+                events = self.selector.select(timeout)
             except InterruptedError:
                 continue
             for key, _ in events:
@@ -283,7 +302,6 @@ class ServingWorker(Worker):
                 else:
                     self._on_readable(key.data)
             self._collect_finished()
-            self._expire(time.monotonic())
         self._exit()
 
     def _drain_pipe(self, fd: int) -> None:
@@ -298,15 +316,14 @@ class ServingWorker(Worker):
             return
         for listener in self.sockets:
             if want:
-                listener.setblocking(False)
                 self.selector.register(listener, selectors.EVENT_READ, "listen")
             else:
                 self.selector.unregister(listener)
         self.listening = want
 
-    def _accept(self, listener: t.Any) -> None:
+    def _accept(self, listener: t.Any, count: int | None = None) -> None:
         # A few at a time: connections a worker cannot serve soon are better left to others.
-        for _ in range(max(1, self.threads - self.busy)):
+        for _ in range(count or max(1, self.threads - self.busy)):
             try:
                 sock, addr = listener.accept()
             except (BlockingIOError, InterruptedError, ConnectionAbortedError):
@@ -450,7 +467,7 @@ class ServingWorker(Worker):
             state = conn.state
             if state == _BUSY:
                 continue
-            if state == _LINGER or (state == _IDLE and now > conn.deadline):
+            if state in (_LINGER, _IDLE):
                 if now > conn.deadline:
                     self._close(conn)
             elif state == _HEAD and now > conn.deadline:
