@@ -1,4 +1,5 @@
-"""Misbehaving clients, for the fault tests and ``benchmarks/faults.py``. 127.0.0.1 only."""
+"""Clients for the fault tests and ``benchmarks/faults.py``: misbehaving ones, and the
+well-behaved one whose answers show what the faults cost. 127.0.0.1 only."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ import selectors
 import socket
 import threading
 import time
+
+import requests
 
 REQUEST_HEAD = (b"POST /invocations HTTP/1.1\r\nHost: 127.0.0.1\r\n"
                 b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n")
@@ -92,3 +95,35 @@ class SlowClients:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join(10)
+
+
+class SteadyClient:
+    """Good requests one after another, each on a new connection, until stopped.
+
+    ``statuses`` holds each answer's status, or the exception's name.
+    """
+
+    def __init__(self, url: str, max_seconds: float = 120) -> None:
+        self.url, self.max_seconds = url, max_seconds
+        self.statuses: list[int | str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="steady", daemon=True)
+
+    def _run(self) -> None:
+        stop_at = time.monotonic() + self.max_seconds
+        while not self._stop.is_set() and time.monotonic() < stop_at:
+            try:
+                self.statuses.append(requests.post(self.url, json=[1], timeout=20).status_code)
+            except requests.RequestException as exc:
+                self.statuses.append(type(exc).__name__)
+
+    def failed(self) -> str:
+        return f"{sum(s != 200 for s in self.statuses)} of {len(self.statuses)}"
+
+    def __enter__(self) -> SteadyClient:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(30)

@@ -2,37 +2,13 @@
 
 from __future__ import annotations
 
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import requests
 
+from tests.faults.attackers import SteadyClient
 from tests.faults.conftest import wait_for, worker_pids
-
-
-class Background:
-    """A client posting good requests one after another until stopped; records statuses."""
-
-    def __init__(self, url: str) -> None:
-        self.url, self.statuses = url, []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.statuses.append(requests.post(self.url, json=[1], timeout=20).status_code)
-            except requests.RequestException as exc:
-                self.statuses.append(type(exc).__name__)
-
-    def __enter__(self) -> Background:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(30)
 
 
 def test_stuck_prediction_is_504_at_its_deadline_and_its_worker_replaced(serve, faulty_model):
@@ -40,7 +16,7 @@ def test_stuck_prediction_is_504_at_its_deadline_and_its_worker_replaced(serve, 
                    "--timeout", "5")
     wait_for(lambda: len(worker_pids(server)) == 2, 10, "two workers")
     before = set(worker_pids(server))
-    with Background(server.url()) as others:
+    with SteadyClient(server.url()) as others:
         started = time.monotonic()
         stuck = requests.post(server.url(), json={"sleep": 120}, timeout=60)
         elapsed = time.monotonic() - started
@@ -62,7 +38,7 @@ def test_eight_stuck_predictions_do_not_stop_other_traffic(serve, faulty_model):
     server = serve(faulty_model, "--workers", "2", "--threads", "4", "--request-timeout", "2",
                    "--timeout", "5")
     wait_for(lambda: len(worker_pids(server)) == 2, 10, "two workers")
-    with Background(server.url()) as others, ThreadPoolExecutor(8) as pool:
+    with SteadyClient(server.url()) as others, ThreadPoolExecutor(8) as pool:
         started = time.monotonic()
         stuck = list(pool.map(
             lambda _: requests.post(server.url(), json={"sleep": 120}, timeout=60), range(8)))

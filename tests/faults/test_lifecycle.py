@@ -8,11 +8,10 @@ import socket
 import threading
 import time
 
-import pytest
 import requests
 
 from tests.faults.conftest import wait_for, worker_pids
-from tests.faults.test_deadlines import Background
+from tests.faults.attackers import SteadyClient
 
 
 def test_a_reloading_worker_takes_no_traffic(serve, faulty_model):
@@ -22,7 +21,7 @@ def test_a_reloading_worker_takes_no_traffic(serve, faulty_model):
     wait_for(lambda: (faulty_model / "loads.txt").exists()
              and (faulty_model / "loads.txt").read_text().count("\n") == 2, 30, "both loads")
     victim = worker_pids(server)[0]
-    with Background(server.url()) as clients:
+    with SteadyClient(server.url()) as clients:
         time.sleep(0.5)
         os.kill(victim, signal.SIGKILL)
         # The replacement loads for 8 s; meanwhile the other worker answers everything.

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import itertools
-import socket
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
