@@ -107,7 +107,9 @@ def stuck_predictions(model: Path) -> None:
         row("  stuck worker replaced (from the request's start)", f"{recovered:.2f} s",
             "model_fn not rerun (preload)")
         row("  8 stuck at once", f"{eight.count(504)} × 504 within {eight_answered:.2f} s", "")
-        row("  normal client's requests failed meanwhile", others.failed(), "")
+        codes = sorted({s for s in others.statuses if s != 200}, key=str)
+        row("  normal client's requests failed meanwhile", others.failed(),
+            f"non-200: {codes or 'none'}")
     finally:
         server.terminate()
 
@@ -142,6 +144,7 @@ def bombs() -> None:
 def reload_without_preload(model: Path) -> None:
     print("reload", flush=True)
     (model / "load_delay.txt").write_text("8")
+    (model / "loads.txt").unlink(missing_ok=True)  # counted afresh: one line a load
     server = start(model, "--no-preload", ready_timeout=120)
     try:
         wait_for(lambda: (model / "loads.txt").read_text().count("\n") == 2, 60, "two loads")

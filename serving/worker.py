@@ -73,8 +73,10 @@ TICK_SECONDS = 0.25
 RETIRE_SECONDS = 10.0
 #: How often a worker whose threads are all busy still takes one waiting connection, so
 #: that nothing starves in the listen backlog while every worker is saturated. A worker
-#: with a free thread waits on the listener and takes new connections first.
+#: with a free thread waits on the listener and takes new connections first. Only while
+#: the worker is finishing requests: one whose threads are stuck takes nothing more.
 SATURATED_ACCEPT_SECONDS = 0.05
+SATURATED_PROGRESS_SECONDS = 0.1
 
 _TOKEN = frozenset(b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
 _HEX = frozenset(b"0123456789abcdefABCDEF")
@@ -243,6 +245,7 @@ class ServingWorker(Worker):
         self.selector = selectors.DefaultSelector()
         self.conns: dict[int, _Connection] = {}
         self.busy = 0
+        self.last_finished = 0.0
         self.listening = False
         self.stopping_at: float | None = None
         self.retiring = False
@@ -285,7 +288,8 @@ class ServingWorker(Worker):
             self._set_listening(can_take and self.busy < self.threads)
             timeout = TICK_SECONDS
             if can_take and not self.listening:  # saturated
-                if now >= next_saturated_accept:
+                if now >= next_saturated_accept \
+                        and now - self.last_finished < SATURATED_PROGRESS_SECONDS:
                     next_saturated_accept = now + SATURATED_ACCEPT_SECONDS
                     for listener in self.sockets:
                         self._accept(listener, 1)
@@ -521,6 +525,7 @@ class ServingWorker(Worker):
             except queue.Empty:
                 return
             self.busy -= 1
+            self.last_finished = time.monotonic()
             conn.served += 1
             if not keep or self.stopping_at is not None:
                 self._close(conn)
