@@ -77,6 +77,11 @@ RETIRE_SECONDS = 10.0
 #: the worker is finishing requests: one whose threads are stuck takes nothing more.
 SATURATED_ACCEPT_SECONDS = 0.05
 SATURATED_PROGRESS_SECONDS = 0.1
+#: A connection accepted this recently that has sent nothing yet counts as wanting a
+#: thread: clients such as wrk open all their connections at once, and one worker must
+#: not take them all before their first requests arrive. Short, so that idle connections
+#: cannot keep a worker from listening.
+UNSTARTED_SECONDS = 0.05
 
 _TOKEN = frozenset(b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
 _HEX = frozenset(b"0123456789abcdefABCDEF")
@@ -245,6 +250,7 @@ class ServingWorker(Worker):
         self.selector = selectors.DefaultSelector()
         self.conns: dict[int, _Connection] = {}
         self.busy = 0
+        self.recent: list[_Connection] = []  # accepted within UNSTARTED_SECONDS
         self.last_finished = 0.0
         self.listening = False
         self.stopping_at: float | None = None
@@ -285,7 +291,7 @@ class ServingWorker(Worker):
                 break
             can_take = (self.stopping_at is None and self.pipeline.ready
                         and len(self.conns) < self.max_connections)
-            self._set_listening(can_take and self.busy < self.threads)
+            self._set_listening(can_take and self.busy + self._unstarted(now) < self.threads)
             timeout = TICK_SECONDS
             if can_take and not self.listening:  # saturated
                 if now >= next_saturated_accept \
@@ -325,9 +331,17 @@ class ServingWorker(Worker):
                 self.selector.unregister(listener)
         self.listening = want
 
+    def _unstarted(self, now: float) -> int:
+        """Connections accepted in the last UNSTARTED_SECONDS that have sent nothing yet."""
+        return sum(1 for conn in self.recent
+                   if now - conn.arrived < UNSTARTED_SECONDS and conn.state == _HEAD
+                   and not conn.buf and not conn.served)
+
     def _accept(self, listener: t.Any, count: int | None = None) -> None:
         # A few at a time: connections a worker cannot serve soon are better left to others.
-        for _ in range(count or max(1, self.threads - self.busy)):
+        now = time.monotonic()
+        self.recent = [c for c in self.recent if now - c.arrived < UNSTARTED_SECONDS]
+        for _ in range(count or max(1, self.threads - self.busy - self._unstarted(now))):
             try:
                 sock, addr = listener.accept()
             except (BlockingIOError, InterruptedError, ConnectionAbortedError):
@@ -347,6 +361,7 @@ class ServingWorker(Worker):
             pass  # a Unix socket
         conn = _Connection(sock, addr, time.monotonic(), self.header_timeout)
         self.conns[conn.fd] = conn
+        self.recent.append(conn)
         self.selector.register(sock, selectors.EVENT_READ, conn)
 
     # -- reading a request -------------------------------------------------------------
