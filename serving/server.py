@@ -7,8 +7,9 @@ deadlines before a thread sees them; see that module), each with a
 With ``preload`` (the default) the model is loaded in the master before
 anything listens, and the forked workers share it copy-on-write. Without it,
 each worker loads its own copy in a background thread right after it starts
-(GPU serving): the worker answers ``/ping`` with 503 meanwhile, and its
-heartbeat keeps going, so a slow load is never killed as a hung worker.
+(GPU serving): the worker takes no connection meanwhile (other workers, or the
+listen backlog, hold the traffic), and its heartbeat keeps going, so a slow load
+is never killed as a hung worker.
 """
 
 from __future__ import annotations

@@ -518,7 +518,7 @@ class ServingWorker(Worker):
             keep = False
             try:
                 keep = self._respond(conn)
-            except Exception:
+            except BaseException:  # SystemExit from user code too: the thread must live on
                 log.exception("answering %s %s failed", conn.head.method, conn.head.target)
                 if not conn.answering:
                     try:

@@ -10,7 +10,13 @@ import zipfile
 
 import numpy as np
 
-from handlers.content.base import ContentHandler, DecodeError, EncodeError, to_numpy
+from handlers.content.base import (
+    ContentHandler,
+    DecodedTooLarge,
+    DecodeError,
+    EncodeError,
+    to_numpy,
+)
 
 #: Longest NPY header accepted; NumPy's own safety limit.
 MAX_HEADER_BYTES = 10_000
@@ -130,8 +136,9 @@ class NPZHandler(ContentHandler):
                 with archive.open(member) as stream:
                     while chunk := stream.read(min(self.read_chunk, budget - len(data) + 1)):
                         data += chunk
-                        if len(data) > budget:
-                            self.check_decoded(self.max_decoded_bytes + 1, "NPZ members")
+                        if len(data) > budget:  # zipfile stops at the declared size; in case
+                            raise DecodedTooLarge(f"NPZ member {name} unpacks past its declared "
+                                                  f"size", self.max_decoded_bytes)
             except DecodeError:
                 raise
             except Exception as exc:  # bad CRC, unknown compression, encryption, truncation…

@@ -20,6 +20,7 @@ NUMPY_LINEAR = REPO / "examples" / "numpy-linear" / "model"
 FAULTY_INFERENCE = """
     import os
     import pathlib
+    import sys
     import time
 
     import numpy as np
@@ -43,6 +44,8 @@ FAULTY_INFERENCE = """
                 return open(data["open"]).read()  # FileNotFoundError, path in its text
             if "pid" in data:
                 return {"pid": os.getpid()}
+            if "exit" in data:
+                sys.exit(3)  # SystemExit is not an Exception: no handler may lose a thread
         return np.asarray(data, dtype=np.float64) * model
 """
 

@@ -85,6 +85,14 @@ def test_exception_text_stays_out_of_500_bodies(serve, faulty_model):
     assert "secret-weights.bin" in server.log and "Traceback" in server.log  # for the operator
 
 
+def test_user_code_calling_sys_exit_is_a_500_and_the_worker_serves_on(serve, faulty_model):
+    server = serve(faulty_model, "--workers", "1", "--threads", "1")
+    for _ in range(3):  # more than the worker has threads
+        response = requests.post(server.url(), json={"exit": True}, timeout=10)
+        assert response.status_code == 500 and response.json()["code"] == 500
+    assert requests.post(server.url(), json=[1], timeout=10).json() == [2.0]
+
+
 def test_accept_falls_back_when_the_preferred_type_cannot_encode(server):
     response = requests.post(server.url(), json=[[1, 2, 3]], timeout=5, headers={
         "Accept": "image/png;q=0.9, application/json;q=0.5"})
