@@ -42,6 +42,7 @@ import threading
 import time
 import typing as t
 from email.utils import formatdate
+from http import HTTPStatus
 from urllib.parse import unquote_to_bytes, urlsplit
 
 import orjson
@@ -213,23 +214,15 @@ class _Connection:
 
 
 def _response_bytes(error: errors.ServingError, close: bool) -> bytes:
+    """A whole HTTP answer carrying ``error`` as our JSON body (the app's shape)."""
     body = orjson.dumps(error.to_dict())
-    reason = error.message if error.status_code >= 600 else _reason(error.status_code)
-    lines = [f"HTTP/1.1 {error.status_code} {reason}", "Content-Type: application/json",
+    lines = [f"HTTP/1.1 {error.status_code} {HTTPStatus(error.status_code).phrase}",
+             "Content-Type: application/json",
              f"Content-Length: {len(body)}", f"Date: {formatdate(usegmt=True)}"]
     lines += [f"{k}: {v}" for k, v in error.headers.items()]
     if close:
         lines.append("Connection: close")
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
-
-
-def _reason(status: int) -> str:
-    from http import HTTPStatus
-
-    try:
-        return HTTPStatus(status).phrase
-    except ValueError:
-        return "Error"
 
 
 class ServingWorker(Worker):
