@@ -1,13 +1,15 @@
 """serving-toolkit: a model server with the SageMaker hosting contract.
 
-User code needs two names from here: :class:`ClientError`, to answer a bad
-request with a 4xx of its choice, and :class:`Context`, the optional trailing
-argument of every hosting function.
+User code needs three names from here: :class:`ClientError`, to answer a bad
+request with a 4xx of its choice; :class:`Context`, the optional trailing
+argument of every hosting function; and :func:`batched`, to mark a
+``predict_fn`` that takes batches (dynamic batching).
 """
 
+from serving.batching import batched
 from serving.errors import ClientError
 from serving.pipeline import Context
 
-__all__ = ["ClientError", "Context", "__version__"]
+__all__ = ["ClientError", "Context", "batched", "__version__"]
 
 __version__ = "0.1.0"

@@ -99,6 +99,8 @@ def main(argv: t.Sequence[str] | None = None) -> None:
             framework=config.framework, trust_pickled_models=config.trust_pickled_models,
             debug_errors=config.debug_errors,
         )
+        if config.batching:
+            pipeline.enable_batching(config.max_batch_size, config.max_batch_delay_ms / 1000)
         if config.preload:
             pipeline.load_model()
     except (StartupError, PluginError) as exc:

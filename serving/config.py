@@ -52,6 +52,16 @@ def _positive_number(text: str) -> float:
     return value
 
 
+def _non_negative_number(text: str) -> float:
+    try:
+        value = float(text.strip())
+    except ValueError:
+        raise ValueError("not a number") from None
+    if not value >= 0:
+        raise ValueError("must be 0 or more")
+    return value
+
+
 def _seconds(text: str) -> float:
     value = _positive_number(text)
     return int(value) if value == int(value) else value
@@ -187,6 +197,15 @@ SETTINGS: tuple[Setting, ...] = (
             _positive_number, "Most memory a request body may decode to, in MiB (image pixels, "
             "NPZ members, CSV cells, JSON elements, recordio records); over it: 413, checked "
             "before the memory is spent.", metavar="MB"),
+    Setting("max_batch_size", "--max-batch-size", "SERVING_MAX_BATCH_SIZE", 1, _int_in(1),
+            "Dynamic batching: most rows one predict call joins from concurrent requests of a "
+            "worker (1: off). Joins NumPy inputs of 2+ dimensions for the framework's default "
+            "predict, or for a predict_fn marked @serving.batched. Each worker then serves up "
+            "to max(--threads, 2 x this) requests at once.", metavar="N"),
+    Setting("max_batch_delay_ms", "--max-batch-delay-ms", "SERVING_MAX_BATCH_DELAY_MS", 5,
+            _non_negative_number, "Dynamic batching: longest a request waits for others to "
+            "join its batch, in ms. Only requests already in the worker are waited for: a "
+            "lone request runs at once.", metavar="MS"),
     Setting("debug_errors", "--debug-errors", "SERVING_DEBUG_ERRORS", False, _bool,
             "Put the exception's text in 500 bodies (it may hold paths or data: for "
             "development only). The traceback is always logged.", switch=True),
@@ -239,6 +258,8 @@ class Config:
     min_body_rate_kb: float
     max_connections: int
     max_decoded_mb: float
+    max_batch_size: int
+    max_batch_delay_ms: float
     debug_errors: bool
     default_accept: str
     max_payload_mb: float
@@ -260,6 +281,16 @@ class Config:
     @property
     def max_decoded_bytes(self) -> int:
         return int(self.max_decoded_mb * 2**20)
+
+    @property
+    def batching(self) -> bool:
+        return self.max_batch_size > 1
+
+    @property
+    def concurrency(self) -> int:
+        """Requests one worker serves at once: its threads; with batching, enough to fill one
+        batch while the previous one runs."""
+        return max(self.threads, 2 * self.max_batch_size) if self.batching else self.threads
 
     @property
     def deadline_seconds(self) -> float:

@@ -23,6 +23,7 @@ from handlers import frameworks
 from handlers.content import DecodedTooLarge, DecodeError, EncodeError, Registry
 from handlers.frameworks import FrameworkHandler, SelectionError
 from serving import errors
+from serving.batching import Batcher, batch_key
 from serving.errors import BadRequest, ModelError, NotAcceptable, ServingError, StartupError
 
 __all__ = ["Context", "HOSTING_FUNCTIONS", "Pipeline"]
@@ -121,6 +122,8 @@ class Pipeline:
         self.model: t.Any = None
         self._loaded = False
         self._load_lock = threading.Lock()
+        #: Joins concurrent requests' inputs into one predict; None: batching off.
+        self.batcher: Batcher | None = None
 
     @classmethod
     def from_module(
@@ -192,6 +195,23 @@ class Pipeline:
             return None
         return self.registry.media_types
 
+    def enable_batching(self, max_size: int, max_delay: float,
+                        observe: t.Callable[[int], None] | None = None) -> None:
+        """Join the inputs of concurrent requests into predict calls of up to ``max_size``
+        rows, waiting at most ``max_delay`` seconds (see :mod:`serving.batching`)."""
+        self.batcher = Batcher(lambda data: self._predict(data, self.context),
+                               max_size=max_size, max_delay=max_delay, observe=observe)
+
+    @property
+    def predicts_batches(self) -> bool:
+        """Whether predict takes inputs joined along their first dimension: the framework's
+        default predict does; a user's ``predict_fn`` when marked ``@serving.batched``."""
+        if "transform_fn" in self.functions:
+            return False
+        if "predict_fn" in self.functions:
+            return bool(getattr(self.functions["predict_fn"].fn, "batched", False))
+        return self.framework is not None and self.framework.batchable
+
     # -- processes and loading -----------------------------------------------------
 
     def enter_worker(self, index: int, device: str, threads: int) -> None:
@@ -254,6 +274,17 @@ class Pipeline:
                 )
             log.info("model ready (framework: %s, device: %s)",
                      self.framework_name or "none", context.device)
+            if self.batcher is not None:
+                if self.predicts_batches:
+                    log.info("dynamic batching: up to %d rows, waiting at most %g ms",
+                             self.batcher.max_size, self.batcher.max_delay * 1000)
+                else:
+                    log.warning(
+                        "SERVING_MAX_BATCH_SIZE is set, but %s: requests are not batched",
+                        "transform_fn cannot take batches" if "transform_fn" in self.functions
+                        else "predict_fn is not marked @serving.batched"
+                        if "predict_fn" in self.functions
+                        else "the model is called as a plain function (no framework)")
             self._loaded = True
 
     # -- one request -------------------------------------------------------------
@@ -284,7 +315,7 @@ class Pipeline:
 
     def invoke(
         self, body: bytes, content_type: str, accept: str | t.Sequence[str],
-        headers: t.Mapping[str, str],
+        headers: t.Mapping[str, str], deadline: float = float("inf"),
     ) -> tuple[bytes, str]:
         """Answer one request: ``(response body, response media type)``.
 
@@ -292,6 +323,8 @@ class Pipeline:
         :param accept: the negotiated response media types, most preferred first
             (or one). When the pipeline encodes, an encoder that cannot write this
             prediction passes to the next; none left is a 406.
+        :param deadline: when the request's client stops waiting (``time.monotonic()``);
+            a batch still to run leaves the request out past it.
         """
         accepts = [accept] if isinstance(accept, str) else list(accept)
         context = dataclasses.replace(self.context, headers=headers)
@@ -303,26 +336,44 @@ class Pipeline:
             )
             return self._response(result, accepts[0], "transform_fn")
 
-        if "input_fn" in fns:
-            data = self._user("decode", "input_fn", body, content_type, context=context)
+        batcher = self.batcher if self.predicts_batches else None
+        if batcher is None:
+            prediction = self._predict(self._decode(body, content_type, context), context)
         else:
-            decoder = self.registry.get(content_type)
-            assert decoder is not None, "the app checks the Content-Type against input_types"
-            data = self._run("decode", f"the {content_type} decoder", decoder.decode, body)
-
-        if "predict_fn" in fns:
-            prediction = self._user("predict", "predict_fn", data, self.model, context=context)
-        elif self.framework is not None:
-            framework = self.framework
-            prediction = self._run("predict", f"the {framework.name} model", framework.predict,
-                                   self.model, data, context.device)
-        else:
-            prediction = self._run("predict", "the model", self.model, data)
+            batcher.expect()  # a batch gathering now may wait for this request
+            try:
+                data = self._decode(body, content_type, context)
+            except BaseException:
+                batcher.unexpect()
+                raise
+            key = batch_key(data)
+            if key is not None:
+                prediction = batcher.submit(data, key, deadline)
+            else:  # not rows of a batch: predicted alone, as without batching
+                batcher.unexpect()
+                prediction = self._predict(data, context)
 
         if "output_fn" in fns:
             result = self._user("encode", "output_fn", prediction, accepts[0], context=context)
             return self._response(result, accepts[0], "output_fn")
         return self._encode(prediction, accepts)
+
+    def _decode(self, body: bytes, content_type: str, context: Context) -> t.Any:
+        if "input_fn" in self.functions:
+            return self._user("decode", "input_fn", body, content_type, context=context)
+        decoder = self.registry.get(content_type)
+        assert decoder is not None, "the app checks the Content-Type against input_types"
+        return self._run("decode", f"the {content_type} decoder", decoder.decode, body)
+
+    def _predict(self, data: t.Any, context: Context) -> t.Any:
+        """The predict stage: one request's input, or a batch's joined input."""
+        if "predict_fn" in self.functions:
+            return self._user("predict", "predict_fn", data, self.model, context=context)
+        if self.framework is not None:
+            framework = self.framework
+            return self._run("predict", f"the {framework.name} model", framework.predict,
+                             self.model, data, context.device)
+        return self._run("predict", "the model", self.model, data)
 
     def _encode(self, prediction: t.Any, accepts: list[str]) -> tuple[bytes, str]:
         """The first acceptable type whose encoder can write ``prediction``."""

@@ -39,8 +39,16 @@ class _Job:
         self.state = _QUEUED
         self.result: t.Any = None
         self.error: BaseException | None = None
-        self.done = threading.Event()
+        # Released once, when the job has its answer: a bare lock is cheaper to wait on
+        # than an Event (which makes a Condition and a waiter lock each wait).
+        self.done = threading.Lock()
+        self.done.acquire()
         self.lock = threading.Lock()
+
+    def finish(self, state: int, result: t.Any, error: BaseException | None) -> None:
+        """Give the job its answer; the caller holds ``self.lock``, state not yet final."""
+        self.state, self.result, self.error = state, result, error
+        self.done.release()
 
 
 class Runtime:
@@ -92,8 +100,7 @@ class Runtime:
                 # A job given up on (deadline, shutdown) already has its answer: keep it.
                 late = job.state == _GIVEN_UP
                 if not late:
-                    job.state, job.result, job.error = _DONE, result, error
-                    job.done.set()
+                    job.finish(_DONE, result, error)
             if late:
                 log.warning("a request came back %.1f s past its deadline",
                             time.monotonic() - job.deadline)
@@ -116,7 +123,7 @@ class Runtime:
             self._pending.add(job)
         try:
             self._queue.put(job)
-            if not job.done.wait(max(0.0, deadline - time.monotonic())):
+            if not job.done.acquire(timeout=max(0.0, deadline - time.monotonic())):
                 with job.lock:
                     if job.state != _DONE:  # else it came back at the last moment
                         if job.state == _RUNNING:  # a thread is stuck in it: retire
@@ -160,9 +167,8 @@ class Runtime:
             pending = list(self._pending)
         for job in pending:
             with job.lock:
-                if job.state == _DONE:
+                if job.state in (_DONE, _GIVEN_UP):  # answered, or its caller gave up
                     continue
-                job.state, job.error = _GIVEN_UP, error
-            job.done.set()
+                job.finish(_GIVEN_UP, None, error)
             dropped += 1
         return dropped

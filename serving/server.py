@@ -77,7 +77,7 @@ def gunicorn_options(config: Config) -> dict[str, t.Any]:
                  else f"{config.host}:{config.port}"],
         "workers": config.workers,
         "worker_class": "serving.worker.ServingWorker",
-        "threads": config.threads,
+        "threads": config.concurrency,
         "worker_connections": config.max_connections,
         "timeout": config.timeout,
         "graceful_timeout": config.timeout + MASTER_GRACE_MARGIN,
@@ -122,7 +122,7 @@ class ServingApplication(BaseApplication):
         self.pipeline = pipeline
         self.plan = plan
         #: Per worker after fork: runs requests under their deadline.
-        self.runtime = Runtime(config.threads, config.deadline_seconds)
+        self.runtime = Runtime(config.concurrency, config.deadline_seconds)
         # One byte shared by the master and its forked workers: set when a stop dropped
         # requests, so that serve's exit status says so.
         self._dropped = mmap.mmap(-1, 1)

@@ -213,12 +213,26 @@ class _Connection:
         return self.addr[0] if isinstance(self.addr, tuple) else str(self.addr)
 
 
+_date_cache: tuple[int, str] = (0, "")
+
+
+def http_date() -> str:
+    """The Date header's value, formatted once a second rather than once an answer."""
+    global _date_cache
+    now = int(time.time())
+    second, text = _date_cache
+    if second != now:
+        text = formatdate(now, usegmt=True)
+        _date_cache = (now, text)  # one assignment: threads see the old pair or the new
+    return text
+
+
 def _response_bytes(error: errors.ServingError, close: bool) -> bytes:
     """A whole HTTP answer carrying ``error`` as our JSON body (the app's shape)."""
     body = orjson.dumps(error.to_dict())
     lines = [f"HTTP/1.1 {error.status_code} {HTTPStatus(error.status_code).phrase}",
              "Content-Type: application/json",
-             f"Content-Length: {len(body)}", f"Date: {formatdate(usegmt=True)}"]
+             f"Content-Length: {len(body)}", f"Date: {http_date()}"]
     lines += [f"{k}: {v}" for k, v in error.headers.items()]
     if close:
         lines.append("Connection: close")
@@ -238,7 +252,7 @@ class ServingWorker(Worker):
         self.min_body_rate = config.min_body_rate_kb * 1024
         self.max_body = config.max_payload_bytes
         self.max_connections = config.max_connections
-        self.threads = config.threads
+        self.threads = config.concurrency
         self.grace = float(config.timeout)
         self.selector = selectors.DefaultSelector()
         self.conns: dict[int, _Connection] = {}
@@ -539,7 +553,8 @@ class ServingWorker(Worker):
                 self._close(conn)
                 continue
             try:
-                conn.sock.setblocking(False)
+                if conn.sock.gettimeout() != 0.0:  # a slow write set a timeout
+                    conn.sock.setblocking(False)
                 self.selector.register(conn.sock, selectors.EVENT_READ, conn)
             except (OSError, ValueError):
                 self._close(conn)
@@ -618,7 +633,7 @@ class ServingWorker(Worker):
                 keep, chunked = False, False  # HTTP/1.0: the end of the body is the close
             lines = [f"{head.version} {status}", *(f"{n}: {v}" for n, v in headers)]
             if "date" not in names:
-                lines.append(f"Date: {formatdate(usegmt=True)}")
+                lines.append(f"Date: {http_date()}")
             if chunked:
                 lines.append("Transfer-Encoding: chunked")
             if not keep:
@@ -650,8 +665,17 @@ class ServingWorker(Worker):
         """Write from an HTTP thread. A client that does not read cannot hold the thread:
         the write may take the header timeout plus its size at the minimum body rate."""
         conn.answering = True
-        conn.sock.settimeout(self.header_timeout + len(data) / self.min_body_rate)
-        conn.sock.sendall(data)
+        sock = conn.sock
+        if sock.gettimeout() == 0.0:  # still non-blocking from the loop: try without waiting
+            try:
+                sent = sock.send(data)
+            except BlockingIOError:
+                sent = 0
+            if sent == len(data):  # most answers fit the socket buffer: no timeout to set
+                return
+            data = data[sent:]
+        sock.settimeout(self.header_timeout + len(data) / self.min_body_rate)
+        sock.sendall(data)
 
     def _send_now(self, conn: _Connection, data: bytes) -> None:
         """Best-effort write from the loop: small answers fit in a fresh socket buffer."""

@@ -34,16 +34,23 @@ def _fallback(obj: t.Any) -> t.Any:
     raise TypeError(f"a {type(obj).__name__} is not JSON serializable")
 
 
+#: NumPy < 1.24 warns on ragged lists (and makes object arrays) instead of raising.
+_RAGGED_WARNS = tuple(int(x) for x in np.__version__.split(".")[:2]) < (1, 24)
+
+
 def as_arrays(value: t.Any) -> t.Any:
     """A numeric (nested) list as a NumPy array; other values unchanged."""
     if not isinstance(value, list):
         return value
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # ragged lists warn on older NumPy
-        try:
+    try:
+        if _RAGGED_WARNS:
+            with warnings.catch_warnings():  # costly, and only NumPy < 1.24 needs it
+                warnings.simplefilter("ignore")
+                array = np.asarray(value)
+        else:
             array = np.asarray(value)
-        except (ValueError, TypeError):  # ragged on NumPy >= 1.24
-            return value
+    except (ValueError, TypeError):  # ragged on NumPy >= 1.24
+        return value
     return array if array.dtype.kind in "biuf" else value
 
 

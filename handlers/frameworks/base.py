@@ -23,6 +23,9 @@ class FrameworkHandler:
     """
 
     name: t.ClassVar[str] = ""
+    #: Whether :meth:`predict` takes inputs of several requests joined along their first
+    #: dimension and gives one output row per input row (dynamic batching).
+    batchable: t.ClassVar[bool] = False
 
     def __init__(self, *, trust_pickled_models: bool = False) -> None:
         self.trust_pickled_models = trust_pickled_models

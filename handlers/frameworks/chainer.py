@@ -21,6 +21,7 @@ __all__ = ["ChainerHandler"]
 
 class ChainerHandler(FrameworkHandler):
     name = "chainer"
+    batchable = True
 
     def __init__(self, *, trust_pickled_models: bool = False) -> None:
         super().__init__(trust_pickled_models=trust_pickled_models)

@@ -44,6 +44,7 @@ class SymbolModel:
 
 class MXNetHandler(FrameworkHandler):
     name = "mxnet"
+    batchable = True
 
     def __init__(self, *, trust_pickled_models: bool = False) -> None:
         super().__init__(trust_pickled_models=trust_pickled_models)

@@ -31,6 +31,7 @@ def _is_image(array: np.ndarray) -> bool:
 
 class PyTorchHandler(FrameworkHandler):
     name = "pytorch"
+    batchable = True
 
     def __init__(self, *, trust_pickled_models: bool = False) -> None:
         super().__init__(trust_pickled_models=trust_pickled_models)

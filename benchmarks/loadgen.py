@@ -1,0 +1,249 @@
+"""What every load benchmark needs: a server in its own session, wrk, and the server's cost.
+
+- :class:`ServerProcess` starts a command in a new session (``setsid``), so that every
+  process it spawns — gunicorn workers, TorchServe's JVM and its Python workers — can be
+  found by session id, measured together (PSS, CPU time) and stopped together, even when
+  the command that started them has exited (``torchserve --start`` does).
+- :func:`wrk` runs wrk against one URL and parses requests/s, latency percentiles and
+  errors.
+- :func:`measure` runs wrk while sampling the server's PSS, and reports the server's CPU
+  time per request: a figure far less noisy than requests/s on a shared machine.
+
+Nothing here knows any particular server; ``benchmarks/peers/run.py`` and
+``benchmarks/load.py`` describe theirs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import threading
+import time
+import typing as t
+import urllib.error
+import urllib.request
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+POST_SCRIPT = os.path.join(HERE, "peers", "post.lua")
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def session_pids(sid: int) -> list[int]:
+    """Every live process whose session id is ``sid``."""
+    pids = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        # after the command: state ppid pgrp session …; a zombie has no memory to count
+        if int(fields[3]) == sid and fields[0] != "Z":
+            pids.append(int(name))
+    return pids
+
+
+def pss_kib(pids: t.Iterable[int]) -> int:
+    """Total proportional set size: shared pages split between the processes sharing them."""
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/smaps_rollup") as f:
+                for line in f:
+                    if line.startswith("Pss:"):
+                        total += int(line.split()[1])
+                        break
+        except OSError:
+            pass
+    return total
+
+
+def cpu_seconds(pids: t.Iterable[int]) -> float:
+    """User + system CPU time of the processes (and of their reaped children)."""
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += sum(int(x) for x in fields[11:15])  # utime stime cutime cstime
+    return total / CLOCK_TICKS
+
+
+class ServerProcess:
+    """A server command in its own session; ``stop()`` ends every process of that session."""
+
+    def __init__(self, name: str, argv: list[str], *, env: t.Mapping[str, str] | None = None,
+                 cwd: str | None = None, log_path: str | None = None) -> None:
+        self.name = name
+        self.log_path = log_path or os.path.join("build", "bench-logs", f"{name}.log")
+        os.makedirs(os.path.dirname(self.log_path), exist_ok=True)
+        self._log = open(self.log_path, "wb")
+        self.started_at = time.monotonic()
+        self.proc = subprocess.Popen(argv, env={**os.environ, **(env or {})}, cwd=cwd,
+                                     stdout=self._log, stderr=subprocess.STDOUT,
+                                     stdin=subprocess.DEVNULL, start_new_session=True)
+        self.sid = self.proc.pid
+
+    def pids(self) -> list[int]:
+        return session_pids(self.sid)
+
+    def log_tail(self, lines: int = 15) -> str:
+        try:
+            with open(self.log_path, "rb") as f:
+                return b"".join(f.readlines()[-lines:]).decode("utf-8", "replace")
+        except OSError:
+            return ""
+
+    def wait_until(self, ready: t.Callable[[], bool], timeout: float) -> float:
+        """Seconds from start until ``ready()`` held; raises with the log's tail past ``timeout``."""
+        deadline = self.started_at + timeout
+        while time.monotonic() < deadline:
+            try:
+                if ready():
+                    return time.monotonic() - self.started_at
+            except (OSError, urllib.error.URLError, ValueError):
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(f"{self.name} not ready within {timeout:g} s; log:\n{self.log_tail()}")
+
+    def stop(self, grace: float = 15) -> None:
+        """SIGTERM to every process of the session, SIGKILL to what is left after ``grace``."""
+        for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5)):
+            pids = self.pids()
+            if not pids:
+                break
+            for pid in pids:
+                try:
+                    os.kill(pid, sig)
+                except ProcessLookupError:
+                    pass
+            end = time.monotonic() + wait
+            while time.monotonic() < end and self.pids():
+                try:
+                    self.proc.wait(0.1)  # reap the leader, or it stays a zombie
+                except subprocess.TimeoutExpired:
+                    pass
+        try:
+            self.proc.wait(5)
+        except subprocess.TimeoutExpired:
+            pass
+        self._log.close()
+        left = self.pids()
+        if left:
+            raise RuntimeError(f"{self.name}: processes {left} survived SIGKILL")
+
+    def __enter__(self) -> ServerProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def post(url: str, body: bytes, content_type: str = "application/json",
+         timeout: float = 10) -> tuple[int, bytes]:
+    request = urllib.request.Request(url, data=body, method="POST",
+                                     headers={"Content-Type": content_type,
+                                              "Accept": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+def answers_like(url: str, body: bytes, expected: t.Any, tolerance: float = 1e-4) -> bool:
+    """Whether ``url`` answers ``body`` with 200 and JSON numbers equal to ``expected``."""
+    status, answer = post(url, body)
+    if status != 200:
+        return False
+    return _close(json.loads(answer), expected, tolerance)
+
+
+def _close(got: t.Any, want: t.Any, tolerance: float) -> bool:
+    if isinstance(want, list):
+        return (isinstance(got, list) and len(got) == len(want)
+                and all(_close(g, w, tolerance) for g, w in zip(got, want)))
+    return isinstance(got, (int, float)) and abs(got - want) <= tolerance * max(1, abs(want))
+
+
+@dataclasses.dataclass
+class Load:
+    """What one wrk run measured."""
+
+    clients: int
+    requests: int
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    errors: int  # non-2xx answers, socket errors and timeouts
+    pss_mib: float = 0.0  # the server's peak total PSS during the run
+    cpu_ms: float = 0.0  # the server's CPU time per request
+
+
+_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 6e4}
+
+
+def _ms(text: str) -> float:
+    number, unit = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text).groups()
+    return float(number) * _UNITS[unit]
+
+
+def wrk(url: str, payload_path: str, clients: int, seconds: float, *,
+        content_type: str = "application/json", threads: int = 2) -> Load:
+    if shutil.which("wrk") is None:
+        raise RuntimeError("wrk is not installed: apt-get install wrk")
+    env = {**os.environ, "WRK_PAYLOAD": payload_path, "WRK_CONTENT_TYPE": content_type}
+    out = subprocess.run(
+        ["wrk", f"-t{min(threads, clients)}", f"-c{clients}", f"-d{seconds:g}s", "--latency",
+         "--timeout", "10s", "-s", POST_SCRIPT, url],
+        env=env, capture_output=True, text=True, timeout=seconds + 60, check=True).stdout
+    percentiles = dict(re.findall(r"^\s+(50|99)%\s+(\S+)$", out, re.M))
+    requests = int(re.search(r"(\d+) requests in", out).group(1))
+    errors = sum(int(n) for n in re.findall(r"(?:connect|read|write|timeout) (\d+)", out))
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    errors += int(non2xx.group(1)) if non2xx else 0
+    return Load(clients=clients, requests=requests,
+                rps=float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
+                p50_ms=_ms(percentiles["50"]), p99_ms=_ms(percentiles["99"]), errors=errors)
+
+
+def measure(server: ServerProcess, url: str, payload_path: str, clients: int,
+            seconds: float, **wrk_options: t.Any) -> Load:
+    """wrk against ``server``, with its peak PSS and its CPU time per request."""
+    peak = [pss_kib(server.pids())]
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.wait(0.5):
+            peak[0] = max(peak[0], pss_kib(server.pids()))
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    cpu_before = cpu_seconds(server.pids())
+    try:
+        load = wrk(url, payload_path, clients, seconds, **wrk_options)
+    finally:
+        cpu_after = cpu_seconds(server.pids())
+        done.set()
+        sampler.join()
+    load.pss_mib = peak[0] / 1024
+    load.cpu_ms = (cpu_after - cpu_before) * 1000 / max(load.requests, 1)
+    return load
+
+
+def table(header: t.Sequence[str], rows: t.Iterable[t.Sequence[t.Any]]) -> str:
+    """A Markdown table; numbers right-aligned."""
+    rows = [list(map(str, row)) for row in rows]
+    lines = ["| " + " | ".join(header) + " |",
+             "| " + " | ".join("---" if i == 0 else "---:" for i in range(len(header))) + " |"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
