@@ -124,6 +124,10 @@ class Batcher:
         self.observe = observe
         self._waiting: list[_Request] = []
         self._expected = 0  # requests decoding now, which may join a batch
+        #: How many clients (connections) the worker holds now; the server sets it. A batch
+        #: waits for more while there are clients it does not hold a request of yet: under
+        #: load they send their next one within the delay. A lone client never waits.
+        self.clients: t.Callable[[], int] = lambda: 0
         self._cond = threading.Condition(threading.Lock())
         self._thread: threading.Thread | None = None
         self._warned = False
@@ -169,8 +173,10 @@ class Batcher:
             until = time.monotonic() + self.max_delay
             while True:
                 fitting = sum(r.rows for r in self._waiting if r.key == first.key)
-                if fitting >= self.max_size or self._expected <= 0:
-                    break  # full, or nothing else in this worker is on its way
+                if fitting >= self.max_size:
+                    break
+                if self._expected <= 0 and self.clients() <= len(self._waiting):
+                    break  # no other request on its way, and no other client to send one
                 left = until - time.monotonic()
                 if left <= 0:
                     break
@@ -209,6 +215,8 @@ class Batcher:
     def _predict(self, batch: list[_Request]) -> None:
         if self.observe is not None:
             self.observe(len(batch))
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("batch of %d requests, %d rows", len(batch), sum(r.rows for r in batch))
         try:
             output = self.predict(join([r.data for r in batch]))
         except Exception as exc:

@@ -248,6 +248,8 @@ class ServingWorker(Worker):
         self.config = config
         self.runtime = application.runtime
         self.pipeline = application.pipeline
+        if self.pipeline.batcher is not None:
+            self.pipeline.batcher.clients = lambda: len(self.conns)
         self.header_timeout = float(config.header_timeout)
         self.min_body_rate = config.min_body_rate_kb * 1024
         self.max_body = config.max_payload_bytes

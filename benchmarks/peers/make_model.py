@@ -1,4 +1,5 @@
-"""The model every server in the peers benchmark serves: a TorchScript MLP 64→256→256→10.
+"""The model every server in the peers benchmark serves: a TorchScript MLP 64→256→256→10
+(and, wider and deeper, the batching benchmark's).
 
 Writes ``model.pt`` (TorchScript), ``payload.json`` (one row of 64 floats, the body every
 request sends) and ``expected.json`` (the model's own output for it, to check each
@@ -14,14 +15,14 @@ import sys
 import torch
 
 
-def make(out_dir: str, width: int = 256, seed: int = 0) -> str:
+def make(out_dir: str, width: int = 256, hidden: int = 2, seed: int = 0) -> str:
+    """An MLP 64 → ``hidden`` layers of ``width`` → 10."""
     os.makedirs(out_dir, exist_ok=True)
     torch.manual_seed(seed)
-    model = torch.nn.Sequential(
-        torch.nn.Linear(64, width), torch.nn.ReLU(),
-        torch.nn.Linear(width, width), torch.nn.ReLU(),
-        torch.nn.Linear(width, 10),
-    ).eval()
+    layers: list[torch.nn.Module] = [torch.nn.Linear(64, width), torch.nn.ReLU()]
+    for _ in range(hidden - 1):
+        layers += [torch.nn.Linear(width, width), torch.nn.ReLU()]
+    model = torch.nn.Sequential(*layers, torch.nn.Linear(width, 10)).eval()
     path = os.path.join(out_dir, "model.pt")
     torch.jit.script(model).save(path)
     row = [round(float(x), 4) for x in torch.rand(64)]
@@ -35,5 +36,7 @@ def make(out_dir: str, width: int = 256, seed: int = 0) -> str:
 
 
 if __name__ == "__main__":
-    width = int(sys.argv[2]) if len(sys.argv) > 2 else 256
-    print(make(sys.argv[1] if len(sys.argv) > 1 else "build/peers/model", width))
+    # make_model.py OUT_DIR [WIDTH [HIDDEN_LAYERS]]
+    args = sys.argv[1:]
+    print(make(args[0] if args else "build/peers/model",
+               int(args[1]) if len(args) > 1 else 256, int(args[2]) if len(args) > 2 else 2))
