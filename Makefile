@@ -10,6 +10,9 @@
 # make test:   the whole suite in .venv (container images included), then the core suite
 #              (no chainer, no mxnet, no images) in .venv-np2.
 # make bench:  the codec benchmarks of BENCHMARKS.md.
+# make loadtest: serve an example (EXAMPLE=, default numpy-linear) on 127.0.0.1 and load it with
+#              locust (tests/load/locustfile.py) headless: USERS= users (8) for DURATION= seconds
+#              (30); prints locust's summary, writes CSV and HTML under build/loadtest/.
 # make bench-faults: the fault figures of BENCHMARKS.md (slow clients, stuck predictions,
 #              memory bombs, reloads, shutdown), each against real servers; about 2 minutes.
 
@@ -28,7 +31,7 @@ SDK_VENV := .venv-sdk
 SDK_STAMP := $(SDK_VENV)/.installed
 SDK_REQUIREMENTS := "sagemaker>=2.200,<3" "protobuf<7" scipy pillow
 
-.PHONY: install container-tools serve test bench bench-faults clean
+.PHONY: install container-tools serve test loadtest bench bench-faults clean
 
 install: $(STAMP) $(NP2_STAMP) $(SDK_STAMP)
 
@@ -76,6 +79,13 @@ test: install container-tools
 	SETUPTOOLS_USE_DISTUTILS=stdlib $(BIN)/python -m pytest -q tests
 	$(NP2_VENV)/bin/python -m pytest -q -m "not chainer and not mxnet and not container" tests \
 		--ignore=tests/frameworks/test_chainer.py --ignore=tests/frameworks/test_mxnet.py
+
+USERS ?= 8
+DURATION ?= 30
+
+loadtest: $(STAMP)
+	SETUPTOOLS_USE_DISTUTILS=stdlib $(BIN)/python tests/load/run.py --example $(EXAMPLE) \
+		--users $(USERS) --duration $(DURATION) --out build/loadtest
 
 bench: install
 	$(NP2_VENV)/bin/python benchmarks/codecs.py

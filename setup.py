@@ -24,7 +24,10 @@ setup(
         "chainer": ["chainer>=7.8", "numpy<2"],  # np.sctypes, gone in NumPy 2
         # MXNet 1.9 still uses np.bool, gone in NumPy 1.24.
         "mxnet": ["mxnet>=1.9,<2", "numpy<1.24"],
-        "test": ["pytest>=8", "requests>=2.31", "boto3>=1.34", "hypothesis>=6.100"],
+        # The load test users run against their container (tests/load/locustfile.py).
+        "load": ["locust>=2.47,<3"],
+        "test": ["pytest>=8", "requests>=2.31", "boto3>=1.34", "hypothesis>=6.100",
+                 "locust>=2.47,<3"],
     },
     entry_points={"console_scripts": ["serve=serving.cli:main"]},
 )
