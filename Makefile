@@ -13,6 +13,10 @@
 # make loadtest: serve an example (EXAMPLE=, default numpy-linear) on 127.0.0.1 and load it with
 #              locust (tests/load/locustfile.py) headless: USERS= users (8) for DURATION= seconds
 #              (30); prints locust's summary, writes CSV and HTML under build/loadtest/.
+# make bench-peers: serving-toolkit against TorchServe, the SageMaker PyTorch toolkit, the SageMaker
+#              inference toolkit on MMS, LitServe and a hand-written Flask app, each in its own
+#              environment under build/peers/envs (several GB, made on first use; Java 17 and wrk
+#              needed); about 10 minutes; writes the table into BENCHMARKS.md. Not in make test.
 # make bench-faults: the fault figures of BENCHMARKS.md (slow clients, stuck predictions,
 #              memory bombs, reloads, shutdown), each against real servers; about 2 minutes.
 
@@ -31,7 +35,7 @@ SDK_VENV := .venv-sdk
 SDK_STAMP := $(SDK_VENV)/.installed
 SDK_REQUIREMENTS := "sagemaker>=2.200,<3" "protobuf<7" scipy pillow
 
-.PHONY: install container-tools serve test loadtest bench bench-faults clean
+.PHONY: install container-tools serve test loadtest bench bench-peers bench-faults wrk clean
 
 install: $(STAMP) $(NP2_STAMP) $(SDK_STAMP)
 
@@ -90,6 +94,31 @@ loadtest: $(STAMP)
 bench: install
 	$(NP2_VENV)/bin/python benchmarks/codecs.py
 	PYTHONPATH=. $(SDK_VENV)/bin/python benchmarks/recordio_vs_sdk.py
+
+# The peers, each in its own environment, torch pinned to the local CPU wheel everywhere.
+# TorchServe needs pyyaml and numpy it does not declare; the SageMaker toolkits import
+# pkg_resources, gone from setuptools 81.
+PEERS_ENVS := build/peers/envs
+PEERS := torchserve sagemaker-pytorch mms litserve
+PEER_PACKAGES_torchserve := torchserve==0.12.0 torch-model-archiver==0.12.0 pyyaml numpy
+PEER_PACKAGES_sagemaker-pytorch := sagemaker-pytorch-inference==2.0.25 torchserve==0.12.0 \
+	torch-model-archiver==0.12.0 pyyaml numpy "setuptools<81"
+PEER_PACKAGES_mms := sagemaker-inference==1.10.1 multi-model-server==1.1.11 "setuptools<81"
+PEER_PACKAGES_litserve := litserve==0.2.19
+
+$(PEERS_ENVS)/%/.installed:
+	test -x $(PEERS_ENVS)/$*/bin/python || $(PYTHON) -m venv $(PEERS_ENVS)/$*
+	$(PEERS_ENVS)/$*/bin/python $(PIP) $(TORCH) $(PEER_PACKAGES_$*)
+	touch $@
+
+wrk:
+	@command -v wrk >/dev/null || (DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null \
+		|| (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null))
+
+DURATION_PEERS ?= 10
+
+bench-peers: $(NP2_STAMP) wrk $(foreach p,$(PEERS),$(PEERS_ENVS)/$(p)/.installed)
+	$(NP2_VENV)/bin/python benchmarks/peers/run.py --duration $(DURATION_PEERS)
 
 bench-faults: $(STAMP)
 	$(BIN)/python benchmarks/faults.py
