@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 
@@ -38,6 +39,7 @@ def create_app(config: Config, pipeline: Pipeline, runtime: Runtime | None = Non
     app = Flask("serving")
     app.json.sort_keys = False
     limit = config.max_payload_bytes
+    output_types = tuple(pipeline.output_types) if pipeline.output_types is not None else None
 
     def render(error: errors.ServingError) -> Response:
         response = app.json.response(error.to_dict())
@@ -107,13 +109,13 @@ def create_app(config: Config, pipeline: Pipeline, runtime: Runtime | None = Non
         require_ready()
         header = request.headers.get("Content-Type")
         try:
-            content_type = parse_media_type(header).essence if header else DEFAULT_CONTENT_TYPE
+            content_type = content_type_of(header) if header else DEFAULT_CONTENT_TYPE
         except ValueError:
             raise errors.UnsupportedMediaType(header or "", pipeline.input_types or []) from None
         if pipeline.input_types is not None and content_type not in pipeline.input_types:
             raise errors.UnsupportedMediaType(content_type, pipeline.input_types)
         accept_header = request.headers.get("Accept")
-        accepts = acceptable_types(accept_header, pipeline.output_types, config.default_accept)
+        accepts = accepted(accept_header, output_types, config.default_accept)
         if not accepts:
             raise errors.NotAcceptable(accept_header or "", pipeline.output_types or [])
         body = read_body(limit)
@@ -125,6 +127,19 @@ def create_app(config: Config, pipeline: Pipeline, runtime: Runtime | None = Non
         return Response(payload, status=200, content_type=media_type)
 
     return app
+
+
+# Clients send the same few Content-Type and Accept headers again and again: parse each
+# once. Bounded, so that a client varying them costs memory no more than this.
+@functools.lru_cache(maxsize=512)
+def content_type_of(header: str) -> str:
+    return parse_media_type(header).essence
+
+
+@functools.lru_cache(maxsize=512)
+def accepted(header: str | None, offered: tuple[str, ...] | None, default: str) -> list[str]:
+    """:func:`acceptable_types`, cached: callers must not change the list."""
+    return acceptable_types(header, offered, default)
 
 
 def log_access_line(level: int, message: str, *args: object) -> None:
