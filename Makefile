@@ -9,7 +9,9 @@
 # make serve:  serve the bundled NumPy example model on port 8080 (EXAMPLE=<name> another).
 # make test:   the whole suite in .venv (container images included), then the core suite
 #              (no chainer, no mxnet, no images) in .venv-np2.
-# make bench:  the codec benchmarks of BENCHMARKS.md.
+# make bench:  the codec benchmarks of BENCHMARKS.md, then our load benchmarks (overhead against a
+#              bare Flask echo, batching off and on, cold start, memory with 1/2/4 workers),
+#              which write their tables into BENCHMARKS.md; about 5 minutes.
 # make loadtest: serve an example (EXAMPLE=, default numpy-linear) on 127.0.0.1 and load it with
 #              locust (tests/load/locustfile.py) headless: USERS= users (8) for DURATION= seconds
 #              (30); prints locust's summary, writes CSV and HTML under build/loadtest/.
@@ -91,9 +93,10 @@ loadtest: $(STAMP)
 	SETUPTOOLS_USE_DISTUTILS=stdlib $(BIN)/python tests/load/run.py --example $(EXAMPLE) \
 		--users $(USERS) --duration $(DURATION) --out build/loadtest
 
-bench: install
+bench: install wrk
 	$(NP2_VENV)/bin/python benchmarks/codecs.py
 	PYTHONPATH=. $(SDK_VENV)/bin/python benchmarks/recordio_vs_sdk.py
+	$(NP2_VENV)/bin/python benchmarks/load.py
 
 # The peers, each in its own environment, torch pinned to the local CPU wheel everywhere.
 # TorchServe needs pyyaml and numpy it does not declare; the SageMaker toolkits import

@@ -22,6 +22,7 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
 import threading
 import time
 import typing as t
@@ -198,10 +199,12 @@ def _ms(text: str) -> float:
 
 
 def wrk(url: str, payload_path: str, clients: int, seconds: float, *,
-        content_type: str = "application/json", threads: int = 2) -> Load:
+        content_type: str = "application/json", accept: str = "application/json",
+        threads: int = 2) -> Load:
     if shutil.which("wrk") is None:
         raise RuntimeError("wrk is not installed: apt-get install wrk")
-    env = {**os.environ, "WRK_PAYLOAD": payload_path, "WRK_CONTENT_TYPE": content_type}
+    env = {**os.environ, "WRK_PAYLOAD": payload_path, "WRK_CONTENT_TYPE": content_type,
+           "WRK_ACCEPT": accept}
     out = subprocess.run(
         ["wrk", f"-t{min(threads, clients)}", f"-c{clients}", f"-d{seconds:g}s", "--latency",
          "--timeout", "10s", "-s", POST_SCRIPT, url],
@@ -247,3 +250,25 @@ def table(header: t.Sequence[str], rows: t.Iterable[t.Sequence[t.Any]]) -> str:
              "| " + " | ".join("---" if i == 0 else "---:" for i in range(len(header))) + " |"]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def write_section(markdown: str, marker: str) -> None:
+    """Replace what BENCHMARKS.md holds between ``<!-- marker -->`` and ``<!-- end marker -->``."""
+    path = os.path.join(os.path.dirname(HERE), "BENCHMARKS.md")
+    with open(path) as f:
+        text = f.read()
+    start, end = f"<!-- {marker} -->", f"<!-- end {marker} -->"
+    if start in text and end in text:
+        before, rest = text.split(start, 1)
+        after = rest.split(end, 1)[1]
+        text = f"{before}{start}\n{markdown}\n{end}{after}"
+    else:
+        text = f"{text.rstrip()}\n\n{start}\n{markdown}\n{end}\n"
+    with open(path, "w") as f:
+        f.write(text)
+
+
+def machine() -> str:
+    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
+                if line.startswith("model name")), "unknown CPU")
+    return f"{os.cpu_count()} × {cpu}, Linux {os.uname().release}, Python {sys.version.split()[0]}"

@@ -48,7 +48,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 sys.path.insert(0, str(HERE.parent))
 
-from loadgen import Load, ServerProcess, answers_like, measure, table  # noqa: E402
+from loadgen import ServerProcess, answers_like, machine, measure, table, write_section  # noqa: E402,E501
 
 BUILD = REPO / "build" / "peers"
 ENVS = BUILD / "envs"
@@ -234,26 +234,6 @@ def render(results: list[dict[str, t.Any]], levels: t.Sequence[int]) -> str:
         row.append(f"{max(r[str(c)]['pss_mib'] for c in levels):.0f}")
         rows.append(row)
     return table(header, rows)
-
-
-def write_section(markdown: str, marker: str) -> None:
-    """Replace what BENCHMARKS.md holds between ``<!-- marker -->`` and ``<!-- end marker -->``."""
-    path = REPO / "BENCHMARKS.md"
-    text = path.read_text()
-    start, end = f"<!-- {marker} -->", f"<!-- end {marker} -->"
-    if start in text and end in text:
-        before, rest = text.split(start, 1)
-        after = rest.split(end, 1)[1]
-        text = f"{before}{start}\n{markdown}\n{end}{after}"
-    else:
-        text = f"{text.rstrip()}\n\n{start}\n{markdown}\n{end}\n"
-    path.write_text(text)
-
-
-def machine() -> str:
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
-                if line.startswith("model name")), "unknown CPU")
-    return f"{os.cpu_count()} × {cpu}, Linux {os.uname().release}, Python {sys.version.split()[0]}"
 
 
 def main() -> int:

@@ -1,0 +1,264 @@
+"""Our own load benchmarks (part of ``make bench``): overhead, batching, cold start, memory.
+
+    .venv-np2/bin/python benchmarks/load.py [--duration 8] [--no-write]
+
+Every figure is measured against a baseline in the same run, servers on 127.0.0.1, load
+from wrk (2 threads); each server is its own session, stopped whole afterwards.
+
+1. Overhead: ``serve`` with an echo model (``predict_fn`` returns its input: decoding and
+   encoding are paid, the model is free) against a bare Flask echo app on the same
+   gunicorn settings (gthread, 2 workers × 4 threads), with a 1 KB JSON body and a 1 MB
+   NPY body, at 8 clients.
+2. Batching: a CPU-bound TorchScript MLP (64 → 4 × 2048 → 10), batching off against
+   ``--max-batch-size 16``, at 1 and 32 clients; the batch sizes reached come from the
+   batcher's debug log in a separate short run (logging every batch costs time).
+3. Cold start: from ``serve`` to the first 200 of /invocations for the peers' TorchScript
+   MLP, against that model's own load time (``import torch`` and ``torch.jit.load`` in a
+   fresh interpreter).
+4. Memory: total PSS of ``serve`` and its workers with 1, 2 and 4 workers, after 200
+   requests each.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import io
+import json
+import re
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE / "peers"))
+
+from loadgen import (  # noqa: E402
+    ServerProcess,
+    answers_like,
+    machine,
+    measure,
+    post,
+    pss_kib,
+    table,
+    write_section,
+)
+from make_model import make  # noqa: E402
+
+VENV = REPO / ".venv-np2"
+BUILD = REPO / "build" / "bench"
+
+ECHO_INFERENCE = """
+    def model_fn(model_dir):
+        return None
+
+
+    def predict_fn(data, model):
+        return data
+"""
+
+FLASK_ECHO = """
+    import flask
+
+    app = flask.Flask(__name__)
+
+
+    @app.post("/invocations")
+    def invocations():
+        return flask.Response(flask.request.get_data(),
+                              content_type=flask.request.content_type)
+"""
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def serve(name: str, model_dir: Path, *args: str) -> tuple[ServerProcess, str]:
+    port = free_port()
+    server = ServerProcess(name, [str(VENV / "bin" / "serve"), "--model-dir", str(model_dir),
+                                  "--host", "127.0.0.1", "--port", str(port), *args],
+                           log_path=str(BUILD / "logs" / f"{name}.log"))
+    return server, f"http://127.0.0.1:{port}/invocations"
+
+
+def ready(server: ServerProcess, url: str, body: bytes, content_type: str = "application/json",
+          timeout: float = 120) -> float:
+    return server.wait_until(lambda: post(url, body, content_type)[0] == 200, timeout)
+
+
+def overhead(duration: float) -> str:
+    model_dir = BUILD / "echo" / "model"
+    (model_dir / "code").mkdir(parents=True, exist_ok=True)
+    (model_dir / "code" / "inference.py").write_text(textwrap.dedent(ECHO_INFERENCE))
+    app_dir = BUILD / "flask-echo"
+    app_dir.mkdir(parents=True, exist_ok=True)
+    (app_dir / "echo_app.py").write_text(textwrap.dedent(FLASK_ECHO))
+    bodies = {
+        "1 KB JSON": (BUILD / "echo" / "1k.json", "application/json",
+                      json.dumps([[round(x, 6) for x in np.random.default_rng(0).random(60)]])
+                      .encode()),
+        "1 MB NPY": (BUILD / "echo" / "1m.npy", "application/x-npy", None),
+    }
+    out = io.BytesIO()
+    np.save(out, np.random.default_rng(0).random((512, 512)).astype(np.float32))  # 1 MiB
+    bodies["1 MB NPY"] = (bodies["1 MB NPY"][0], "application/x-npy", out.getvalue())
+    for path, _, body in bodies.values():
+        path.write_bytes(body)
+
+    rows = []
+    ours, ours_url = serve("echo-serve", model_dir, "--workers", "2", "--threads", "4")
+    port = free_port()
+    flask = ServerProcess("echo-flask", [str(VENV / "bin" / "gunicorn"), "-k", "gthread", "-w",
+                                         "2", "--threads", "4", "-b", f"127.0.0.1:{port}",
+                                         "--chdir", str(app_dir), "echo_app:app"],
+                          log_path=str(BUILD / "logs" / "echo-flask.log"))
+    flask_url = f"http://127.0.0.1:{port}/invocations"
+    try:
+        for what, (path, content_type, body) in bodies.items():
+            ready(ours, ours_url, body, content_type)
+            ready(flask, flask_url, body, content_type)
+            # Both answer with the same bytes' meaning: the echo is faithful.
+            results = {}
+            for name, server, url in (("flask", flask, flask_url), ("ours", ours, ours_url)):
+                measure(server, url, str(path), 8, 1, content_type=content_type,
+                        accept=content_type)
+                results[name] = measure(server, url, str(path), 8, duration,
+                                        content_type=content_type, accept=content_type)
+            f, o = results["flask"], results["ours"]
+            rows.append([what, f"{f.rps:.0f}", f"{o.rps:.0f}", f"{o.rps / f.rps:.2f}",
+                         f"{f.p50_ms:.2f} / {f.p99_ms:.1f}", f"{o.p50_ms:.2f} / {o.p99_ms:.1f}",
+                         f"{f.cpu_ms:.3f}", f"{o.cpu_ms:.3f}", f"{o.errors + f.errors}"])
+            print(f"  overhead {what}: flask {f.rps:.0f} req/s, ours {o.rps:.0f}", flush=True)
+    finally:
+        ours.stop()
+        flask.stop()
+    return table(["body, 8 clients", "bare Flask req/s", "serve req/s", "serve × Flask",
+                  "Flask p50 / p99 ms", "serve p50 / p99 ms", "Flask CPU ms/req",
+                  "serve CPU ms/req", "errors"], rows)
+
+
+def batching(duration: float) -> str:
+    model_dir = BUILD / "mlp-4x2048"
+    make(str(model_dir), width=2048, hidden=4)
+    payload = model_dir / "payload.json"
+    body = payload.read_bytes()
+    expected = json.loads((model_dir / "expected.json").read_text())
+    rows = []
+    results = {}
+    servers = {"off": serve("batch-off", model_dir, "--workers", "2"),
+               "on": serve("batch-on", model_dir, "--workers", "2", "--max-batch-size", "16")}
+    try:
+        for name, (server, url) in servers.items():
+            server.wait_until(lambda: answers_like(url, body, expected), 120)
+        for clients in (1, 32):
+            for name, (server, url) in servers.items():
+                measure(server, url, str(payload), clients, 1)
+                results[name, clients] = measure(server, url, str(payload), clients, duration)
+                print(f"  batching {name}, {clients} clients: "
+                      f"{results[name, clients].rps:.0f} req/s", flush=True)
+    finally:
+        for server, _ in servers.values():
+            server.stop()
+    # The batch sizes, from a separate run that logs each batch.
+    server, url = serve("batch-sizes", model_dir, "--workers", "2", "--max-batch-size", "16",
+                        "--log-level", "DEBUG")
+    try:
+        server.wait_until(lambda: answers_like(url, body, expected), 120)
+        measure(server, url, str(payload), 32, 3)
+    finally:
+        server.stop()
+    sizes = collections.Counter(
+        int(m) for m in re.findall(r"batch of (\d+) requests", Path(server.log_path).read_text()))
+    total = sum(sizes.values())
+    mean = sum(k * v for k, v in sizes.items()) / max(total, 1)
+    share16 = sizes.get(16, 0) / max(total, 1)
+    for clients in (1, 32):
+        off, on = results["off", clients], results["on", clients]
+        rows.append([str(clients), f"{off.rps:.0f}", f"{on.rps:.0f}", f"{on.rps / off.rps:.2f}",
+                     f"{off.p50_ms:.2f} / {off.p99_ms:.1f}", f"{on.p50_ms:.2f} / {on.p99_ms:.1f}",
+                     f"{off.cpu_ms:.2f}", f"{on.cpu_ms:.2f}", f"{off.errors + on.errors}"])
+    return (table(["clients", "off req/s", "on req/s", "on × off", "off p50 / p99 ms",
+                   "on p50 / p99 ms", "off CPU ms/req", "on CPU ms/req", "errors"], rows)
+            + f"\n\nBatch sizes at 32 clients (requests per predict call, {total} batches, "
+              f"separate 3 s run at DEBUG): mean {mean:.1f}, {share16:.0%} full (16); "
+              + ", ".join(f"{k}: {v}" for k, v in sorted(sizes.items())) + ".")
+
+
+def cold_start() -> str:
+    model_dir = BUILD / "mlp"
+    make(str(model_dir))
+    body = (model_dir / "payload.json").read_bytes()
+    expected = json.loads((model_dir / "expected.json").read_text())
+    code = ("import time; t = time.perf_counter(); import torch; "
+            f"m = torch.jit.load({str(model_dir / 'model.pt')!r}); "
+            "print(time.perf_counter() - t)")
+    rows = []
+    for attempt in range(3):
+        load = float(subprocess.run([str(VENV / "bin" / "python"), "-c", code],
+                                    capture_output=True, text=True, check=True).stdout)
+        server, url = serve(f"cold-{attempt}", model_dir, "--workers", "2")
+        try:
+            first = server.wait_until(lambda: answers_like(url, body, expected), 120)
+        finally:
+            server.stop()
+        rows.append([str(attempt + 1), f"{load:.2f}", f"{first:.2f}", f"{first - load:.2f}"])
+        print(f"  cold start {attempt + 1}: load {load:.2f} s, first 200 {first:.2f} s",
+              flush=True)
+    return table(["run", "import torch + jit.load, s", "serve → first 200, s",
+                  "serve's own, s"], rows)
+
+
+def memory() -> str:
+    model_dir = BUILD / "mlp"
+    make(str(model_dir))
+    body = (model_dir / "payload.json").read_bytes()
+    rows = []
+    for workers in (1, 2, 4):
+        server, url = serve(f"pss-{workers}", model_dir, "--workers", str(workers))
+        try:
+            ready(server, url, body)
+            for _ in range(200):
+                post(url, body)
+            time.sleep(1)
+            pids = server.pids()
+            rows.append([str(workers), str(len(pids)), f"{pss_kib(pids) / 1024:.0f}"])
+        finally:
+            server.stop()
+        print(f"  memory, {workers} workers: {rows[-1][2]} MiB", flush=True)
+    return table(["workers", "processes", "PSS MiB (total)"], rows)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description="our load benchmarks")
+    parser.add_argument("--duration", type=float, default=8)
+    parser.add_argument("--no-write", action="store_true", help="leave BENCHMARKS.md alone")
+    parser.add_argument("--only", default="overhead,batching,cold,memory")
+    args = parser.parse_args()
+    BUILD.mkdir(parents=True, exist_ok=True)
+    parts = {"overhead": lambda: overhead(args.duration),
+             "batching": lambda: batching(args.duration),
+             "cold": cold_start, "memory": memory}
+    for name in args.only.split(","):
+        print(f"{name}:", flush=True)
+        markdown = parts[name]()
+        print(markdown, flush=True)
+        if not args.no_write:
+            write_section(f"Command: `make bench` (`benchmarks/load.py`), "
+                          f"{time.strftime('%Y-%m-%d')}, one run; machine: {machine()}.\n\n"
+                          f"{markdown}", f"load-{name}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
