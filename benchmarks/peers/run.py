@@ -193,7 +193,7 @@ def bench(peer: Peer, duration: float, levels: t.Sequence[int]) -> dict[str, t.A
         ready = server.wait_until(lambda: answers_like(url, body, expected), peer.ready_timeout)
         result["ready_seconds"] = round(ready, 1)
         time.sleep(1)  # let start-up work (JIT, worker spawns) settle
-        measure(server, url, str(MODEL / "payload.json"), 8, 2)  # warm-up, not reported
+        measure(server, url, str(MODEL / "payload.json"), 8, 5)  # warm-up, not reported
         for clients in levels:
             load = measure(server, url, str(MODEL / "payload.json"), clients, duration)
             result[str(clients)] = dataclasses.asdict(load)

@@ -139,3 +139,28 @@ def test_mxnet_on_cuda(serve, tmp_path):
     server = serve(model_dir, "--device", "cuda:0")
     assert "device: cuda:0" in server.log
     assert np.allclose(ask(server, x)[1], expected, atol=1e-4)
+
+
+def test_batching_joins_requests_for_the_default_predict(serve, tmp_path):
+    # Concurrent requests of 1-3 rows each, joined by the batcher into one forward pass of
+    # the exported block, come back equal to MXNet's own answer for each request alone.
+    from concurrent.futures import ThreadPoolExecutor
+
+    net = gluon_net()
+    rng = np.random.default_rng(7)
+    bodies = [rng.normal(size=(1 + i % 3, 4)).astype(np.float32) for i in range(16)]
+    net(mx.nd.array(bodies[0]))  # fixes the shapes before export
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    net.export(str(model_dir / "classifier"))
+    server = serve(model_dir, "--workers", "1", "--max-batch-size", "16",
+                   "--max-batch-delay-ms", "100", "--log-level", "DEBUG")
+    with ThreadPoolExecutor(len(bodies)) as pool:
+        answers = list(pool.map(lambda x: requests.post(server.url(), json=x.tolist(),
+                                                        timeout=30), bodies))
+    for x, answer in zip(bodies, answers):
+        assert answer.status_code == 200, answer.text
+        assert np.allclose(answer.json(), net(mx.nd.array(x)).asnumpy(), atol=1e-5)
+    sizes = [int(line.split("batch of ")[1].split()[0])
+             for line in server.log.splitlines() if "batch of " in line]
+    assert sizes and max(sizes) > 1, f"no joined batch: {sizes}"
