@@ -34,19 +34,22 @@ POST_SCRIPT = os.path.join(HERE, "peers", "post.lua")
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
+def _stat(pid: int | str) -> list[str] | None:
+    """The fields of /proc/PID/stat after the command (state ppid pgrp session …)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None  # gone
+
+
 def session_pids(sid: int) -> list[int]:
     """Every live process whose session id is ``sid``."""
     pids = []
     for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        # after the command: state ppid pgrp session …; a zombie has no memory to count
-        if int(fields[3]) == sid and fields[0] != "Z":
+        fields = _stat(name) if name.isdigit() else None
+        # a zombie has no memory to count
+        if fields is not None and int(fields[3]) == sid and fields[0] != "Z":
             pids.append(int(name))
     return pids
 
@@ -70,12 +73,9 @@ def cpu_seconds(pids: t.Iterable[int]) -> float:
     """User + system CPU time of the processes (and of their reaped children)."""
     total = 0
     for pid in pids:
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += sum(int(x) for x in fields[11:15])  # utime stime cutime cstime
+        fields = _stat(pid)
+        if fields is not None:
+            total += sum(int(x) for x in fields[11:15])  # utime stime cutime cstime
     return total / CLOCK_TICKS
 
 

@@ -2,8 +2,8 @@
 
 Opt-in with ``SERVING_MAX_BATCH_SIZE`` > 1. Each request is still decoded and encoded on
 its own runtime thread (under its own deadline); only the predict step comes here. One
-batching thread per worker takes the first waiting input, gathers more for at most
-``SERVING_MAX_BATCH_DELAY_MS``, joins the inputs that fit together (NumPy arrays of
+batching thread per worker takes the oldest waiting input, gathers more until that one
+has waited ``SERVING_MAX_BATCH_DELAY_MS``, joins the inputs that fit together (NumPy arrays of
 two or more dimensions with the same dtype and trailing shape) along their first
 dimension, calls predict once, and splits the result back by each request's row count.
 
@@ -89,10 +89,11 @@ def split(output: t.Any, rows: t.Sequence[int]) -> list[t.Any] | None:
 
 
 class _Request:
-    __slots__ = ("data", "key", "rows", "deadline", "result", "error", "done")
+    __slots__ = ("data", "key", "rows", "deadline", "queued", "result", "error", "done")
 
     def __init__(self, data: np.ndarray, key: tuple[t.Any, ...], deadline: float) -> None:
         self.data, self.key, self.deadline = data, key, deadline
+        self.queued = time.monotonic()
         self.rows = data.shape[0]
         self.result: t.Any = None
         self.error: BaseException | None = None
@@ -113,15 +114,13 @@ class Batcher:
 
     :param predict: called with one joined input; returns the joined output.
     :param max_delay: seconds.
-    :param observe: called with each batch's request count before it runs (metrics).
     """
 
     def __init__(self, predict: t.Callable[[np.ndarray], t.Any], *, max_size: int,
-                 max_delay: float, observe: t.Callable[[int], None] | None = None) -> None:
+                 max_delay: float) -> None:
         self.predict = predict
         self.max_size = max_size
         self.max_delay = max_delay
-        self.observe = observe
         self._waiting: list[_Request] = []
         self._expected = 0  # requests decoding now, which may join a batch
         #: How many clients (connections) the worker holds now; the server sets it. A batch
@@ -170,7 +169,7 @@ class Batcher:
             while not self._waiting:
                 self._cond.wait()
             first = self._waiting[0]
-            until = time.monotonic() + self.max_delay
+            until = first.queued + self.max_delay  # the oldest has waited since it came
             while True:
                 fitting = sum(r.rows for r in self._waiting if r.key == first.key)
                 if fitting >= self.max_size:
@@ -213,8 +212,6 @@ class Batcher:
                             request.finish(error=exc)
 
     def _predict(self, batch: list[_Request]) -> None:
-        if self.observe is not None:
-            self.observe(len(batch))
         if log.isEnabledFor(logging.DEBUG):
             log.debug("batch of %d requests, %d rows", len(batch), sum(r.rows for r in batch))
         try:

@@ -203,8 +203,8 @@ SETTINGS: tuple[Setting, ...] = (
             "predict, or for a predict_fn marked @serving.batched. Each worker then serves up "
             "to max(--threads, 2 x this) requests at once.", metavar="N"),
     Setting("max_batch_delay_ms", "--max-batch-delay-ms", "SERVING_MAX_BATCH_DELAY_MS", 5,
-            _non_negative_number, "Dynamic batching: longest a batch waits for more requests, "
-            "in ms. It runs at once when full, or when no other request is on its way (none decoding, no other "
+            _non_negative_number, "Dynamic batching: longest a request waits for others to "
+            "join its batch, in ms. A batch runs at once when full, or when no other request is on its way (none decoding, no other "
             "client connected to the worker): a lone client never waits.", metavar="MS"),
     Setting("debug_errors", "--debug-errors", "SERVING_DEBUG_ERRORS", False, _bool,
             "Put the exception's text in 500 bodies (it may hold paths or data: for "

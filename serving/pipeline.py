@@ -195,12 +195,11 @@ class Pipeline:
             return None
         return self.registry.media_types
 
-    def enable_batching(self, max_size: int, max_delay: float,
-                        observe: t.Callable[[int], None] | None = None) -> None:
+    def enable_batching(self, max_size: int, max_delay: float) -> None:
         """Join the inputs of concurrent requests into predict calls of up to ``max_size``
         rows, waiting at most ``max_delay`` seconds (see :mod:`serving.batching`)."""
         self.batcher = Batcher(lambda data: self._predict(data, self.context),
-                               max_size=max_size, max_delay=max_delay, observe=observe)
+                               max_size=max_size, max_delay=max_delay)
 
     @property
     def predicts_batches(self) -> bool:
