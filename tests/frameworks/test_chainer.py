@@ -89,3 +89,22 @@ def test_chainer_without_model_fn_says_to_write_one(tmp_path):
     result = run_serve("--model-dir", str(model_dir), "--framework", "chainer")
     assert result.returncode == 1
     assert "Chainer files hold weights, not the network: define model_fn" in result.stderr
+
+
+def test_batching_joins_requests_for_the_default_predict(serve, model):
+    from concurrent.futures import ThreadPoolExecutor
+
+    model_dir, net = model
+    server = serve(model_dir, "--workers", "1", "--max-batch-size", "16",
+                   "--max-batch-delay-ms", "100", "--log-level", "DEBUG")
+    rng = np.random.default_rng(3)
+    bodies = [rng.normal(size=(1 + i % 3, 4)).astype(np.float32) for i in range(16)]
+    with ThreadPoolExecutor(len(bodies)) as pool:
+        answers = list(pool.map(lambda x: requests.post(server.url(), json=x.tolist(),
+                                                        timeout=30), bodies))
+    for x, answer in zip(bodies, answers):
+        assert answer.status_code == 200, answer.text
+        assert np.allclose(answer.json(), reference(net, x), atol=1e-5)
+    sizes = [int(line.split("batch of ")[1].split()[0])
+             for line in server.log.splitlines() if "batch of " in line]
+    assert sizes and max(sizes) > 1, f"no joined batch: {sizes}"
