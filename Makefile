@@ -127,4 +127,4 @@ bench-faults: $(STAMP)
 	$(BIN)/python benchmarks/faults.py
 
 clean:
-	rm -rf $(VENV) $(NP2_VENV) $(SDK_VENV) *.egg-info .pytest_cache
+	rm -rf $(VENV) $(NP2_VENV) $(SDK_VENV) *.egg-info .pytest_cache build
