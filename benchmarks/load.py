@@ -42,6 +42,7 @@ sys.path.insert(0, str(HERE / "peers"))
 from loadgen import (  # noqa: E402
     ServerProcess,
     answers_like,
+    free_port,
     machine,
     measure,
     post,
@@ -74,14 +75,6 @@ FLASK_ECHO = """
         return flask.Response(flask.request.get_data(),
                               content_type=flask.request.content_type)
 """
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def serve(name: str, model_dir: Path, *args: str) -> tuple[ServerProcess, str]:

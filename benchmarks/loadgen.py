@@ -18,9 +18,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import random
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -77,6 +79,19 @@ def cpu_seconds(pids: t.Iterable[int]) -> float:
         if fields is not None:
             total += sum(int(x) for x in fields[11:15])  # utime stime cutime cstime
     return total / CLOCK_TICKS
+
+
+def free_port() -> int:
+    """A free port below 32767: Multi Model Server refuses any above (its Connector checks
+    ports against a Java short)."""
+    for port in random.sample(range(20000, 32700), 200):
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port in 20000-32700")
 
 
 class ServerProcess:

@@ -197,11 +197,12 @@ SETTINGS: tuple[Setting, ...] = (
             _positive_number, "Most memory a request body may decode to, in MiB (image pixels, "
             "NPZ members, CSV cells, JSON elements, recordio records); over it: 413, checked "
             "before the memory is spent.", metavar="MB"),
-    Setting("max_batch_size", "--max-batch-size", "SERVING_MAX_BATCH_SIZE", 1, _int_in(1),
+    Setting("max_batch_size", "--max-batch-size", "SERVING_MAX_BATCH_SIZE", 1, _int_in(1, 512),
             "Dynamic batching: most rows one predict call joins from concurrent requests of a "
-            "worker (1: off). Joins NumPy inputs of 2+ dimensions for the framework's default "
-            "predict, or for a predict_fn marked @serving.batched. Each worker then serves up "
-            "to max(--threads, 2 x this) requests at once.", metavar="N"),
+            "worker (1: off; at most 512, as each worker then serves up to max(--threads, "
+            "2 x this) requests at once, a thread each). Joins NumPy inputs of 2+ dimensions "
+            "for the framework's default predict, or for a predict_fn marked @serving.batched.",
+            metavar="N"),
     Setting("max_batch_delay_ms", "--max-batch-delay-ms", "SERVING_MAX_BATCH_DELAY_MS", 5,
             _non_negative_number, "Dynamic batching: longest a request waits for others to "
             "join its batch, in ms. A batch runs at once when full, or when no other request is on its way (none decoding, no other "

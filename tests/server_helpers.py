@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -123,6 +124,11 @@ class Server:
             self.proc.kill()
             self.proc.wait()
         self._log.close()
+
+
+def batch_sizes(log: str) -> list[int]:
+    """The request count of every batch the batcher ran, from its DEBUG lines in ``log``."""
+    return [int(n) for n in re.findall(r"batch of (\d+) requests", log)]
 
 
 def run_serve(*args: str, env: dict[str, str] | None = None,

@@ -35,9 +35,7 @@ import argparse
 import dataclasses
 import json
 import os
-import random
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -48,25 +46,20 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 sys.path.insert(0, str(HERE.parent))
 
-from loadgen import ServerProcess, answers_like, machine, measure, table, write_section  # noqa: E402,E501
+from loadgen import (  # noqa: E402
+    ServerProcess,
+    answers_like,
+    free_port,
+    machine,
+    measure,
+    table,
+    write_section,
+)
 
 BUILD = REPO / "build" / "peers"
 ENVS = BUILD / "envs"
 MODEL = BUILD / "model"
 WORKERS = 2
-
-
-def free_port() -> int:
-    """A free port below 32767: Multi Model Server refuses any above (its Connector checks
-    ports against a Java short)."""
-    for port in random.sample(range(20000, 32700), 200):
-        with socket.socket() as sock:
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError("no free port in 20000-32700")
 
 
 def env_with(venv: Path, **extra: str) -> dict[str, str]:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import requests
 
-from tests.server_helpers import run_serve, write_model_dir
+from tests.server_helpers import batch_sizes, run_serve, write_model_dir
 
 pytestmark = pytest.mark.mxnet
 
@@ -161,6 +161,5 @@ def test_batching_joins_requests_for_the_default_predict(serve, tmp_path):
     for x, answer in zip(bodies, answers):
         assert answer.status_code == 200, answer.text
         assert np.allclose(answer.json(), net(mx.nd.array(x)).asnumpy(), atol=1e-5)
-    sizes = [int(line.split("batch of ")[1].split()[0])
-             for line in server.log.splitlines() if "batch of " in line]
+    sizes = batch_sizes(server.log)
     assert sizes and max(sizes) > 1, f"no joined batch: {sizes}"

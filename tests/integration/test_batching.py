@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import requests
 
-from tests.server_helpers import Server, write_model_dir
+from tests.server_helpers import Server, batch_sizes, write_model_dir
 
 # Each row is [request id, value]; the answer row is [request id, 2 * value]. A value of
 # -1 makes predict raise (the bad request); a value of 99 makes it sleep 3 s (stuck).
@@ -217,8 +217,7 @@ def test_pytorch_default_predict_batched_equals_unbatched(tmp_path):
         answers = concurrently(server.url(), bodies)
     finally:
         server.terminate()
-    sizes = [int(line.split("batch of ")[1].split()[0])
-             for line in server.log.splitlines() if "batch of " in line]
+    sizes = batch_sizes(server.log)
     assert max(sizes) > 1, f"no joined batch: {sizes}"
     with torch.no_grad():
         for rows, answer in zip(bodies, answers):
@@ -231,6 +230,8 @@ def test_batching_settings_are_checked(model_dir):
     from tests.server_helpers import run_serve
 
     result = run_serve("--model-dir", str(model_dir), "--max-batch-size", "0")
+    assert result.returncode == 2 and "--max-batch-size" in result.stderr
+    result = run_serve("--model-dir", str(model_dir), "--max-batch-size", "513")
     assert result.returncode == 2 and "--max-batch-size" in result.stderr
     result = run_serve("--model-dir", str(model_dir), "--max-batch-delay-ms", "-1")
     assert result.returncode == 2 and "--max-batch-delay-ms" in result.stderr
