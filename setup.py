@@ -8,13 +8,14 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["serving", "serving.*", "handlers", "handlers.*"]),
-    package_data={"handlers.content": ["README.md"]},
+    package_data={"handlers.content": ["README.md"], "serving": ["openapi.json"]},
     install_requires=[
         "flask>=3.0,<4",
         "gunicorn>=23.0",
         "numpy>=1.23",
         "orjson>=3.9",
         "pillow>=10",
+        "prometheus-client>=0.20",
         "protobuf>=4.21",
     ],
     extras_require={

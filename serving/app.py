@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import time
+import typing as t
 
 from flask import Flask, Response, g, request
 from werkzeug.exceptions import HTTPException
 
-from serving import errors
+from serving import errors, logs
 from serving.config import Config
+from serving.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from serving.metrics import NO_ROUTE, Metrics
 from serving.negotiation import acceptable_types, parse_media_type
-from serving.pipeline import Pipeline
+from serving.pipeline import Pipeline, valid_custom_attributes
 from serving.runtime import Runtime
 
 __all__ = ["create_app"]
@@ -27,22 +31,57 @@ BATCH_STRATEGY = "MultiRecord"
 #: WSGI environ key where the server puts when a request arrived (``time.monotonic()``):
 #: the request deadline counts from there, not from when a thread got to it.
 ARRIVED_KEY = "serving.arrived"
+#: Where a request's id comes from: the first of these headers the client sent (SageMaker
+#: sends the first with every invocation), else one is made up. Answers carry it in
+#: ``X-Request-Id``.
+REQUEST_ID_HEADERS = ("X-Amzn-SageMaker-Inference-Id", "X-Request-Id", "X-Amzn-RequestId")
+RESPONSE_ID_HEADER = "X-Request-Id"
+CUSTOM_ATTRIBUTES_HEADER = "X-Amzn-SageMaker-Custom-Attributes"
+TARGET_VARIANT_HEADER = "X-Amzn-SageMaker-Target-Variant"
+#: The OpenAPI description of every route, kept beside this module and served as it is.
+OPENAPI_PATH = os.path.join(os.path.dirname(__file__), "openapi.json")
 
 
-def create_app(config: Config, pipeline: Pipeline, runtime: Runtime | None = None) -> Flask:
+def request_id_of(header: t.Callable[[str], str | None]) -> str:
+    """The id of a request whose headers ``header(name)`` reads: the caller's, when it is
+    short visible ASCII, else a new one."""
+    for name in REQUEST_ID_HEADERS:
+        value = header(name)
+        if value is not None:
+            if logs.valid_request_id(value):
+                return value
+            break  # a bad id is replaced, never echoed into logs and headers
+    return logs.new_request_id()
+
+
+def create_app(config: Config, pipeline: Pipeline, runtime: Runtime | None = None,
+               metrics: Metrics | None = None) -> Flask:
     """Build the app serving ``pipeline``.
 
     :param runtime: runs each request under its deadline; by default one made
         from ``config`` (threads start in the process that first uses it).
+    :param metrics: where requests are counted (``serve`` makes it for all its
+        workers); by default, with ``config.metrics``, metrics of this process only.
     """
     runtime = runtime or Runtime(config.concurrency, config.deadline_seconds)
+    if metrics is None and config.metrics:
+        metrics = Metrics(content_types=pipeline.input_types)
+    if metrics is not None:
+        pipeline.observe_stage = metrics.stage
+        if pipeline.batcher is not None:
+            pipeline.batcher.on_batch = metrics.batch
     app = Flask("serving")
     app.json.sort_keys = False
     limit = config.max_payload_bytes
     output_types = tuple(pipeline.output_types) if pipeline.output_types is not None else None
+    metrics_port = str(config.metrics_port) if config.metrics_port is not None else None
+    with open(OPENAPI_PATH, "rb") as spec:
+        openapi = spec.read()
 
     def render(error: errors.ServingError) -> Response:
-        response = app.json.response(error.to_dict())
+        body = error.to_dict()
+        body["request_id"] = logs.request_id.get() or None
+        response = app.json.response(body)
         response.status_code = error.status_code
         response.headers.update(error.headers)
         return response
@@ -71,19 +110,51 @@ def create_app(config: Config, pipeline: Pipeline, runtime: Runtime | None = Non
         return render(errors.ServingError(message))
 
     @app.before_request
-    def start_timer() -> None:
-        g.started = time.perf_counter()
-        g.arrived = time.monotonic()
+    def start_request() -> None:
+        g.arrived = request.environ.get(ARRIVED_KEY) or time.monotonic()
+        g.request_id = request_id_of(request.headers.get)
+        # Reset in teardown: the HTTP thread serves other requests next.
+        g.id_token = logs.request_id.set(g.request_id)
+        if metrics is not None:
+            metrics.in_flight.inc()
+            g.counted = True
+        if metrics_port is not None and (request.path == "/metrics") != (
+                request.environ.get("SERVER_PORT") == metrics_port):
+            # /metrics only on its own port, and nothing else there.
+            raise errors.NotFound(f"no route {request.method} {request.path}")
 
     @app.after_request
-    def log_access(response: Response) -> Response:
-        elapsed_ms = (time.perf_counter() - g.get("started", time.perf_counter())) * 1000
+    def finish_request(response: Response) -> Response:
+        response.headers[RESPONSE_ID_HEADER] = g.get("request_id") or ""
+        elapsed = time.monotonic() - g.get("arrived", time.monotonic())
+        route = request.url_rule.rule if request.url_rule is not None else NO_ROUTE
+        status = response.status_code
+        if metrics is not None:
+            header = request.headers.get("Content-Type")
+            try:
+                content_type = content_type_of(header) if header else None
+            except ValueError:
+                content_type = "invalid"
+            metrics.request_done(route, status, content_type, elapsed)
+            if route.endswith("/invocations"):
+                metrics.bodies(request.content_length or 0, response.content_length)
         # /ping comes every few seconds from the host: keep it out of INFO logs.
         level = logging.DEBUG if request.path == "/ping" else logging.INFO
         if access_log.isEnabledFor(level):
             log_access_line(level, '%s "%s %s" %d %.1fms', request.remote_addr, request.method,
-                            request.full_path.rstrip("?"), response.status_code, elapsed_ms)
+                            request.full_path.rstrip("?"), status, elapsed * 1000,
+                            fields={"status": status, "latency_ms": round(elapsed * 1000, 3),
+                                    "method": request.method, "path": request.path,
+                                    "remote": request.remote_addr})
         return response
+
+    @app.teardown_request
+    def end_request(_: BaseException | None) -> None:
+        if g.pop("counted", False):
+            metrics.in_flight.dec()  # type: ignore[union-attr]
+        token = g.pop("id_token", None)
+        if token is not None:
+            logs.request_id.reset(token)
 
     def require_ready() -> None:
         if not pipeline.ready:
@@ -118,13 +189,36 @@ def create_app(config: Config, pipeline: Pipeline, runtime: Runtime | None = Non
         accepts = accepted(accept_header, output_types, config.default_accept)
         if not accepts:
             raise errors.NotAcceptable(accept_header or "", pipeline.output_types or [])
+        attributes = request.headers.get(CUSTOM_ATTRIBUTES_HEADER)
+        if attributes is not None and not valid_custom_attributes(attributes):
+            raise errors.BadRequest(f"{CUSTOM_ATTRIBUTES_HEADER} must be 1-1024 visible ASCII "
+                                    f"characters")
         body = read_body(limit)
-        arrived = request.environ.get(ARRIVED_KEY, g.arrived)
+        reply: dict[str, str] = {}
+        details = {
+            "request_id": g.request_id,
+            "custom_attributes": attributes,
+            "target_variant": request.headers.get(TARGET_VARIANT_HEADER),
+            "inference_id": request.headers.get(REQUEST_ID_HEADERS[0]),
+            "reply": reply,
+        }
         payload, media_type = runtime.call(
             pipeline.invoke, body, content_type, accepts, request.headers,
-            arrived + runtime.deadline_seconds, started=arrived,
+            g.arrived + runtime.deadline_seconds, details, started=g.arrived,
         )
-        return Response(payload, status=200, content_type=media_type)
+        response = Response(payload, status=200, content_type=media_type)
+        if "custom_attributes" in reply:
+            response.headers[CUSTOM_ATTRIBUTES_HEADER] = reply["custom_attributes"]
+        return response
+
+    if metrics is not None:
+        @app.get("/metrics")
+        def prometheus_metrics() -> Response:
+            return Response(metrics.exposition(), content_type=METRICS_CONTENT_TYPE)
+
+    @app.get("/openapi.json")
+    def openapi_spec() -> Response:
+        return Response(openapi, content_type="application/json")
 
     return app
 
@@ -142,11 +236,15 @@ def accepted(header: str | None, offered: tuple[str, ...] | None, default: str) 
     return acceptable_types(header, offered, default)
 
 
-def log_access_line(level: int, message: str, *args: object) -> None:
+def log_access_line(level: int, message: str, *args: object,
+                    fields: dict[str, t.Any] | None = None) -> None:
     """One access line: the record ``logging.log`` makes, without its walk up the stack to
-    find the caller (a third of its cost, paid on every request; the caller is known)."""
+    find the caller (a third of its cost, paid on every request; the caller is known).
+
+    :param fields: record attributes for structured logs (status, latency_ms, …).
+    """
     access_log.handle(access_log.makeRecord(access_log.name, level, __file__, 0, message, args,
-                                            None))
+                                            None, extra=fields))
 
 
 def read_body(limit: int) -> bytes:

@@ -29,6 +29,7 @@ import typing as t
 
 import numpy as np
 
+from serving import logs
 from serving.errors import DeadlineExceeded
 
 __all__ = ["Batcher", "batch_key", "batched", "join", "split"]
@@ -89,12 +90,14 @@ def split(output: t.Any, rows: t.Sequence[int]) -> list[t.Any] | None:
 
 
 class _Request:
-    __slots__ = ("data", "key", "rows", "deadline", "queued", "result", "error", "done")
+    __slots__ = ("data", "key", "rows", "deadline", "queued", "result", "error", "done",
+                 "request_id")
 
     def __init__(self, data: np.ndarray, key: tuple[t.Any, ...], deadline: float) -> None:
         self.data, self.key, self.deadline = data, key, deadline
         self.queued = time.monotonic()
         self.rows = data.shape[0]
+        self.request_id = logs.request_id.get()  # for the log lines of its batch
         self.result: t.Any = None
         self.error: BaseException | None = None
         self.done = threading.Lock()
@@ -127,6 +130,8 @@ class Batcher:
         #: waits for more while there are clients it does not hold a request of yet: under
         #: load they send their next one within the delay. A lone client never waits.
         self.clients: t.Callable[[], int] = lambda: 0
+        #: Called with each batch's request and row counts (the server's metrics).
+        self.on_batch: t.Callable[[int, int], None] | None = None
         self._cond = threading.Condition(threading.Lock())
         self._thread: threading.Thread | None = None
         self._warned = False
@@ -212,8 +217,19 @@ class Batcher:
                             request.finish(error=exc)
 
     def _predict(self, batch: list[_Request]) -> None:
+        # Log lines of the joined call carry the ids of all its requests.
+        token = logs.request_id.set(",".join(r.request_id for r in batch if r.request_id))
+        try:
+            self._predict_joined(batch)
+        finally:
+            logs.request_id.reset(token)
+
+    def _predict_joined(self, batch: list[_Request]) -> None:
+        rows = sum(r.rows for r in batch)
         if log.isEnabledFor(logging.DEBUG):
-            log.debug("batch of %d requests, %d rows", len(batch), sum(r.rows for r in batch))
+            log.debug("batch of %d requests, %d rows", len(batch), rows)
+        if self.on_batch is not None:
+            self.on_batch(len(batch), rows)
         try:
             output = self.predict(join([r.data for r in batch]))
         except Exception as exc:

@@ -6,7 +6,9 @@ import dataclasses
 import importlib.util
 import logging
 import os
+import shutil
 import sys
+import tempfile
 import typing as t
 
 from serving.config import Config, ConfigError, cpu_count
@@ -15,10 +17,6 @@ from serving.errors import StartupError
 __all__ = ["main"]
 
 log = logging.getLogger("serving")
-
-# gunicorn's own layout, so that its lines and ours read as one log.
-LOG_FORMAT = "[%(asctime)s] [%(process)d] [%(levelname)s] %(name)s: %(message)s"
-LOG_DATE_FORMAT = "%Y-%m-%d %H:%M:%S %z"
 
 
 def _fail(message: str, code: int) -> t.NoReturn:
@@ -65,12 +63,35 @@ def main(argv: t.Sequence[str] | None = None) -> None:
         config = Config.load(argv)
     except ConfigError as exc:
         _fail(str(exc), 2)
-    logging.basicConfig(level=config.log_level, format=LOG_FORMAT, datefmt=LOG_DATE_FORMAT,
-                        stream=sys.stderr)
+    from serving import logs
+
+    logs.configure(config.log_level, config.log_format)
+    # The metrics directory, before any metric exists: every process of the server counts
+    # there. Ours unless the operator named one; emptied of any earlier run's files.
+    metrics_dir, own_dir = None, False
+    if config.metrics:
+        metrics_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+        own_dir = not metrics_dir
+        metrics_dir = metrics_dir or tempfile.mkdtemp(prefix="serving-metrics-")
+        from serving.metrics import prepare_directory
+
+        prepare_directory(metrics_dir)
+    master = os.getpid()
+    try:
+        _serve(config, metrics_dir)
+    finally:
+        # Workers leave through here too (gunicorn's forked children raise SystemExit up
+        # the stack they were forked in): only the master removes the directory.
+        if own_dir and os.getpid() == master:
+            shutil.rmtree(metrics_dir, ignore_errors=True)  # type: ignore[arg-type]
+
+
+def _serve(config: Config, metrics_dir: str | None) -> None:
 
     # Imported here so that `serve --help` and setting errors stay fast.
     from handlers.content import PluginError, default_registry
     from serving.devices import gpu_count, plan_devices
+    from serving.metrics import Metrics
     from serving.pipeline import Pipeline
     from serving.server import ServingApplication
     from serving.user_code import import_user_module, install_requirements, locate_user_script
@@ -101,12 +122,16 @@ def main(argv: t.Sequence[str] | None = None) -> None:
         )
         if config.batching:
             pipeline.enable_batching(config.max_batch_size, config.max_batch_delay_ms / 1000)
+        metrics = Metrics(metrics_dir, content_types=pipeline.input_types) \
+            if config.metrics else None
         if config.preload:
             pipeline.load_model()
+            if metrics is not None and pipeline.load_seconds is not None:
+                metrics.model_load_seconds.set(pipeline.load_seconds)
     except (StartupError, PluginError) as exc:
         _fail(str(exc), 1)
     except Exception as exc:  # model_fn failed: the traceback is the user's best clue
         log.exception("loading the model failed")
         _fail(f"loading the model failed: {type(exc).__name__}: {exc}", 1)
 
-    ServingApplication(config, pipeline, plan).run()
+    ServingApplication(config, pipeline, plan, metrics).run()

@@ -218,6 +218,16 @@ SETTINGS: tuple[Setting, ...] = (
             _positive_number, "Largest request body, in MiB; larger ones get 413.", metavar="MB"),
     Setting("log_level", "--log-level", "SAGEMAKER_CONTAINER_LOG_LEVEL", 20, _log_level,
             "Python log level, as a number (20) or a name (INFO).", metavar="LEVEL"),
+    Setting("log_format", "--log-format", "SERVING_LOG_FORMAT", "text", _choice("text", "json"),
+            "text: gunicorn's layout with the request id; json: one JSON object a line (time, "
+            "level, logger, message, request_id, worker, and status and latency_ms on access "
+            "lines).", metavar="FORMAT"),
+    Setting("metrics", "--metrics", "SERVING_METRICS", True, _bool,
+            "Serve Prometheus metrics at GET /metrics, added up across workers.", switch=True),
+    Setting("metrics_port", "--metrics-port", "SERVING_METRICS_PORT", None, _int_in(1, 65535),
+            "Serve /metrics on this port instead of the main one (which then answers 404 "
+            "there), so that a load balancer in front of the main port never exposes it.",
+            metavar="PORT", default_help="the main port"),
     Setting("program", "--program", "SAGEMAKER_PROGRAM", None, _text,
             "The user's script, in the submit directory. Unset: "
             "<model-dir>/code/inference.py when it exists.", metavar="FILE"),
@@ -265,6 +275,9 @@ class Config:
     default_accept: str
     max_payload_mb: float
     log_level: int
+    log_format: str
+    metrics: bool
+    metrics_port: int | None
     program: str | None
     submit_dir: str
     install_requirements: bool
@@ -338,6 +351,9 @@ class Config:
                 f"model directory {self.model_dir} does not exist or is not a directory "
                 f"(set --model-dir or SM_MODEL_DIR)"
             )
+        if self.metrics_port is not None and self.metrics_port == self.port:
+            raise ConfigError(f"{self.where('metrics_port')}={self.metrics_port} is the main "
+                              f"port; leave it unset to serve /metrics there")
 
     def where(self, name: str) -> str:
         """How a setting was given, for messages: ``--port``, ``SM_MODEL_DIR`` or ``default``."""

@@ -16,6 +16,7 @@ import dataclasses
 import inspect
 import logging
 import threading
+import time
 import types
 import typing as t
 
@@ -26,7 +27,7 @@ from serving import errors
 from serving.batching import Batcher, batch_key
 from serving.errors import BadRequest, ModelError, NotAcceptable, ServingError, StartupError
 
-__all__ = ["Context", "HOSTING_FUNCTIONS", "Pipeline"]
+__all__ = ["Context", "HOSTING_FUNCTIONS", "Pipeline", "valid_custom_attributes"]
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +53,36 @@ class Context:
     device: str = "cpu"
     #: The request headers (case-insensitive); empty for ``model_fn``.
     headers: t.Mapping[str, str] = dataclasses.field(default_factory=dict)
+    #: This request's id: the caller's ``X-Amzn-SageMaker-Inference-Id``, ``X-Request-Id``
+    #: or ``X-Amzn-RequestId``, else one made up; it is in every log line of the request.
+    request_id: str | None = None
+    #: ``X-Amzn-SageMaker-Custom-Attributes``: the caller's ``CustomAttributes``, as sent.
+    custom_attributes: str | None = None
+    #: ``X-Amzn-SageMaker-Target-Variant``: the production variant the caller asked for.
+    target_variant: str | None = None
+    #: ``X-Amzn-SageMaker-Inference-Id``: the caller's ``InferenceId``.
+    inference_id: str | None = None
+    # What the request's answer carries besides its body (see set_custom_attributes).
+    reply: dict[str, str] = dataclasses.field(default_factory=dict, repr=False, compare=False)
+
+    def set_custom_attributes(self, value: str) -> None:
+        """Send ``value`` back to the caller in ``X-Amzn-SageMaker-Custom-Attributes``
+        (the ``CustomAttributes`` of ``invoke_endpoint``'s response): at most 1024
+        visible ASCII characters."""
+        if not valid_custom_attributes(value):
+            raise ValueError(f"custom attributes must be 1-{MAX_CUSTOM_ATTRIBUTES} visible "
+                             f"ASCII characters, not {value[:40]!r}")
+        self.reply["custom_attributes"] = value
+
+
+#: Longest ``X-Amzn-SageMaker-Custom-Attributes`` value (SageMaker's own limit).
+MAX_CUSTOM_ATTRIBUTES = 1024
+
+
+def valid_custom_attributes(value: object) -> bool:
+    """1 to 1024 visible US-ASCII characters, spaces and tabs (an HTTP field value)."""
+    return (isinstance(value, str) and 0 < len(value) <= MAX_CUSTOM_ATTRIBUTES
+            and all(" " <= c <= "~" or c == "\t" for c in value))
 
 
 class UserFunction:
@@ -124,6 +155,10 @@ class Pipeline:
         self._load_lock = threading.Lock()
         #: Joins concurrent requests' inputs into one predict; None: batching off.
         self.batcher: Batcher | None = None
+        #: Called with each stage's name and duration in seconds (the server's metrics).
+        self.observe_stage: t.Callable[[str, float], None] | None = None
+        #: How long the model took to load, in seconds; None until loaded.
+        self.load_seconds: float | None = None
 
     @classmethod
     def from_module(
@@ -246,6 +281,7 @@ class Pipeline:
             if self._loaded:
                 return
             context = self.context
+            started = time.perf_counter()
             if self.framework_name is not None and self.framework is None:
                 self._use_framework(self.framework_name)
             model_fn = self.functions.get("model_fn")
@@ -271,7 +307,8 @@ class Pipeline:
                     f"{self.source}: model_fn returned a {type(self.model).__name__}, which "
                     f"cannot be called; define predict_fn(data, model) to say how to use it"
                 )
-            log.info("model ready (framework: %s, device: %s)",
+            self.load_seconds = time.perf_counter() - started
+            log.info("model ready in %.2f s (framework: %s, device: %s)", self.load_seconds,
                      self.framework_name or "none", context.device)
             if self.batcher is not None:
                 if self.predicts_batches:
@@ -312,9 +349,21 @@ class Pipeline:
     def _user(self, stage: str, name: str, *args: t.Any, context: Context) -> t.Any:
         return self._run(stage, name, lambda: self.functions[name](*args, context=context))
 
+    def _timed(self, stage: str, fn: t.Callable[..., t.Any], *args: t.Any,
+               **kwargs: t.Any) -> t.Any:
+        """``fn(*args, **kwargs)``, its duration reported as ``stage`` when it returns."""
+        observe = self.observe_stage
+        if observe is None:
+            return fn(*args, **kwargs)
+        started = time.perf_counter()
+        result = fn(*args, **kwargs)
+        observe(stage, time.perf_counter() - started)
+        return result
+
     def invoke(
         self, body: bytes, content_type: str, accept: str | t.Sequence[str],
         headers: t.Mapping[str, str], deadline: float = float("inf"),
+        details: t.Mapping[str, t.Any] | None = None,
     ) -> tuple[bytes, str]:
         """Answer one request: ``(response body, response media type)``.
 
@@ -324,38 +373,40 @@ class Pipeline:
             prediction passes to the next; none left is a 406.
         :param deadline: when the request's client stops waiting (``time.monotonic()``);
             a batch still to run leaves the request out past it.
+        :param details: more :class:`Context` fields: the request id, the SageMaker
+            headers, and ``reply``, the dict user code's answer headers go to.
         """
         accepts = [accept] if isinstance(accept, str) else list(accept)
-        context = dataclasses.replace(self.context, headers=headers)
+        context = dataclasses.replace(self.context, headers=headers, **(details or {}))
         fns = self.functions
         if "transform_fn" in fns:
-            result = self._user(
-                "predict", "transform_fn", self.model, body, content_type, accepts[0],
-                context=context,
-            )
+            result = self._timed("transform", self._user, "predict", "transform_fn", self.model,
+                                 body, content_type, accepts[0], context=context)
             return self._response(result, accepts[0], "transform_fn")
 
         batcher = self.batcher if self.predicts_batches else None
         if batcher is None:
-            prediction = self._predict(self._decode(body, content_type, context), context)
+            data = self._timed("decode", self._decode, body, content_type, context)
+            prediction = self._timed("predict", self._predict, data, context)
         else:
             batcher.expect()  # a batch gathering now may wait for this request
             try:
-                data = self._decode(body, content_type, context)
+                data = self._timed("decode", self._decode, body, content_type, context)
             except BaseException:
                 batcher.unexpect()
                 raise
             key = batch_key(data)
             if key is not None:
-                prediction = batcher.submit(data, key, deadline)
+                prediction = self._timed("predict", batcher.submit, data, key, deadline)
             else:  # not rows of a batch: predicted alone, as without batching
                 batcher.unexpect()
-                prediction = self._predict(data, context)
+                prediction = self._timed("predict", self._predict, data, context)
 
         if "output_fn" in fns:
-            result = self._user("encode", "output_fn", prediction, accepts[0], context=context)
+            result = self._timed("encode", self._user, "encode", "output_fn", prediction,
+                                 accepts[0], context=context)
             return self._response(result, accepts[0], "output_fn")
-        return self._encode(prediction, accepts)
+        return self._timed("encode", self._encode, prediction, accepts)
 
     def _decode(self, body: bytes, content_type: str, context: Context) -> t.Any:
         if "input_fn" in self.functions:

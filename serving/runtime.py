@@ -15,6 +15,7 @@ calls that arrive within a window and runs them as one, behind the same
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import os
 import queue
@@ -32,10 +33,12 @@ _QUEUED, _RUNNING, _DONE, _GIVEN_UP = range(4)
 
 
 class _Job:
-    __slots__ = ("fn", "args", "state", "result", "error", "done", "lock", "deadline")
+    __slots__ = ("fn", "args", "state", "result", "error", "done", "lock", "deadline", "context")
 
     def __init__(self, fn: t.Callable[..., t.Any], args: tuple[t.Any, ...], deadline: float) -> None:
         self.fn, self.args, self.deadline = fn, args, deadline
+        # The caller's context variables (its request id among them) go with the job.
+        self.context = contextvars.copy_context()
         self.state = _QUEUED
         self.result: t.Any = None
         self.error: BaseException | None = None
@@ -93,7 +96,7 @@ class Runtime:
                     continue
                 job.state = _RUNNING
             try:
-                result, error = job.fn(*job.args), None
+                result, error = job.context.run(job.fn, *job.args), None
             except BaseException as exc:  # handed to the caller, who raises it
                 result, error = None, exc
             with job.lock:

@@ -25,9 +25,11 @@ import typing as t
 from gunicorn.app.base import BaseApplication
 from gunicorn.arbiter import Arbiter
 
+from serving import logs
 from serving.app import create_app
 from serving.config import Config
 from serving.devices import DevicePlan
+from serving.metrics import Metrics, retire_process
 from serving.pipeline import Pipeline
 from serving.runtime import Runtime
 
@@ -52,14 +54,30 @@ def _assign_worker_index(arbiter: Arbiter, worker: t.Any) -> None:
     """
     taken = {getattr(w, "index", None) for w in arbiter.WORKERS.values()}
     worker.index = next(i for i in range(len(taken) + 1) if i not in taken)
+    application: ServingApplication = arbiter.app
+    application.spawned += 1
+    if application.spawned > application.config.workers and application.metrics is not None:
+        application.metrics.worker_restarts.inc()
 
 
 def _enter_worker(arbiter: Arbiter, worker: t.Any) -> None:
     """gunicorn's ``post_fork`` hook, in the new worker process: its device and threads."""
     application: ServingApplication = arbiter.app
     plan = application.plan
+    logs.worker_index = worker.index
     application.pipeline.enter_worker(worker.index, plan.device_for(worker.index),
                                       plan.threads_per_worker)
+
+
+def _worker_exited(arbiter: Arbiter, worker: t.Any) -> None:
+    """gunicorn's ``child_exit`` hook, in the master: fold the worker's metric files."""
+    application: ServingApplication = arbiter.app
+    directory = application.metrics.directory if application.metrics is not None else None
+    if directory is not None:
+        try:
+            retire_process(directory, worker.pid)
+        except OSError as exc:  # metrics must never take the server down
+            log.warning("could not fold the metrics of worker %s: %s", worker.pid, exc)
 
 
 def _gunicorn_log_level(level: int) -> str:
@@ -70,11 +88,17 @@ def _gunicorn_log_level(level: int) -> str:
     return "debug"
 
 
+def _address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def gunicorn_options(config: Config) -> dict[str, t.Any]:
     """Our settings, in gunicorn's names."""
+    bind = [_address(config.host, config.port)]
+    if config.metrics and config.metrics_port is not None:
+        bind.append(_address(config.host, config.metrics_port))
     return {
-        "bind": [f"[{config.host}]:{config.port}" if ":" in config.host
-                 else f"{config.host}:{config.port}"],
+        "bind": bind,
         "workers": config.workers,
         "worker_class": "serving.worker.ServingWorker",
         "threads": config.concurrency,
@@ -86,9 +110,11 @@ def gunicorn_options(config: Config) -> dict[str, t.Any]:
         "loglevel": _gunicorn_log_level(config.log_level),
         "accesslog": None,  # the app logs one line per request itself (serving.access)
         "errorlog": "-",
+        "logger_class": "serving.logs.GunicornLogger",
         "control_socket_disable": True,  # no management socket, no extra master thread
         "pre_fork": _assign_worker_index,
         "post_fork": _enter_worker,
+        "child_exit": _worker_exited,
         "proc_name": "serving",
     }
 
@@ -117,10 +143,14 @@ class ServingArbiter(Arbiter):
 class ServingApplication(BaseApplication):
     """The gunicorn application serving one pipeline."""
 
-    def __init__(self, config: Config, pipeline: Pipeline, plan: DevicePlan) -> None:
+    def __init__(self, config: Config, pipeline: Pipeline, plan: DevicePlan,
+                 metrics: Metrics | None = None) -> None:
         self.config = config
         self.pipeline = pipeline
         self.plan = plan
+        self.metrics = metrics
+        #: Workers forked so far: past config.workers, each replaces one that exited.
+        self.spawned = 0
         #: Per worker after fork: runs requests under their deadline.
         self.runtime = Runtime(config.concurrency, config.deadline_seconds)
         # One byte shared by the master and its forked workers: set when a stop dropped
@@ -148,7 +178,7 @@ class ServingApplication(BaseApplication):
                 self.cfg.set(key, value)
 
     def load(self) -> t.Any:
-        app = create_app(self.config, self.pipeline, self.runtime)
+        app = create_app(self.config, self.pipeline, self.runtime, self.metrics)
         if not self.config.preload:
             threading.Thread(target=self._load_in_worker, name="model-loader", daemon=True).start()
         return app
@@ -163,3 +193,5 @@ class ServingApplication(BaseApplication):
             # server instead of restarting the worker for ever.
             os._exit(Arbiter.WORKER_BOOT_ERROR)
         log.info("worker %s: model loaded", index)
+        if self.metrics is not None and self.pipeline.load_seconds is not None:
+            self.metrics.model_load_seconds.set(self.pipeline.load_seconds)

@@ -48,8 +48,9 @@ from urllib.parse import unquote_to_bytes, urlsplit
 import orjson
 from gunicorn.workers.base import Worker
 
-from serving import errors
-from serving.app import ARRIVED_KEY
+from serving import errors, logs
+from serving.app import ARRIVED_KEY, RESPONSE_ID_HEADER, content_type_of, request_id_of
+from serving.metrics import NO_ROUTE
 
 __all__ = ["ServingWorker", "parse_head"]
 
@@ -190,10 +191,12 @@ class _Connection:
     """One client connection and where its current request stands."""
 
     __slots__ = ("sock", "addr", "state", "buf", "head", "deadline", "body", "body_started",
-                 "received", "chunk_left", "arrived", "served", "fd", "answering")
+                 "received", "chunk_left", "arrived", "served", "fd", "answering", "port")
 
-    def __init__(self, sock: socket.socket, addr: t.Any, now: float, header_timeout: float) -> None:
+    def __init__(self, sock: socket.socket, addr: t.Any, now: float, header_timeout: float,
+                 port: str) -> None:
         self.sock, self.addr = sock, addr
+        self.port = port  # of the listener it came in on: the main port or the metrics one
         self.fd = sock.fileno()
         self.buf = bytearray()
         self.served = 0
@@ -230,16 +233,25 @@ def http_date() -> str:
     return text
 
 
-def _response_bytes(error: errors.ServingError, close: bool) -> bytes:
+def _response_bytes(error: errors.ServingError, close: bool, request_id: str) -> bytes:
     """A whole HTTP answer carrying ``error`` as our JSON body (the app's shape)."""
-    body = orjson.dumps(error.to_dict())
+    body = orjson.dumps({**error.to_dict(), "request_id": request_id})
     lines = [f"HTTP/1.1 {error.status_code} {HTTPStatus(error.status_code).phrase}",
              "Content-Type: application/json",
-             f"Content-Length: {len(body)}", f"Date: {http_date()}"]
+             f"Content-Length: {len(body)}", f"Date: {http_date()}",
+             f"{RESPONSE_ID_HEADER}: {request_id}"]
     lines += [f"{k}: {v}" for k, v in error.headers.items()]
     if close:
         lines.append("Connection: close")
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
+
+
+def _port_of(listener: t.Any) -> int | str:
+    try:
+        address = listener.getsockname()
+    except OSError:
+        return ""
+    return address[1] if isinstance(address, tuple) else ""
 
 
 class ServingWorker(Worker):
@@ -251,6 +263,7 @@ class ServingWorker(Worker):
         self.config = config
         self.runtime = application.runtime
         self.pipeline = application.pipeline
+        self.metrics = application.metrics
         if self.pipeline.batcher is not None:
             self.pipeline.batcher.clients = lambda: len(self.conns)
         self.header_timeout = float(config.header_timeout)
@@ -269,6 +282,8 @@ class ServingWorker(Worker):
         self.retiring = False
         self.dropped = 0
         self.server_addr = self.sockets[0].getsockname() if self.sockets else ("", 0)
+        # Each listener's port, for SERVER_PORT: /metrics may have a port of its own.
+        self.ports = {id(listener): str(_port_of(listener)) for listener in self.sockets}
         self.tasks: queue.SimpleQueue[t.Any] = queue.SimpleQueue()
         self.finished: queue.SimpleQueue[tuple[_Connection, bool]] = queue.SimpleQueue()
         self.wake_r, self.wake_w = os.pipe()
@@ -362,15 +377,16 @@ class ServingWorker(Worker):
                     log.warning("worker %s cannot accept: %s", self.pid, exc)
                     return
                 raise
-            self._add(sock, addr)
+            self._add(sock, addr, listener)
 
-    def _add(self, sock: socket.socket, addr: t.Any) -> None:
+    def _add(self, sock: socket.socket, addr: t.Any, listener: t.Any) -> None:
         sock.setblocking(False)
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except OSError:
             pass  # a Unix socket
-        conn = _Connection(sock, addr, time.monotonic(), self.header_timeout)
+        conn = _Connection(sock, addr, time.monotonic(), self.header_timeout,
+                           self.ports.get(id(listener), ""))
         self.conns[conn.fd] = conn
         self.recent.append(conn)
         self.selector.register(sock, selectors.EVENT_READ, conn)
@@ -506,14 +522,14 @@ class ServingWorker(Worker):
                 else:
                     self._refuse(conn, errors.RequestTimeout(
                         f"the request headers did not arrive within {self.header_timeout:g} s "
-                        f"(SERVING_HEADER_TIMEOUT)"))
+                        f"(SERVING_HEADER_TIMEOUT)"), slow_phase="headers")
             elif state in (_BODY, _CHUNKED):
                 elapsed = now - conn.body_started - BODY_GRACE_SECONDS
                 if elapsed > 0 and conn.received < self.min_body_rate * elapsed:
                     self._refuse(conn, errors.RequestTimeout(
                         f"the request body came slower than {self.min_body_rate / 1024:g} KiB/s "
                         f"(SERVING_MIN_BODY_RATE_KB): {conn.received} bytes in "
-                        f"{now - conn.body_started:.1f} s"))
+                        f"{now - conn.body_started:.1f} s"), slow_phase="body")
 
     # -- answering ---------------------------------------------------------------------
 
@@ -535,7 +551,7 @@ class ServingWorker(Worker):
                     try:
                         self._write(conn, _response_bytes(
                             errors.ServingError("internal error: the server failed to answer"),
-                            close=True))
+                            close=True, request_id=self._request_id(conn)))
                     except OSError:
                         pass
             self.finished.put((conn, keep))
@@ -589,7 +605,7 @@ class ServingWorker(Worker):
             "QUERY_STRING": query,
             "RAW_URI": target,
             "SERVER_NAME": str(server[0]) if isinstance(server, tuple) else "localhost",
-            "SERVER_PORT": str(server[1]) if isinstance(server, tuple) else "",
+            "SERVER_PORT": conn.port,
             "SERVER_PROTOCOL": head.version,
             "REMOTE_ADDR": conn.peer,
             "REMOTE_PORT": str(conn.addr[1]) if isinstance(conn.addr, tuple) else "",
@@ -688,13 +704,51 @@ class ServingWorker(Worker):
         except OSError:
             pass
 
-    def _refuse(self, conn: _Connection, error: errors.ServingError) -> None:
-        """Answer ``error`` from the loop and close, after a short linger."""
+    def _request_id(self, conn: _Connection) -> str:
+        """The id of the request ``conn`` holds: the client's when its head was read."""
+        head = conn.head
+        if head is None:
+            return request_id_of(lambda name: None)
+        return request_id_of(lambda name: next(iter(head.header(name.lower())), None))
+
+    def _route(self, head: Head | None) -> str:
+        """The route rule the request would have reached, for the metrics' label."""
+        if head is None:
+            return NO_ROUTE
+        try:
+            path = unquote_to_bytes(head.target.partition("?")[0]).decode("latin-1")
+            rule, _ = self.wsgi.url_map.bind("localhost").match(path, head.method,
+                                                                return_rule=True)
+            return rule.rule
+        except Exception:  # no such route or method, an odd target: none
+            return NO_ROUTE
+
+    def _refuse(self, conn: _Connection, error: errors.ServingError,
+                slow_phase: str | None = None) -> None:
+        """Answer ``error`` from the loop and close, after a short linger.
+
+        :param slow_phase: ``headers`` or ``body`` for a client refused as too slow.
+        """
         head = conn.head
         what = f"{head.method} {head.target}" if head is not None else "-"
-        access_log.info('%s "%s" %d (refused: %s)', conn.peer, what, error.status_code,
-                        error.message)
-        self._send_now(conn, _response_bytes(error, close=True))
+        request_id = self._request_id(conn)
+        token = logs.request_id.set(request_id)
+        try:
+            access_log.info('%s "%s" %d (refused: %s)', conn.peer, what, error.status_code,
+                            error.message, extra={"status": error.status_code,
+                                                  "remote": conn.peer})
+        finally:
+            logs.request_id.reset(token)
+        if self.metrics is not None:
+            content_type = None
+            if head is not None and head.header("content-type"):
+                try:
+                    content_type = content_type_of(head.header("content-type")[0])
+                except ValueError:
+                    content_type = "invalid"
+            self.metrics.request_refused(self._route(head), error.status_code, content_type,
+                                         slow_phase)
+        self._send_now(conn, _response_bytes(error, close=True, request_id=request_id))
         try:
             conn.sock.shutdown(socket.SHUT_WR)
         except OSError:
@@ -746,7 +800,7 @@ class ServingWorker(Worker):
                 sock, addr = listener.accept()
             except OSError:
                 return
-            self._add(sock, addr)
+            self._add(sock, addr, listener)
 
     def _stop_done(self, now: float) -> bool:
         """Whether a stopping worker may exit: nothing left to answer, or no time left."""

@@ -198,10 +198,12 @@ def test_user_client_error_keeps_its_status(tmp_path):
     def predict_fn(data, model):
         raise ClientError("field 'text' is missing", status_code=422)
 
-    response = make_client(tmp_path, module(predict_fn=predict_fn)).post("/invocations", json={})
+    response = make_client(tmp_path, module(predict_fn=predict_fn)).post(
+        "/invocations", json={}, headers={"X-Request-Id": "req-7"})
     assert response.status_code == 422
     assert response.get_json() == {"code": 422, "type": "ClientError",
-                                   "message": "field 'text' is missing"}
+                                   "message": "field 'text' is missing", "request_id": "req-7"}
+    assert response.headers["X-Request-Id"] == "req-7"
 
 
 def test_client_error_refuses_a_non_4xx_status():
@@ -215,9 +217,11 @@ def test_exception_in_user_code_is_500_naming_stage_and_type_not_text(tmp_path, 
 
     response = make_client(tmp_path, module(predict_fn=predict_fn)).post("/invocations", json=[1])
     assert response.status_code == 500
-    assert response.get_json() == {"code": 500, "type": "ModelError",
-                                   "message": "predict_fn raised FileNotFoundError",
-                                   "stage": "predict", "exception": "FileNotFoundError"}
+    body = response.get_json()
+    assert body.pop("request_id") == response.headers["X-Request-Id"]
+    assert body == {"code": 500, "type": "ModelError",
+                    "message": "predict_fn raised FileNotFoundError",
+                    "stage": "predict", "exception": "FileNotFoundError"}
     assert "secret" not in response.get_data(as_text=True)
     assert "Traceback" in caplog.text and "/opt/ml/model/secret/weights.bin" in caplog.text
 
