@@ -206,11 +206,17 @@ def test_batch_sizes_are_counted(serve, tmp_path):
         def predict_fn(data, model):
             return data * 2
     """)
-    server = serve(model_dir, "--workers", "1", "--max-batch-size", "8")
+    server = serve(model_dir, "--workers", "1", "--max-batch-size", "8", "--log-level", "DEBUG")
     with ThreadPoolExecutor(8) as pool:
-        statuses = list(pool.map(lambda _: requests.post(server.url(), json=[[1, 2, 3]])
-                                 .status_code, range(40)))
+        statuses = list(pool.map(lambda i: requests.post(
+            server.url(), json=[[1, 2, 3]], headers={"X-Request-Id": f"b-{i}"}).status_code,
+            range(40)))
     assert statuses == [200] * 40
+    # The batcher's lines carry the ids of the requests in the batch.
+    tagged = re.findall(r"\[([^\]]*)\] serving\.batching: batch of (\d+) requests", server.log)
+    assert tagged and all(len(ids.split(",")) == int(n) for ids, n in tagged), tagged
+    assert sorted(i for ids, _ in tagged for i in ids.split(",")) \
+        == sorted(f"b-{i}" for i in range(40))
     samples = scrape(server.url("/metrics"))
     batches = value(samples, "serving_batch_requests_count")
     assert value(samples, "serving_batch_requests_sum") == 40  # every request in one batch
