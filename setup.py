@@ -28,7 +28,7 @@ setup(
         # The load test users run against their container (tests/load/locustfile.py).
         "load": ["locust>=2.47,<3"],
         "test": ["pytest>=8", "requests>=2.31", "boto3>=1.34", "hypothesis>=6.100",
-                 "locust>=2.47,<3"],
+                 "locust>=2.47,<3", "schemathesis>=4,<5"],
     },
     entry_points={"console_scripts": ["serve=serving.cli:main"]},
 )

@@ -70,7 +70,7 @@ def create_app(config: Config, pipeline: Pipeline, runtime: Runtime | None = Non
         pipeline.observe_stage = metrics.stage
         if pipeline.batcher is not None:
             pipeline.batcher.on_batch = metrics.batch
-    app = Flask("serving")
+    app = Flask("serving", static_folder=None)  # no static files: no /static route
     app.json.sort_keys = False
     limit = config.max_payload_bytes
     output_types = tuple(pipeline.output_types) if pipeline.output_types is not None else None

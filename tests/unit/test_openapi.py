@@ -1,0 +1,51 @@
+"""The OpenAPI description in the repo against the app's real routes."""
+
+from __future__ import annotations
+
+import json
+import re
+
+from serving.app import OPENAPI_PATH, create_app
+from serving.config import Config
+from serving.pipeline import Pipeline
+from handlers.content import default_registry
+
+
+def app_routes(argv=()) -> dict[str, set[str]]:
+    config = Config.load(["--model-dir", "/", *argv], {})
+    pipeline = Pipeline({}, default_registry(), model_dir="/", framework=None)
+    app = create_app(config, pipeline)
+    routes: dict[str, set[str]] = {}
+    for rule in app.url_map.iter_rules():
+        path = re.sub(r"<(?:[^:<>]+:)?([^<>]+)>", r"{\1}", rule.rule)
+        routes.setdefault(path, set()).update(m for m in rule.methods
+                                              if m not in ("HEAD", "OPTIONS"))
+    return routes
+
+
+def test_every_route_is_described_and_nothing_else():
+    with open(OPENAPI_PATH, encoding="utf-8") as f:
+        spec = json.load(f)
+    described = {path: {method.upper() for method in operations}
+                 for path, operations in spec["paths"].items()}
+    assert app_routes() == described
+
+
+def test_every_operation_documents_its_errors_as_json():
+    with open(OPENAPI_PATH, encoding="utf-8") as f:
+        spec = json.load(f)
+    error = spec["components"]["schemas"]["Error"]
+    assert set(error["required"]) == {"code", "type", "message", "request_id"}
+    for path, operations in spec["paths"].items():
+        for method, operation in operations.items():
+            for status, response in operation["responses"].items():
+                if status.startswith(("4", "5")):
+                    if "$ref" in response:
+                        assert response["$ref"] == "#/components/responses/Error"
+                    else:
+                        assert response["content"]["application/json"]["schema"]["$ref"] \
+                            == "#/components/schemas/Error", (path, method, status)
+
+
+def test_without_metrics_the_route_is_gone():
+    assert "/metrics" not in app_routes(["--no-metrics"])
