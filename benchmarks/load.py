@@ -17,6 +17,9 @@ from wrk (2 threads); each server is its own session, stopped whole afterwards.
    fresh interpreter).
 4. Memory: total PSS of ``serve`` and its workers with 1, 2 and 4 workers, after 200
    requests each.
+5. Observability: the echo model with a 1 KB JSON body at 8 clients, ``--no-metrics``
+   against metrics on (the default), and metrics on with ``--log-format json``; two
+   alternating rounds, so that drift on a shared machine falls on every server alike.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import typing as t
 from pathlib import Path
 
 import numpy as np
@@ -232,16 +236,54 @@ def memory() -> str:
     return table(["workers", "processes", "PSS MiB (total)"], rows)
 
 
+def observability(duration: float) -> str:
+    model_dir = BUILD / "echo" / "model"
+    (model_dir / "code").mkdir(parents=True, exist_ok=True)
+    (model_dir / "code" / "inference.py").write_text(textwrap.dedent(ECHO_INFERENCE))
+    payload = BUILD / "echo" / "1k.json"
+    payload.write_bytes(json.dumps([[round(x, 6) for x in np.random.default_rng(0).random(60)]])
+                        .encode())
+    body = payload.read_bytes()
+    flags = {"metrics off": ["--no-metrics"], "metrics on": [],
+             "metrics on, JSON logs": ["--log-format", "json"]}
+    servers = {name: serve(f"obs-{i}", model_dir, "--workers", "2", "--threads", "4", *extra)
+               for i, (name, extra) in enumerate(flags.items())}
+    runs: dict[str, list[t.Any]] = {name: [] for name in flags}
+    try:
+        for server, url in servers.values():
+            ready(server, url, body)
+        for round_ in range(2):
+            for name, (server, url) in servers.items():
+                measure(server, url, str(payload), 8, 1)
+                runs[name].append(measure(server, url, str(payload), 8, duration))
+                print(f"  observability round {round_ + 1}, {name}: "
+                      f"{runs[name][-1].rps:.0f} req/s", flush=True)
+    finally:
+        for server, _ in servers.values():
+            server.stop()
+    base = sum(r.rps for r in runs["metrics off"]) / 2
+    rows = []
+    for name, results in runs.items():
+        rps = sum(r.rps for r in results) / 2
+        rows.append([name, " / ".join(f"{r.rps:.0f}" for r in results), f"{rps:.0f}",
+                     f"{rps / base:.2f}", " / ".join(f"{r.p99_ms:.1f}" for r in results),
+                     f"{sum(r.cpu_ms for r in results) / 2:.3f}",
+                     f"{sum(r.errors for r in results)}"])
+    return table(["echo, 1 KB JSON, 8 clients", "req/s (round 1 / 2)", "mean req/s",
+                  "× metrics off", "p99 ms (round 1 / 2)", "CPU ms/req", "errors"], rows)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description="our load benchmarks")
     parser.add_argument("--duration", type=float, default=8)
     parser.add_argument("--no-write", action="store_true", help="leave BENCHMARKS.md alone")
-    parser.add_argument("--only", default="overhead,batching,cold,memory")
+    parser.add_argument("--only", default="overhead,batching,cold,memory,observability")
     args = parser.parse_args()
     BUILD.mkdir(parents=True, exist_ok=True)
     parts = {"overhead": lambda: overhead(args.duration),
              "batching": lambda: batching(args.duration),
-             "cold": cold_start, "memory": memory}
+             "cold": cold_start, "memory": memory,
+             "observability": lambda: observability(args.duration)}
     for name in args.only.split(","):
         print(f"{name}:", flush=True)
         markdown = parts[name]()

@@ -8,7 +8,7 @@ import os
 import time
 import typing as t
 
-from flask import Flask, Response, g, request
+from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException
 
 from serving import errors, logs
@@ -35,18 +35,20 @@ ARRIVED_KEY = "serving.arrived"
 #: sends the first with every invocation), else one is made up. Answers carry it in
 #: ``X-Request-Id``.
 REQUEST_ID_HEADERS = ("X-Amzn-SageMaker-Inference-Id", "X-Request-Id", "X-Amzn-RequestId")
+_ID_ENVIRON_KEYS = tuple("HTTP_" + h.upper().replace("-", "_") for h in REQUEST_ID_HEADERS)
 RESPONSE_ID_HEADER = "X-Request-Id"
 CUSTOM_ATTRIBUTES_HEADER = "X-Amzn-SageMaker-Custom-Attributes"
-TARGET_VARIANT_HEADER = "X-Amzn-SageMaker-Target-Variant"
+#: WSGI environ keys of a request's state: its id, and what teardown undoes.
+REQUEST_ID_KEY = "serving.request_id"
+_TOKEN_KEY = "serving.id_token"
 #: The OpenAPI description of every route, kept beside this module and served as it is.
 OPENAPI_PATH = os.path.join(os.path.dirname(__file__), "openapi.json")
 
 
-def request_id_of(header: t.Callable[[str], str | None]) -> str:
-    """The id of a request whose headers ``header(name)`` reads: the caller's, when it is
-    short visible ASCII, else a new one."""
-    for name in REQUEST_ID_HEADERS:
-        value = header(name)
+def request_id_of(values: t.Iterable[str | None]) -> str:
+    """The id of a request, given the values of its :data:`REQUEST_ID_HEADERS` (``None``
+    for those it lacks): the caller's, when it is short visible ASCII, else a new one."""
+    for value in values:
         if value is not None:
             if logs.valid_request_id(value):
                 return value
@@ -80,7 +82,7 @@ def create_app(config: Config, pipeline: Pipeline, runtime: Runtime | None = Non
 
     def render(error: errors.ServingError) -> Response:
         body = error.to_dict()
-        body["request_id"] = logs.request_id.get() or None
+        body["request_id"] = request.environ.get(REQUEST_ID_KEY) or logs.request_id.get() or None
         response = app.json.response(body)
         response.status_code = error.status_code
         response.headers.update(error.headers)
@@ -109,50 +111,58 @@ def create_app(config: Config, pipeline: Pipeline, runtime: Runtime | None = Non
             message += f": {error}"
         return render(errors.ServingError(message))
 
+    # The hooks below run on every request: each reads Flask's request proxy once (every
+    # `request.x` is a context lookup) and keeps its state in the WSGI environ.
     @app.before_request
     def start_request() -> None:
-        g.arrived = request.environ.get(ARRIVED_KEY) or time.monotonic()
-        g.request_id = request_id_of(request.headers.get)
+        environ = request.environ
+        environ.setdefault(ARRIVED_KEY, time.monotonic())
+        rid = environ[REQUEST_ID_KEY] = request_id_of(environ.get(k) for k in _ID_ENVIRON_KEYS)
         # Reset in teardown: the HTTP thread serves other requests next.
-        g.id_token = logs.request_id.set(g.request_id)
-        if metrics is not None:
-            metrics.in_flight.inc()
-            g.counted = True
-        if metrics_port is not None and (request.path == "/metrics") != (
-                request.environ.get("SERVER_PORT") == metrics_port):
-            # /metrics only on its own port, and nothing else there.
-            raise errors.NotFound(f"no route {request.method} {request.path}")
+        environ[_TOKEN_KEY] = logs.request_id.set(rid)
+        if metrics_port is not None:
+            path = environ.get("PATH_INFO")
+            if (path == "/metrics") != (environ.get("SERVER_PORT") == metrics_port):
+                # /metrics only on its own port, and nothing else there.
+                raise errors.NotFound(f"no route {environ.get('REQUEST_METHOD')} {path}")
 
     @app.after_request
     def finish_request(response: Response) -> Response:
-        response.headers[RESPONSE_ID_HEADER] = g.get("request_id") or ""
-        elapsed = time.monotonic() - g.get("arrived", time.monotonic())
-        route = request.url_rule.rule if request.url_rule is not None else NO_ROUTE
+        req = request._get_current_object()  # type: ignore[attr-defined]
+        environ = req.environ
+        response.headers[RESPONSE_ID_HEADER] = environ.get(REQUEST_ID_KEY, "")
+        elapsed = time.monotonic() - environ.get(ARRIVED_KEY, time.monotonic())
+        rule = req.url_rule
+        route = rule.rule if rule is not None else NO_ROUTE
         status = response.status_code
         if metrics is not None:
-            header = request.headers.get("Content-Type")
+            header = environ.get("CONTENT_TYPE")
             try:
                 content_type = content_type_of(header) if header else None
             except ValueError:
                 content_type = "invalid"
             metrics.request_done(route, status, content_type, elapsed)
             if route.endswith("/invocations"):
-                metrics.bodies(request.content_length or 0, response.content_length)
+                metrics.bodies(req.content_length or 0, response.content_length)
         # /ping comes every few seconds from the host: keep it out of INFO logs.
-        level = logging.DEBUG if request.path == "/ping" else logging.INFO
+        path = environ.get("PATH_INFO", "")
+        level = logging.DEBUG if path == "/ping" else logging.INFO
         if access_log.isEnabledFor(level):
-            log_access_line(level, '%s "%s %s" %d %.1fms', request.remote_addr, request.method,
-                            request.full_path.rstrip("?"), status, elapsed * 1000,
+            method, remote = environ.get("REQUEST_METHOD"), environ.get("REMOTE_ADDR")
+            # The target as sent (the worker checked it has no spaces or line breaks), or
+            # rebuilt quoted; anything unprintable is escaped, so it cannot forge a line.
+            target = environ.get("RAW_URI") or req.full_path.rstrip("?")
+            if not (target.isascii() and target.isprintable()):
+                target = ascii(target)
+            log_access_line(level, '%s "%s %s" %d %.1fms', remote, method, target, status,
+                            elapsed * 1000,
                             fields={"status": status, "latency_ms": round(elapsed * 1000, 3),
-                                    "method": request.method, "path": request.path,
-                                    "remote": request.remote_addr})
+                                    "method": method, "path": path, "remote": remote})
         return response
 
     @app.teardown_request
     def end_request(_: BaseException | None) -> None:
-        if g.pop("counted", False):
-            metrics.in_flight.dec()  # type: ignore[union-attr]
-        token = g.pop("id_token", None)
+        token = request.environ.pop(_TOKEN_KEY, None)
         if token is not None:
             logs.request_id.reset(token)
 
@@ -178,33 +188,36 @@ def create_app(config: Config, pipeline: Pipeline, runtime: Runtime | None = Non
     @app.post("/endpoints/<name>/invocations")
     def invocations(name: str | None = None) -> Response:
         require_ready()
-        header = request.headers.get("Content-Type")
+        req = request._get_current_object()  # type: ignore[attr-defined]
+        environ = req.environ
+        header = environ.get("CONTENT_TYPE")
         try:
             content_type = content_type_of(header) if header else DEFAULT_CONTENT_TYPE
         except ValueError:
             raise errors.UnsupportedMediaType(header or "", pipeline.input_types or []) from None
         if pipeline.input_types is not None and content_type not in pipeline.input_types:
             raise errors.UnsupportedMediaType(content_type, pipeline.input_types)
-        accept_header = request.headers.get("Accept")
+        accept_header = environ.get("HTTP_ACCEPT")
         accepts = accepted(accept_header, output_types, config.default_accept)
         if not accepts:
             raise errors.NotAcceptable(accept_header or "", pipeline.output_types or [])
-        attributes = request.headers.get(CUSTOM_ATTRIBUTES_HEADER)
+        attributes = environ.get("HTTP_X_AMZN_SAGEMAKER_CUSTOM_ATTRIBUTES")
         if attributes is not None and not valid_custom_attributes(attributes):
             raise errors.BadRequest(f"{CUSTOM_ATTRIBUTES_HEADER} must be 1-1024 visible ASCII "
                                     f"characters")
-        body = read_body(limit)
+        body = read_body(req, limit)
         reply: dict[str, str] = {}
         details = {
-            "request_id": g.request_id,
+            "request_id": environ[REQUEST_ID_KEY],
             "custom_attributes": attributes,
-            "target_variant": request.headers.get(TARGET_VARIANT_HEADER),
-            "inference_id": request.headers.get(REQUEST_ID_HEADERS[0]),
+            "target_variant": environ.get("HTTP_X_AMZN_SAGEMAKER_TARGET_VARIANT"),
+            "inference_id": environ.get(_ID_ENVIRON_KEYS[0]),
             "reply": reply,
         }
+        arrived = environ[ARRIVED_KEY]
         payload, media_type = runtime.call(
-            pipeline.invoke, body, content_type, accepts, request.headers,
-            g.arrived + runtime.deadline_seconds, details, started=g.arrived,
+            pipeline.invoke, body, content_type, accepts, req.headers,
+            arrived + runtime.deadline_seconds, details, started=arrived,
         )
         response = Response(payload, status=200, content_type=media_type)
         if "custom_attributes" in reply:
@@ -247,7 +260,7 @@ def log_access_line(level: int, message: str, *args: object,
                                             None, extra=fields))
 
 
-def read_body(limit: int) -> bytes:
+def read_body(request: t.Any, limit: int) -> bytes:
     """The request body, refusing more than ``limit`` bytes.
 
     With a Content-Length the size is checked before anything is read; a

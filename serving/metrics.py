@@ -16,12 +16,22 @@ that worker's files (:func:`retire_process`): the files are at most
 shared lock on the directory and the fold an exclusive one, so no scrape sees a
 worker counted twice or not at all.
 
+Counting is buffered: a request adds to plain dicts under one lock (about a
+microsecond), and :meth:`Metrics.flush` writes the sums to the files, where a
+file write costs about as much per value. Each worker flushes on its loop's
+tick (four times a second), before it answers a scrape, and when it exits, so
+a scrape is at most a quarter of a second behind, and a worker killed with
+SIGKILL loses at most its last quarter second of counts. Written at once, a
+request's dozen writes cost about 25 µs of CPU: 10 % of an echo model's
+throughput.
+
 Without a directory (the app built in a test, without ``serve``) the metrics
 count in this process only.
 """
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import fcntl
 import glob
@@ -138,7 +148,8 @@ class Metrics:
             "transform (transform_fn, all three).", ["stage"], buckets=LATENCY_BUCKETS,
             registry=own)
         self.in_flight = Gauge(
-            "serving_requests_in_flight", "Requests being answered now.",
+            "serving_requests_in_flight", "Requests being answered now (each worker's count, "
+            "taken four times a second).",
             multiprocess_mode="livesum", registry=own)
         self.request_bytes = Histogram(
             "serving_request_body_bytes", "Size of invocation request bodies.",
@@ -168,6 +179,11 @@ class Metrics:
             ["phase"], registry=own)
         # Children by label values, made once: .labels() takes a lock and hashes each time.
         self._children: dict[tuple[t.Any, ...], t.Any] = {}
+        # What was counted since the last flush: counter → amount; histogram →
+        # [sum, count per bucket] (not cumulative, as prometheus_client stores them).
+        self._counts: dict[t.Any, float] = {}
+        self._observations: dict[t.Any, list[t.Any]] = {}
+        self._pending_lock = threading.Lock()
 
     def _child(self, metric: t.Any, *values: str) -> t.Any:
         key = (metric, *values)
@@ -190,40 +206,71 @@ class Metrics:
                 return content_type
         return OTHER_CONTENT_TYPE
 
+    # -- buffering --------------------------------------------------------------------
+
+    def _count(self, counter: t.Any, amount: float = 1.0) -> None:
+        with self._pending_lock:
+            self._counts[counter] = self._counts.get(counter, 0.0) + amount
+
+    def _observe(self, histogram: t.Any, value: float) -> None:
+        bounds = histogram._upper_bounds  # ends with +Inf
+        bucket = bisect.bisect_left(bounds, value)  # the first bound >= value
+        with self._pending_lock:
+            pending = self._observations.get(histogram)
+            if pending is None:
+                pending = self._observations[histogram] = [0.0, [0] * len(bounds)]
+            pending[0] += value
+            pending[1][bucket] += 1
+
+    def flush(self) -> None:
+        """Write what was counted since the last flush to the metric values (the files)."""
+        with self._pending_lock:
+            counts, self._counts = self._counts, {}
+            observations, self._observations = self._observations, {}
+        for counter, amount in counts.items():
+            counter.inc(amount)
+        for histogram, (total, buckets) in observations.items():
+            # What Histogram.observe does per value, once for the lot.
+            histogram._sum.inc(total)
+            for value, count in zip(histogram._buckets, buckets):
+                if count:
+                    value.inc(count)
+
     # -- what is counted --------------------------------------------------------------
 
     def request_done(self, route: str, status: int, content_type: str | None,
                      seconds: float) -> None:
-        self._child(self.requests, route, str(status),
-                    self.content_type_label(content_type)).inc()
-        self._child(self.request_seconds, route).observe(seconds)
+        self._count(self._child(self.requests, route, str(status),
+                                self.content_type_label(content_type)))
+        self._observe(self._child(self.request_seconds, route), seconds)
         if status == 504:
-            self.deadline_exceeded.inc()
+            self._count(self.deadline_exceeded)
 
     def request_refused(self, route: str, status: int, content_type: str | None,
                         slow_phase: str | None = None) -> None:
         """A request the worker loop answered with an error before the app saw it."""
-        self._child(self.requests, route, str(status),
-                    self.content_type_label(content_type)).inc()
+        self._count(self._child(self.requests, route, str(status),
+                                self.content_type_label(content_type)))
         if slow_phase is not None:
-            self._child(self.slow_clients, slow_phase).inc()
+            self._count(self._child(self.slow_clients, slow_phase))
 
     def stage(self, stage: str, seconds: float) -> None:
-        self._child(self.stage_seconds, stage).observe(seconds)
+        self._observe(self._child(self.stage_seconds, stage), seconds)
 
     def bodies(self, request_bytes: int, response_bytes: int | None) -> None:
-        self.request_bytes.observe(request_bytes)
+        self._observe(self.request_bytes, request_bytes)
         if response_bytes is not None:
-            self.response_bytes.observe(response_bytes)
+            self._observe(self.response_bytes, response_bytes)
 
     def batch(self, requests: int, rows: int) -> None:
-        self.batch_requests.observe(requests)
-        self.batch_rows.observe(rows)
+        self._observe(self.batch_requests, requests)
+        self._observe(self.batch_rows, rows)
 
     # -- exposition -------------------------------------------------------------------
 
     def exposition(self) -> bytes:
         """Every metric of every process of the server, in the Prometheus text format."""
+        self.flush()
         if self.directory is None:
             return prometheus_client.generate_latest(self._registry)
         registry = CollectorRegistry()

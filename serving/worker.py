@@ -49,7 +49,8 @@ import orjson
 from gunicorn.workers.base import Worker
 
 from serving import errors, logs
-from serving.app import ARRIVED_KEY, RESPONSE_ID_HEADER, content_type_of, request_id_of
+from serving.app import (ARRIVED_KEY, REQUEST_ID_HEADERS, RESPONSE_ID_HEADER, content_type_of,
+                         request_id_of)
 from serving.metrics import NO_ROUTE
 
 __all__ = ["ServingWorker", "parse_head"]
@@ -309,6 +310,9 @@ class ServingWorker(Worker):
                 next_tick = now + TICK_SECONDS
                 self.notify()
                 self._expire(now)
+                if self.metrics is not None:
+                    self.metrics.in_flight.set(self.busy)
+                    self.metrics.flush()
             if self.stopping_at is None and (not self.alive or self.runtime.retire_reason):
                 self._begin_stop(now)
             if self.stopping_at is not None and self._stop_done(now):
@@ -708,8 +712,9 @@ class ServingWorker(Worker):
         """The id of the request ``conn`` holds: the client's when its head was read."""
         head = conn.head
         if head is None:
-            return request_id_of(lambda name: None)
-        return request_id_of(lambda name: next(iter(head.header(name.lower())), None))
+            return request_id_of(())
+        return request_id_of(next(iter(head.header(name.lower())), None)
+                             for name in REQUEST_ID_HEADERS)
 
     def _route(self, head: Head | None) -> str:
         """The route rule the request would have reached, for the metrics' label."""
@@ -822,6 +827,9 @@ class ServingWorker(Worker):
     def _exit(self) -> None:
         for conn in list(self.conns.values()):
             self._close(conn)
+        if self.metrics is not None:
+            self.metrics.in_flight.set(0)
+            self.metrics.flush()
         if self.dropped:
             log.error("worker %s: %d request(s) unanswered at the end of the %g s %s were "
                       "dropped", self.pid, self.dropped, self.stopping_grace,
