@@ -104,9 +104,9 @@ class Runtime:
                 late = job.state == _GIVEN_UP
                 if not late:
                     job.finish(_DONE, result, error)
-            if late:
-                log.warning("a request came back %.1f s past its deadline",
-                            time.monotonic() - job.deadline)
+            if late:  # logged in the job's context: the line carries its request id
+                job.context.run(log.warning, "a request came back %.1f s past its deadline",
+                                time.monotonic() - job.deadline)
 
     def call(self, fn: t.Callable[..., t.Any], *args: t.Any, started: float | None = None) -> t.Any:
         """``fn(*args)`` on a prediction thread, within the deadline.

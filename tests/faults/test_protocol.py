@@ -26,6 +26,8 @@ def assert_json_error(status, headers, body, code, says):
     assert headers["content-type"] == "application/json"
     answer = json.loads(body)
     assert answer["code"] == code and says in answer["message"], answer
+    # Refused by the worker loop or answered by the app: the request's id, both places.
+    assert answer["request_id"] and answer["request_id"] == headers["x-request-id"], answer
 
 
 def test_truncated_body_is_400_never_a_prediction(server):
@@ -78,11 +80,16 @@ def test_exception_text_stays_out_of_500_bodies(serve, faulty_model):
     response = requests.post(server.url(), json={"open": "/opt/ml/model/secret-weights.bin"},
                              timeout=10)
     assert response.status_code == 500
-    assert response.json() == {"code": 500, "type": "ModelError",
-                               "message": "predict_fn raised FileNotFoundError",
-                               "stage": "predict", "exception": "FileNotFoundError"}
+    body = response.json()
+    request_id = body.pop("request_id")
+    assert request_id == response.headers["X-Request-Id"]
+    assert body == {"code": 500, "type": "ModelError",
+                    "message": "predict_fn raised FileNotFoundError",
+                    "stage": "predict", "exception": "FileNotFoundError"}
     assert "secret" not in response.text
-    assert "secret-weights.bin" in server.log and "Traceback" in server.log  # for the operator
+    # For the operator, on the line of that request: the text and the traceback.
+    assert f"[{request_id}] serving.pipeline: predict_fn raised" in server.log
+    assert "secret-weights.bin" in server.log and "Traceback" in server.log
 
 
 def test_user_code_calling_sys_exit_is_a_500_and_the_worker_serves_on(serve, faulty_model):
