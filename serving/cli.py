@@ -72,10 +72,16 @@ def main(argv: t.Sequence[str] | None = None) -> None:
     if config.metrics:
         metrics_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
         own_dir = not metrics_dir
-        metrics_dir = metrics_dir or tempfile.mkdtemp(prefix="serving-metrics-")
-        from serving.metrics import prepare_directory
+        try:
+            metrics_dir = metrics_dir or _make_metrics_dir()
+            from serving.metrics import prepare_directory
 
-        prepare_directory(metrics_dir)
+            prepare_directory(metrics_dir)
+        except OSError as exc:  # a read-only filesystem: serve, without metrics
+            log.warning("metrics are off: their directory cannot be used (%s); set "
+                        "PROMETHEUS_MULTIPROC_DIR to a writable directory", exc)
+            config = dataclasses.replace(config, metrics=False)
+            metrics_dir, own_dir = None, False
     master = os.getpid()
     try:
         _serve(config, metrics_dir)
@@ -84,6 +90,18 @@ def main(argv: t.Sequence[str] | None = None) -> None:
         # the stack they were forked in): only the master removes the directory.
         if own_dir and os.getpid() == master:
             shutil.rmtree(metrics_dir, ignore_errors=True)  # type: ignore[arg-type]
+
+
+def _make_metrics_dir() -> str:
+    """A fresh directory for the workers' metric files: in shared memory when there is
+    some (writes to its memory maps never reach a disk), else the temporary directory."""
+    for parent in ("/dev/shm", None):
+        if parent is None or os.access(parent, os.W_OK):
+            try:
+                return tempfile.mkdtemp(prefix="serving-metrics-", dir=parent)
+            except OSError:
+                continue
+    raise OSError("no writable temporary directory")
 
 
 def _serve(config: Config, metrics_dir: str | None) -> None:
