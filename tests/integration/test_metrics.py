@@ -229,3 +229,10 @@ def test_batch_sizes_are_counted(serve, tmp_path):
     assert value(samples, "serving_batch_requests_sum") == 40  # every request in one batch
     assert value(samples, "serving_batch_rows_sum") == 40
     assert 1 <= batches <= 40
+
+
+def test_unwritable_metrics_directory_serves_without_metrics(serve):
+    server = serve(EXAMPLE, "--workers", "1", env={"PROMETHEUS_MULTIPROC_DIR": "/proc/serving-x"})
+    assert requests.post(server.url(), json=[[1, 2, 3]]).status_code == 200
+    assert requests.get(server.url("/metrics")).status_code == 404
+    assert "metrics are off: their directory cannot be used" in server.log
