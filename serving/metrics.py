@@ -43,6 +43,7 @@ import prometheus_client
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client import values as prometheus_values
 from prometheus_client.mmap_dict import MmapedDict
+from prometheus_client import multiprocess
 from prometheus_client.multiprocess import MultiProcessCollector
 
 __all__ = ["CONTENT_TYPE", "Metrics", "prepare_directory", "retire_process"]
@@ -108,7 +109,8 @@ def retire_process(path: str, pid: int) -> None:
                     archive.write_value(key, total + value, timestamp)
             finally:
                 archive.close()
-        for name in glob.glob(os.path.join(path, f"*_{pid}.db")):
+        multiprocess.mark_process_dead(pid, path)  # its live gauges (in flight)
+        for name in glob.glob(os.path.join(path, f"*_{pid}.db")):  # and all the rest
             os.remove(name)
 
 
