@@ -105,10 +105,22 @@ def test_counts_add_up_across_two_workers_and_survive_a_killed_worker(serve, tmp
     directory = tmp_path / "metrics"
     server = serve(EXAMPLE, "--workers", "2", "--threads", "2",
                    env={"PROMETHEUS_MULTIPROC_DIR": str(directory)})
-    send_sequence(server.url())
+    # Requests to another route until both workers have answered some (the second may
+    # still be starting): their count must add up over the two processes.
+    warm_up = 0
+    with ThreadPoolExecutor(8) as pool:
+        deadline = time.monotonic() + 30
+        while len(worker_pids(server.log)) < 2 and time.monotonic() < deadline:
+            statuses = list(pool.map(lambda _: requests.get(
+                server.url("/execution-parameters"), timeout=10).status_code, range(16)))
+            assert statuses == [200] * 16
+            warm_up += 16
     assert len(worker_pids(server.log)) == 2, "both workers should have answered"
+    send_sequence(server.url())
 
     first = scrape(server.url("/metrics"))
+    assert value(first, "serving_requests_total", route="/execution-parameters", status="200",
+                 content_type="") == warm_up
     assert_sequence_counted(first, times=1)
     assert value(first, "serving_worker_restarts_total") == 0
     assert value(first, "serving_model_load_seconds") > 0
