@@ -1,4 +1,5 @@
-"""The Flask app: routes, request limits and error rendering. No decoding, no model logic."""
+"""The Flask app: routes, request limits, request ids, metrics and error rendering. No
+decoding, no model logic."""
 
 from __future__ import annotations
 
