@@ -70,7 +70,7 @@ def main(argv: t.Sequence[str] | None = None) -> None:
     # there. Ours unless the operator named one; emptied of any earlier run's files.
     metrics_dir, own_dir = None, False
     if config.metrics:
-        metrics_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+        metrics_dir = config.metrics_dir
         own_dir = not metrics_dir
         try:
             metrics_dir = metrics_dir or _make_metrics_dir()

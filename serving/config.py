@@ -224,6 +224,10 @@ SETTINGS: tuple[Setting, ...] = (
             "lines).", metavar="FORMAT"),
     Setting("metrics", "--metrics", "SERVING_METRICS", True, _bool,
             "Serve Prometheus metrics at GET /metrics, added up across workers.", switch=True),
+    Setting("metrics_dir", "--metrics-dir", "PROMETHEUS_MULTIPROC_DIR", None, _path,
+            "Directory for the workers' metric files (prometheus_client's variable); emptied "
+            "at start. Unset: a fresh one in /dev/shm (else the temporary directory), removed "
+            "at exit.", metavar="DIR", default_help="a fresh one"),
     Setting("metrics_port", "--metrics-port", "SERVING_METRICS_PORT", None, _int_in(1, 65535),
             "Serve /metrics on this port instead of the main one (which then answers 404 "
             "there), so that a load balancer in front of the main port never exposes it.",
@@ -277,6 +281,7 @@ class Config:
     log_level: int
     log_format: str
     metrics: bool
+    metrics_dir: str | None
     metrics_port: int | None
     program: str | None
     submit_dir: str
