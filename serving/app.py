@@ -3,7 +3,6 @@ decoding, no model logic."""
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 import time
@@ -16,7 +15,7 @@ from serving import errors, logs
 from serving.config import Config
 from serving.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from serving.metrics import NO_ROUTE, Metrics
-from serving.negotiation import acceptable_types, parse_media_type
+from serving.negotiation import content_type_of, negotiate
 from serving.pipeline import Pipeline, valid_custom_attributes
 from serving.runtime import Runtime
 
@@ -25,8 +24,6 @@ __all__ = ["create_app"]
 log = logging.getLogger(__name__)
 access_log = logging.getLogger("serving.access")
 
-#: The Content-Type a request without one is taken to have.
-DEFAULT_CONTENT_TYPE = "application/json"
 #: ``BatchStrategy`` reported to batch transform: it may pack many records into one request.
 BATCH_STRATEGY = "MultiRecord"
 #: WSGI environ key where the server puts when a request arrived (``time.monotonic()``):
@@ -191,17 +188,9 @@ def create_app(config: Config, pipeline: Pipeline, runtime: Runtime | None = Non
         require_ready()
         req = request._get_current_object()  # type: ignore[attr-defined]
         environ = req.environ
-        header = environ.get("CONTENT_TYPE")
-        try:
-            content_type = content_type_of(header) if header else DEFAULT_CONTENT_TYPE
-        except ValueError:
-            raise errors.UnsupportedMediaType(header or "", pipeline.input_types or []) from None
-        if pipeline.input_types is not None and content_type not in pipeline.input_types:
-            raise errors.UnsupportedMediaType(content_type, pipeline.input_types)
-        accept_header = environ.get("HTTP_ACCEPT")
-        accepts = accepted(accept_header, output_types, config.default_accept)
-        if not accepts:
-            raise errors.NotAcceptable(accept_header or "", pipeline.output_types or [])
+        content_type, accepts = negotiate(environ.get("CONTENT_TYPE"), environ.get("HTTP_ACCEPT"),
+                                          pipeline.input_types, output_types,
+                                          config.default_accept)
         attributes = environ.get("HTTP_X_AMZN_SAGEMAKER_CUSTOM_ATTRIBUTES")
         if attributes is not None and not valid_custom_attributes(attributes):
             raise errors.BadRequest(f"{CUSTOM_ATTRIBUTES_HEADER} must be 1-1024 visible ASCII "
@@ -235,19 +224,6 @@ def create_app(config: Config, pipeline: Pipeline, runtime: Runtime | None = Non
         return Response(openapi, content_type="application/json")
 
     return app
-
-
-# Clients send the same few Content-Type and Accept headers again and again: parse each
-# once. Bounded, so that a client varying them costs memory no more than this.
-@functools.lru_cache(maxsize=512)
-def content_type_of(header: str) -> str:
-    return parse_media_type(header).essence
-
-
-@functools.lru_cache(maxsize=512)
-def accepted(header: str | None, offered: tuple[str, ...] | None, default: str) -> list[str]:
-    """:func:`acceptable_types`, cached: callers must not change the list."""
-    return acceptable_types(header, offered, default)
 
 
 def log_access_line(level: int, message: str, *args: object,

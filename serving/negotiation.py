@@ -1,5 +1,8 @@
 """Media types: parsing Content-Type and choosing a response type from Accept.
 
+:func:`negotiate` is the one place a request's Content-Type and Accept are
+decided (415 and 406 are raised there and nowhere else).
+
 Matching ignores parameters (``application/json; charset=utf-8`` is
 ``application/json``), and the response Content-Type is always the bare
 media type, because the SDK's deserializers compare it exactly.
@@ -7,10 +10,14 @@ media type, because the SDK's deserializers compare it exactly.
 
 from __future__ import annotations
 
+import functools
 import typing as t
 from dataclasses import dataclass, field
 
-__all__ = ["MediaRange", "MediaType", "acceptable_types", "choose_accept", "parse_accept", "parse_media_type"]
+from serving import errors
+
+__all__ = ["DEFAULT_CONTENT_TYPE", "MediaRange", "MediaType", "acceptable_types",
+           "choose_accept", "content_type_of", "negotiate", "parse_accept", "parse_media_type"]
 
 
 def _is_token(text: str) -> bool:
@@ -153,3 +160,48 @@ def choose_accept(
     """The preferred response media type for an Accept header, or ``None`` for 406."""
     acceptable = acceptable_types(header, offered, default)
     return acceptable[0] if acceptable else None
+
+
+#: The Content-Type a request without one is taken to have.
+DEFAULT_CONTENT_TYPE = "application/json"
+
+
+# Clients send the same few Content-Type and Accept headers again and again: parse each
+# once. Bounded, so that a client varying them costs memory no more than this.
+@functools.lru_cache(maxsize=512)
+def content_type_of(header: str) -> str:
+    """The bare media type of a Content-Type header; ``ValueError`` when it is not one."""
+    return parse_media_type(header).essence
+
+
+@functools.lru_cache(maxsize=512)
+def _acceptable(header: str | None, offered: tuple[str, ...] | None,
+                default: str) -> list[str]:
+    return acceptable_types(header, offered, default)
+
+
+def negotiate(
+    content_type_header: str | None, accept_header: str | None,
+    decodable: t.Sequence[str] | None, encodable: tuple[str, ...] | None, default_accept: str,
+) -> tuple[str, list[str]]:
+    """Everything a request's two media-type headers decide, in one place.
+
+    :param decodable: the request types the pipeline decodes (``None``: user code takes
+        any); ``encodable``: the answer types it encodes (``None``: user code writes any).
+    :returns: the request's bare media type, and the acceptable answer types, most
+        preferred first (callers must not change the list: it is cached).
+    :raises UnsupportedMediaType: 415, a Content-Type that is not one, or not decodable.
+    :raises NotAcceptable: 406, no encodable type that the Accept header allows.
+    """
+    try:
+        content_type = (content_type_of(content_type_header) if content_type_header
+                        else DEFAULT_CONTENT_TYPE)
+    except ValueError:
+        raise errors.UnsupportedMediaType(content_type_header or "", decodable or []) from None
+    if decodable is not None and content_type not in decodable:
+        raise errors.UnsupportedMediaType(content_type, decodable)
+    accepts = _acceptable(accept_header, encodable, default_accept)
+    if not accepts:
+        raise errors.NotAcceptable(accept_header or "", encodable or [])
+    return content_type, accepts
+

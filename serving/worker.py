@@ -49,9 +49,9 @@ import orjson
 from gunicorn.workers.base import Worker
 
 from serving import errors, logs
-from serving.app import (ARRIVED_KEY, REQUEST_ID_HEADERS, RESPONSE_ID_HEADER, content_type_of,
-                         request_id_of)
+from serving.app import ARRIVED_KEY, REQUEST_ID_HEADERS, RESPONSE_ID_HEADER, request_id_of
 from serving.metrics import NO_ROUTE
+from serving.negotiation import content_type_of
 
 __all__ = ["ServingWorker", "parse_head"]
 

@@ -65,3 +65,27 @@ def test_choose_accept_when_user_code_encodes():
     assert choose_accept("text/html, */*", None, "application/json") == "text/html"
     assert choose_accept("*/*", None, "application/json") == "application/json"
     assert choose_accept(None, None, "text/csv") == "text/csv"
+
+
+def test_negotiate_decides_both_headers_or_raises_415_406():
+    import pytest
+
+    from serving.errors import NotAcceptable, UnsupportedMediaType
+    from serving.negotiation import negotiate
+
+    decodable, encodable = ["application/json", "text/csv"], ("application/json", "text/csv")
+    assert negotiate(None, None, decodable, encodable, "application/json") \
+        == ("application/json", ["application/json"])
+    assert negotiate("text/csv; charset=utf-8", "text/csv, */*;q=0.1", decodable, encodable,
+                     "application/json") == ("text/csv", ["text/csv", "application/json"])
+    with pytest.raises(UnsupportedMediaType) as refused:
+        negotiate("image/gif", None, decodable, encodable, "application/json")
+    assert refused.value.status_code == 415 and refused.value.supported == decodable
+    with pytest.raises(UnsupportedMediaType):
+        negotiate("not a type", None, decodable, encodable, "application/json")
+    with pytest.raises(NotAcceptable) as refused:
+        negotiate(None, "image/png", decodable, encodable, "application/json")
+    assert refused.value.status_code == 406
+    # User code decodes and encodes: any well-formed type passes both ways.
+    assert negotiate("image/gif", "text/html", None, None, "application/json") \
+        == ("image/gif", ["text/html"])
