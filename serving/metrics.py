@@ -145,9 +145,9 @@ class Metrics:
             "by route.", ["route"], buckets=LATENCY_BUCKETS, registry=own)
         self.stage_seconds = Histogram(
             "serving_stage_duration_seconds", "Time in each stage of an invocation: decode "
-            "(input_fn or the content handler), predict (predict_fn or the framework, "
-            "with its wait in a batch), encode (output_fn or the content handler), or "
-            "transform (transform_fn, all three).", ["stage"], buckets=LATENCY_BUCKETS,
+            "(input_fn or the content handler), predict (predict_fn, the framework or "
+            "transform_fn, with any wait for a batch), encode (output_fn or the content "
+            "handler).", ["stage"], buckets=LATENCY_BUCKETS,
             registry=own)
         self.in_flight = Gauge(
             "serving_requests_in_flight", "Requests being answered now (each worker's count, "

@@ -1,5 +1,7 @@
 """The hosting-function contract: resolving ``model_fn`` … ``transform_fn``
-from the user's module, loading the model once, and running one request.
+from the user's module, loading the model once, and running one request as
+three stages, ``encode(predict(decode(body)))``, each chosen once when the
+model is loaded (the user's function, else a content handler or the framework).
 
 Each function is optional and may take one extra trailing ``context``
 argument (a :class:`Context`). Missing ones fall back to the content
@@ -53,6 +55,10 @@ class Context:
     device: str = "cpu"
     #: The request headers (case-insensitive); empty for ``model_fn``.
     headers: t.Mapping[str, str] = dataclasses.field(default_factory=dict)
+    #: The request's bare media type, and the answer type negotiated first (``None`` for
+    #: ``model_fn``).
+    content_type: str | None = None
+    accept: str | None = None
     #: This request's id: the caller's ``X-Amzn-SageMaker-Inference-Id``, ``X-Request-Id``
     #: or ``X-Amzn-RequestId``, else one made up; it is in every log line of the request.
     request_id: str | None = None
@@ -159,6 +165,11 @@ class Pipeline:
         self.observe_stage: t.Callable[[str, float], None] | None = None
         #: How long the model took to load, in seconds; None until loaded.
         self.load_seconds: float | None = None
+        # The three stages, chosen when the model is loaded (see _choose_stages).
+        self.decode: t.Callable[[bytes, str, Context], t.Any]
+        self.predict: t.Callable[[t.Any, Context, float], t.Any]
+        self.encode: t.Callable[[t.Any, list[str], Context], tuple[bytes, str]]
+        self._predict_one: t.Callable[[t.Any, Context], t.Any]
 
     @classmethod
     def from_module(
@@ -233,7 +244,7 @@ class Pipeline:
     def enable_batching(self, max_size: int, max_delay: float) -> None:
         """Join the inputs of concurrent requests into predict calls of up to ``max_size``
         rows, waiting at most ``max_delay`` seconds (see :mod:`serving.batching`)."""
-        self.batcher = Batcher(lambda data: self._predict(data, self.context),
+        self.batcher = Batcher(lambda data: self._predict_one(data, self.context),
                                max_size=max_size, max_delay=max_delay)
 
     @property
@@ -321,6 +332,7 @@ class Pipeline:
                         else "predict_fn is not marked @serving.batched"
                         if "predict_fn" in self.functions
                         else "the model is called as a plain function (no framework)")
+            self._choose_stages()
             self._loaded = True
 
     # -- one request -------------------------------------------------------------
@@ -349,14 +361,13 @@ class Pipeline:
     def _user(self, stage: str, name: str, *args: t.Any, context: Context) -> t.Any:
         return self._run(stage, name, lambda: self.functions[name](*args, context=context))
 
-    def _timed(self, stage: str, fn: t.Callable[..., t.Any], *args: t.Any,
-               **kwargs: t.Any) -> t.Any:
-        """``fn(*args, **kwargs)``, its duration reported as ``stage`` when it returns."""
+    def _timed(self, stage: str, fn: t.Callable[..., t.Any], *args: t.Any) -> t.Any:
+        """``fn(*args)``, its duration reported as ``stage`` when it returns."""
         observe = self.observe_stage
         if observe is None:
-            return fn(*args, **kwargs)
+            return fn(*args)
         started = time.perf_counter()
-        result = fn(*args, **kwargs)
+        result = fn(*args)
         observe(stage, time.perf_counter() - started)
         return result
 
@@ -365,7 +376,8 @@ class Pipeline:
         headers: t.Mapping[str, str], deadline: float = float("inf"),
         details: t.Mapping[str, t.Any] | None = None,
     ) -> tuple[bytes, str]:
-        """Answer one request: ``(response body, response media type)``.
+        """Answer one request: ``(response body, response media type)``, as
+        ``encode(predict(decode(body)))`` with the stages chosen at load time.
 
         :param content_type: the bare request media type (parameters are in ``headers``).
         :param accept: the negotiated response media types, most preferred first
@@ -377,60 +389,108 @@ class Pipeline:
             headers, and ``reply``, the dict user code's answer headers go to.
         """
         accepts = [accept] if isinstance(accept, str) else list(accept)
-        context = dataclasses.replace(self.context, headers=headers, **(details or {}))
+        context = dataclasses.replace(self.context, headers=headers, content_type=content_type,
+                                      accept=accepts[0], **(details or {}))
+        timed = self._timed
+        data = timed("decode", self.decode, body, content_type, context)
+        prediction = timed("predict", self.predict, data, context, deadline)
+        return timed("encode", self.encode, prediction, accepts, context)
+
+    # -- the three stages, chosen once --------------------------------------------
+
+    def _choose_stages(self) -> None:
+        """Set :attr:`decode`, :attr:`predict` and :attr:`encode` from the user's functions,
+        the content handlers and the framework handler (known once the model is loaded),
+        and the batcher: requests then run with no question of who does what.
+
+        - ``decode(body, content_type, context)`` → data;
+        - ``predict(data, context, deadline)`` → prediction;
+        - ``encode(prediction, accepts, context)`` → (body, media type).
+
+        ``transform_fn`` is the predict stage; decode passes the body on, and encode
+        checks what it returned.
+        """
         fns = self.functions
         if "transform_fn" in fns:
-            result = self._timed("transform", self._user, "predict", "transform_fn", self.model,
-                                 body, content_type, accepts[0], context=context)
-            return self._response(result, accepts[0], "transform_fn")
-
-        batcher = self.batcher if self.predicts_batches else None
-        if batcher is None:
-            data = self._timed("decode", self._decode, body, content_type, context)
-            prediction = self._timed("predict", self._predict, data, context)
+            self.decode = _pass_body
+            self.predict = self._transform
+            self.encode = _transform_answer
+            return
+        self.decode = self._user_decode if "input_fn" in fns else self._handler_decode
+        if "predict_fn" in fns:
+            predict_one = self._user_predict
+        elif self.framework is not None:
+            predict_one = self._framework_predict
         else:
-            batcher.expect()  # a batch gathering now may wait for this request
+            predict_one = self._call_model
+        self._predict_one = predict_one
+        self.predict = lambda data, context, deadline: predict_one(data, context)
+        self.encode = self._user_encode if "output_fn" in fns else self._handler_encode
+        if self.batcher is not None and self.predicts_batches:
+            self.decode, self.predict = self._batching_stages(self.decode, predict_one)
+
+    def _batching_stages(self, decode: t.Callable[..., t.Any],
+                         predict_one: t.Callable[..., t.Any]) -> tuple[t.Callable[..., t.Any],
+                                                                       t.Callable[..., t.Any]]:
+        """Decode and predict for batching: a request announces itself to the batcher when
+        it starts decoding (a batch gathering now may wait for it), and its input joins
+        a batch when it is rows of one; else it is predicted alone, as without batching."""
+        batcher = self.batcher
+        assert batcher is not None
+
+        def decode_announced(body: bytes, content_type: str, context: Context) -> t.Any:
+            batcher.expect()
             try:
-                data = self._timed("decode", self._decode, body, content_type, context)
+                return decode(body, content_type, context)
             except BaseException:
                 batcher.unexpect()
                 raise
+
+        def predict_batched(data: t.Any, context: Context, deadline: float) -> t.Any:
             key = batch_key(data)
-            if key is not None:
-                prediction = self._timed("predict", batcher.submit, data, key, deadline)
-            else:  # not rows of a batch: predicted alone, as without batching
+            if key is None:
                 batcher.unexpect()
-                prediction = self._timed("predict", self._predict, data, context)
+                return predict_one(data, context)
+            return batcher.submit(data, key, deadline)
 
-        if "output_fn" in fns:
-            result = self._timed("encode", self._user, "encode", "output_fn", prediction,
-                                 accepts[0], context=context)
-            return self._response(result, accepts[0], "output_fn")
-        return self._timed("encode", self._encode, prediction, accepts)
+        return decode_announced, predict_batched
 
-    def _decode(self, body: bytes, content_type: str, context: Context) -> t.Any:
-        if "input_fn" in self.functions:
-            return self._user("decode", "input_fn", body, content_type, context=context)
+    def _user_decode(self, body: bytes, content_type: str, context: Context) -> t.Any:
+        return self._user("decode", "input_fn", body, content_type, context=context)
+
+    def _handler_decode(self, body: bytes, content_type: str, context: Context) -> t.Any:
         decoder = self.registry.get(content_type)
-        assert decoder is not None, "the app checks the Content-Type against input_types"
+        assert decoder is not None, "negotiation checks the Content-Type against input_types"
         return self._run("decode", f"the {content_type} decoder", decoder.decode, body)
 
-    def _predict(self, data: t.Any, context: Context) -> t.Any:
-        """The predict stage: one request's input, or a batch's joined input."""
-        if "predict_fn" in self.functions:
-            return self._user("predict", "predict_fn", data, self.model, context=context)
-        if self.framework is not None:
-            framework = self.framework
-            return self._run("predict", f"the {framework.name} model", framework.predict,
-                             self.model, data, context.device)
+    def _user_predict(self, data: t.Any, context: Context) -> t.Any:
+        return self._user("predict", "predict_fn", data, self.model, context=context)
+
+    def _framework_predict(self, data: t.Any, context: Context) -> t.Any:
+        framework = self.framework
+        assert framework is not None
+        return self._run("predict", f"the {framework.name} model", framework.predict,
+                         self.model, data, context.device)
+
+    def _call_model(self, data: t.Any, context: Context) -> t.Any:
         return self._run("predict", "the model", self.model, data)
 
-    def _encode(self, prediction: t.Any, accepts: list[str]) -> tuple[bytes, str]:
+    def _transform(self, body: bytes, context: Context, deadline: float) -> t.Any:
+        return self._user("predict", "transform_fn", self.model, body, context.content_type,
+                          context.accept, context=context)
+
+    def _user_encode(self, prediction: t.Any, accepts: list[str],
+                     context: Context) -> tuple[bytes, str]:
+        result = self._user("encode", "output_fn", prediction, accepts[0], context=context)
+        return self._response(result, accepts[0], "output_fn")
+
+    def _handler_encode(self, prediction: t.Any, accepts: list[str],
+                        context: Context) -> tuple[bytes, str]:
         """The first acceptable type whose encoder can write ``prediction``."""
         refusals = []
         for media_type in accepts:
             encoder = self.registry.get(media_type)
-            assert encoder is not None, "the app negotiates Accept against output_types"
+            assert encoder is not None, "negotiation checks Accept against output_types"
 
             def attempt(encoder: t.Any = encoder) -> t.Any:
                 try:
@@ -461,3 +521,14 @@ class Pipeline:
             f"{name} returned a {type(result).__name__}; it must return bytes or str, "
             f"or (body, content_type)"
         )
+
+
+def _pass_body(body: bytes, content_type: str, context: Context) -> bytes:
+    """transform_fn's decode stage: it takes the body as it came."""
+    return body
+
+
+def _transform_answer(result: t.Any, accepts: list[str], context: Context) -> tuple[bytes, str]:
+    """transform_fn's encode stage: what it returned, checked."""
+    return Pipeline._response(result, accepts[0], "transform_fn")
+
