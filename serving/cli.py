@@ -1,4 +1,5 @@
-"""``serve``: read the settings, prepare the user's code and model, start gunicorn."""
+"""``serve``: read the settings, set up logs and metrics, assemble the server
+(:mod:`serving.assembly`) and hand it to gunicorn (:mod:`serving.server`)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import sys
 import tempfile
 import typing as t
 
-from serving.config import Config, ConfigError, cpu_count
+from serving.config import Config, ConfigError
 from serving.errors import StartupError
 
 __all__ = ["main"]
@@ -22,21 +23,6 @@ log = logging.getLogger("serving")
 def _fail(message: str, code: int) -> t.NoReturn:
     print(f"serve: error: {message}", file=sys.stderr)
     raise SystemExit(code)
-
-
-#: Thread-count variables of the math libraries frameworks use, read when each starts.
-THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS",
-                    "MXNET_CPU_WORKER_NTHREADS")
-
-
-def _set_thread_variables(threads_per_worker: int) -> None:
-    """Workers share the CPUs: each math library gets about cores / workers threads.
-
-    Set before any framework is imported (they read these when they start), unless
-    the user set them.
-    """
-    for name in THREAD_VARIABLES:
-        os.environ.setdefault(name, str(threads_per_worker))
 
 
 def _reexec_for_chainer(argv: t.Sequence[str] | None) -> None:
@@ -105,51 +91,16 @@ def _make_metrics_dir() -> str:
 
 
 def _serve(config: Config, metrics_dir: str | None) -> None:
-
     # Imported here so that `serve --help` and setting errors stay fast.
-    from handlers.content import PluginError, default_registry
-    from serving.devices import gpu_count, plan_devices
-    from serving.metrics import Metrics
-    from serving.pipeline import Pipeline
+    from handlers.content import PluginError
+    from serving.assembly import assemble
     from serving.server import ServingApplication
-    from serving.user_code import import_user_module, install_requirements, locate_user_script
 
     try:
-        plan = plan_devices(config, gpu_count(), cpu_count())
-        # GPU serving loads per worker after fork, one worker per GPU by default.
-        config = dataclasses.replace(config, workers=plan.workers,
-                                     preload=config.preload and plan.kind == "cpu")
-        log.info("devices: %s, %d worker(s), %d thread(s) each%s", plan.kind, plan.workers,
-                 plan.threads_per_worker, f", GPUs {list(plan.gpus)}" if plan.gpus else "")
-        _set_thread_variables(plan.threads_per_worker)
-        registry = default_registry()  # built-in handlers and installed plugins, once
-        script = locate_user_script(config)
-        module = None
-        if script is not None:
-            if config.install_requirements:
-                install_requirements(script)
-            module = import_user_module(script)
-        else:
-            log.info("no user script found; serving with the default handlers")
-        # After the user's module, whose own handlers get the limit too.
-        registry.limit_decoded(config.max_decoded_bytes)
-        pipeline = Pipeline.from_module(
-            module, registry, model_dir=config.model_dir, default_accept=config.default_accept,
-            framework=config.framework, trust_pickled_models=config.trust_pickled_models,
-            debug_errors=config.debug_errors,
-        )
-        if config.batching:
-            pipeline.enable_batching(config.max_batch_size, config.max_batch_delay_ms / 1000)
-        metrics = Metrics(metrics_dir, content_types=pipeline.input_types) \
-            if config.metrics else None
-        if config.preload:
-            pipeline.load_model()
-            if metrics is not None and pipeline.load_seconds is not None:
-                metrics.model_load_seconds.set(pipeline.load_seconds)
+        assembly = assemble(config, metrics_dir)
     except (StartupError, PluginError) as exc:
         _fail(str(exc), 1)
     except Exception as exc:  # model_fn failed: the traceback is the user's best clue
         log.exception("loading the model failed")
         _fail(f"loading the model failed: {type(exc).__name__}: {exc}", 1)
-
-    ServingApplication(config, pipeline, plan, metrics).run()
+    ServingApplication(assembly).run()

@@ -27,10 +27,9 @@ from gunicorn.arbiter import Arbiter
 
 from serving import logs
 from serving.app import create_app
+from serving.assembly import Assembly
 from serving.config import Config
-from serving.devices import DevicePlan
-from serving.metrics import Metrics, retire_process
-from serving.pipeline import Pipeline
+from serving.metrics import retire_process
 from serving.runtime import Runtime
 
 __all__ = ["ServingApplication", "gunicorn_options"]
@@ -143,12 +142,13 @@ class ServingArbiter(Arbiter):
 class ServingApplication(BaseApplication):
     """The gunicorn application serving one pipeline."""
 
-    def __init__(self, config: Config, pipeline: Pipeline, plan: DevicePlan,
-                 metrics: Metrics | None = None) -> None:
-        self.config = config
-        self.pipeline = pipeline
-        self.plan = plan
-        self.metrics = metrics
+    def __init__(self, assembly: Assembly) -> None:
+        self.assembly = assembly
+        self.config = config = assembly.config
+        #: The model every worker serves (one per server, for now).
+        self.pipeline = assembly.default
+        self.plan = assembly.plan
+        self.metrics = assembly.metrics
         #: Workers forked so far: past config.workers, each replaces one that exited.
         self.spawned = 0
         #: Per worker after fork: runs requests under their deadline.

@@ -1,0 +1,105 @@
+"""Assembly: from the settings to the parts of a server, with no HTTP.
+
+``serve`` (the gunicorn host) builds from here, and so will every other host
+(a Ray Serve deployment, batch transform): the device plan, the content
+handlers, the user's code, the models by name, the metrics. What each host
+adds is how requests reach :meth:`serving.pipeline.Pipeline.invoke`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+
+from serving.config import Config, cpu_count
+from serving.devices import DevicePlan
+from serving.metrics import Metrics
+from serving.pipeline import Pipeline
+
+__all__ = ["Assembly", "DEFAULT_MODEL", "THREAD_VARIABLES", "assemble"]
+
+log = logging.getLogger("serving")
+
+#: The name of the one model of a single-model server.
+DEFAULT_MODEL = "default"
+
+#: Thread-count variables of the math libraries frameworks use, read when each starts.
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS",
+                    "MXNET_CPU_WORKER_NTHREADS")
+
+
+@dataclasses.dataclass
+class Assembly:
+    """A server's parts, ready for a host."""
+
+    #: The settings as the device plan left them (workers, preload).
+    config: Config
+    plan: DevicePlan
+    #: The models the server holds, by name; a single-model server holds
+    #: :data:`DEFAULT_MODEL`.
+    models: dict[str, Pipeline]
+    #: ``None`` when metrics are off.
+    metrics: Metrics | None
+
+    @property
+    def default(self) -> Pipeline:
+        return self.models[DEFAULT_MODEL]
+
+
+def _set_thread_variables(threads_per_worker: int) -> None:
+    """Workers share the CPUs: each math library gets about cores / workers threads.
+
+    Set before any framework is imported (they read these when they start), unless
+    the user set them.
+    """
+    for name in THREAD_VARIABLES:
+        os.environ.setdefault(name, str(threads_per_worker))
+
+
+def assemble(config: Config, metrics_dir: str | None = None) -> Assembly:
+    """Plan the devices, import the user's code, resolve the hosting functions, and (with
+    ``config.preload``) load the model.
+
+    :param metrics_dir: the multiprocess metrics directory, made ready by the caller.
+    :raises serving.errors.StartupError: settings or user code that cannot serve.
+    :raises handlers.content.PluginError: a content-handler plugin that cannot load.
+    Any other exception comes from loading the model (``model_fn``).
+    """
+    # Imported here so that `serve --help` and setting errors stay fast.
+    from handlers.content import default_registry
+    from serving.devices import gpu_count, plan_devices
+    from serving.user_code import import_user_module, install_requirements, locate_user_script
+
+    plan = plan_devices(config, gpu_count(), cpu_count())
+    # GPU serving loads per worker after fork, one worker per GPU by default.
+    config = dataclasses.replace(config, workers=plan.workers,
+                                 preload=config.preload and plan.kind == "cpu")
+    log.info("devices: %s, %d worker(s), %d thread(s) each%s", plan.kind, plan.workers,
+             plan.threads_per_worker, f", GPUs {list(plan.gpus)}" if plan.gpus else "")
+    _set_thread_variables(plan.threads_per_worker)
+    registry = default_registry()  # built-in handlers and installed plugins, once
+    script = locate_user_script(config)
+    module = None
+    if script is not None:
+        if config.install_requirements:
+            install_requirements(script)
+        module = import_user_module(script)
+    else:
+        log.info("no user script found; serving with the default handlers")
+    # After the user's module, whose own handlers get the limit too.
+    registry.limit_decoded(config.max_decoded_bytes)
+    pipeline = Pipeline.from_module(
+        module, registry, model_dir=config.model_dir, default_accept=config.default_accept,
+        framework=config.framework, trust_pickled_models=config.trust_pickled_models,
+        debug_errors=config.debug_errors,
+    )
+    if config.batching:
+        pipeline.enable_batching(config.max_batch_size, config.max_batch_delay_ms / 1000)
+    metrics = Metrics(metrics_dir, content_types=pipeline.input_types) if config.metrics \
+        else None
+    if config.preload:
+        pipeline.load_model()
+        if metrics is not None and pipeline.load_seconds is not None:
+            metrics.model_load_seconds.set(pipeline.load_seconds)
+    return Assembly(config=config, plan=plan, models={DEFAULT_MODEL: pipeline}, metrics=metrics)
