@@ -17,6 +17,13 @@ PAIRS = {"i am tired": "ich bin müde", "the cat is black": "die katze ist schwa
          "where is the station ?": "wo ist der bahnhof ?", "thank you": "danke"}
 
 
+def one_record() -> bytes:
+    """A recordio body of one record of token ids (<unk>s: a refusal ignores them)."""
+    record = Record()
+    record.features["source"].int32_tensor.values.extend([1, 1])
+    return write_recordio([record.SerializeToString()])
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     with served_example("seq2seq", tmp_path_factory) as server:
@@ -41,7 +48,9 @@ def test_json_instances_through_the_sdk(server):
     assert np.allclose(matrix.sum(axis=1), 1, atol=1e-5)
 
 
-def test_recordio_token_ids_through_boto3_in_request_order(server, model_dir):
+# The notebook's call sends ContentType and no Accept, and reads records back.
+@pytest.mark.parametrize("accept", [None, "application/x-recordio-protobuf"])
+def test_recordio_token_ids_through_boto3_in_request_order(server, model_dir, accept):
     import boto3
 
     source = json.loads((model_dir / "vocab.src.json").read_text(encoding="utf-8"))
@@ -60,7 +69,7 @@ def test_recordio_token_ids_through_boto3_in_request_order(server, model_dir):
                           aws_secret_access_key="test")
     answer = client.invoke_endpoint(EndpointName="seq2seq", Body=write_recordio(payloads),
                                     ContentType="application/x-recordio-protobuf",
-                                    Accept="application/x-recordio-protobuf")
+                                    **({"Accept": accept} if accept else {}))
     assert answer["ContentType"] == "application/x-recordio-protobuf"
     records = [Record.FromString(p) for p in read_recordio(answer["Body"].read())]
     got = [" ".join(target[i] for i in r.features["target"].int32_tensor.values)
@@ -75,6 +84,8 @@ def test_recordio_token_ids_through_boto3_in_request_order(server, model_dir):
     ('{"instances": [{"data": ""}]}', "application/json", "application/json", 400),
     ('{"instances": [{"text": "hello"}]}', "application/json", "application/json", 400),
     ("[1, 2, 3]", "application/json", "application/json", 422),
+    # Records are answered in records: an Accept that excludes them is refused.
+    (one_record(), "application/x-recordio-protobuf", "application/json", 406),
 ])
 def test_bad_requests_are_4xx(server, body, content_type, accept, status):
     response = requests.post(server.url(), data=body,

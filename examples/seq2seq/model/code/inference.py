@@ -10,8 +10,9 @@ Two request forms, as the notebook's Sockeye-based endpoint takes them:
   (vocab.src.json; <unk> 1) → records with features["target"] int32 ids
   (vocab.trg.json), one per request record, in request order.
 
-The server decodes both bodies (JSON → dict, records → Record messages) and
-encodes the answer by Accept; predict_fn answers in the request's form.
+The server decodes both bodies (JSON → dict, records → Record messages);
+predict_fn and output_fn answer in the request's form, when Accept allows it
+(no Accept does, as in the notebook's record call).
 """
 
 import json
@@ -24,6 +25,7 @@ from attention import UNK, Translator
 from handlers.content import default_registry
 from handlers.content.recordio import Record
 from serving import ClientError
+from serving.negotiation import acceptable_types
 
 MAX_WORDS = 100
 
@@ -94,13 +96,16 @@ def predict_fn(data, model):
                       'features["source"]', status_code=422)
 
 
-def output_fn(prediction, accept):
-    """JSON answers JSON requests, records answer records; a mismatch is the client's."""
+def output_fn(prediction, accept, context):
+    """JSON answers JSON requests, records answer records, whatever the default Accept
+    says: the notebook's record call sends no Accept and reads records back, as
+    SageMaker's built-in seq2seq answers. An Accept that excludes the request's form
+    is the client's mistake: 406."""
+    form = "application/json" if isinstance(prediction, dict) else \
+        "application/x-recordio-protobuf"
+    if not acceptable_types(context.headers.get("Accept"), [form], form):
+        raise ClientError(f"{'JSON' if isinstance(prediction, dict) else 'record'} requests "
+                          f"are answered in {form}", status_code=406)
     if isinstance(prediction, dict):
-        if accept != "application/json":
-            raise ClientError("JSON requests are answered in application/json", status_code=406)
-        return json.dumps(prediction, ensure_ascii=False), "application/json"
-    if accept != "application/x-recordio-protobuf":
-        raise ClientError("record requests are answered in application/x-recordio-protobuf",
-                          status_code=406)
-    return default_registry().get(accept).encode(prediction), accept
+        return json.dumps(prediction, ensure_ascii=False), form
+    return default_registry().get(form).encode(prediction), form
