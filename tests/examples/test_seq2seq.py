@@ -35,6 +35,39 @@ def model_dir(server):
     return server.model_dir
 
 
+def runtime_client(server):
+    import boto3
+
+    return boto3.client("sagemaker-runtime", endpoint_url=server.url(""),
+                        region_name="us-east-1", aws_access_key_id="test",
+                        aws_secret_access_key="test")
+
+
+def test_the_notebooks_json_calls_as_written(server):
+    # Its two boto3 calls: ContentType and Body only, the answer read as JSON.
+    runtime = runtime_client(server)
+    sentences = ["i am tired", "thank you"]
+    payload = {"instances": []}
+    for sent in sentences:
+        payload["instances"].append({"data": sent})
+    response = runtime.invoke_endpoint(EndpointName="seq2seq", ContentType="application/json",
+                                       Body=json.dumps(payload))
+    response = json.loads(response["Body"].read().decode("utf-8"))
+    assert response == {"predictions": [{"target": "ich bin müde"}, {"target": "danke"}]}
+
+    sentence = "the cat is black"
+    payload = {"instances": [{"data": sentence,
+                              "configuration": {"attention_matrix": "true"}}]}
+    response = runtime.invoke_endpoint(EndpointName="seq2seq", ContentType="application/json",
+                                       Body=json.dumps(payload))
+    response = json.loads(response["Body"].read().decode("utf-8"))["predictions"][0]
+    attention_matrix = np.array(response["matrix"])
+    assert response["target"] == "die katze ist schwarz"
+    # The notebook's plot_matrix asserts this shape.
+    assert attention_matrix.shape[0] == len(response["target"].split())
+    assert attention_matrix.shape[1] == len(sentence.split())
+
+
 def test_json_instances_through_the_sdk(server):
     payload = {"instances": [
         {"data": "i am tired"},
@@ -51,8 +84,6 @@ def test_json_instances_through_the_sdk(server):
 # The notebook's call sends ContentType and no Accept, and reads records back.
 @pytest.mark.parametrize("accept", [None, "application/x-recordio-protobuf"])
 def test_recordio_token_ids_through_boto3_in_request_order(server, model_dir, accept):
-    import boto3
-
     source = json.loads((model_dir / "vocab.src.json").read_text(encoding="utf-8"))
     target = {i: w for w, i in json.loads(
         (model_dir / "vocab.trg.json").read_text(encoding="utf-8")).items()}
@@ -64,10 +95,7 @@ def test_recordio_token_ids_through_boto3_in_request_order(server, model_dir, ac
             [source.get(w, 1) for w in sentence.split()])
         record.features["target"].int32_tensor.values.extend([])
         payloads.append(record.SerializeToString())
-    client = boto3.client("sagemaker-runtime", endpoint_url=server.url(""),
-                          region_name="us-east-1", aws_access_key_id="test",
-                          aws_secret_access_key="test")
-    answer = client.invoke_endpoint(EndpointName="seq2seq", Body=write_recordio(payloads),
+    answer = runtime_client(server).invoke_endpoint(EndpointName="seq2seq", Body=write_recordio(payloads),
                                     ContentType="application/x-recordio-protobuf",
                                     **({"Accept": accept} if accept else {}))
     assert answer["ContentType"] == "application/x-recordio-protobuf"
