@@ -77,7 +77,10 @@ RETIRE_SECONDS = 10.0
 #: How often a worker whose threads are all busy still takes one waiting connection, so
 #: that nothing starves in the listen backlog while every worker is saturated. A worker
 #: with a free thread waits on the listener and takes new connections first. Only while
-#: the worker is finishing requests: one whose threads are stuck takes nothing more.
+#: the worker is finishing requests, two or more in the last SATURATED_PROGRESS_SECONDS:
+#: one whose threads are stuck takes nothing more. (With one, a worker whose last free
+#: thread had just answered a request and then taken a request that hangs took the next
+#: connection too, which waited there for its 504 instead of for a fresh worker.)
 #: The loop tries when it wakes anyway (a request finishing wakes it), at most this often.
 #: At 50 ms, the 32 connections wrk opens at once took up to 0.7 s to be accepted by two
 #: saturated workers, and p99 at 32 clients was 50-130 ms; at 5 ms it is about 20 ms.
@@ -277,7 +280,7 @@ class ServingWorker(Worker):
         self.conns: dict[int, _Connection] = {}
         self.busy = 0
         self.recent: list[_Connection] = []  # accepted within UNSTARTED_SECONDS
-        self.last_finished = 0.0
+        self.last_finished = self.previous_finished = 0.0  # the two latest answers' times
         self.listening = False
         self.stopping_at: float | None = None
         self.retiring = False
@@ -326,7 +329,7 @@ class ServingWorker(Worker):
             timeout = TICK_SECONDS
             if can_take and not self.listening:  # saturated
                 if now >= next_saturated_accept \
-                        and now - self.last_finished < SATURATED_PROGRESS_SECONDS:
+                        and now - self.previous_finished < SATURATED_PROGRESS_SECONDS:
                     next_saturated_accept = now + SATURATED_ACCEPT_SECONDS
                     for listener in self.sockets:
                         self._accept(listener, 1)
@@ -571,7 +574,7 @@ class ServingWorker(Worker):
             except queue.Empty:
                 return
             self.busy -= 1
-            self.last_finished = time.monotonic()
+            self.previous_finished, self.last_finished = self.last_finished, time.monotonic()
             conn.served += 1
             if not keep or self.stopping_at is not None:
                 self._close(conn)
