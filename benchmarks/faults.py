@@ -30,12 +30,11 @@ from tests.faults.conftest import (  # noqa: E402
     NUMPY_LINEAR,
     memory_kib,
     percentile,
-    wait_for,
     worker_pids,
 )
 from tests.faults.test_memory_bombs import npz_bomb, png_of_zeros  # noqa: E402
 from tests.faults.test_slow_clients import normal_client  # noqa: E402
-from tests.server_helpers import Server, write_model_dir  # noqa: E402
+from tests.server_helpers import Server, wait_for, write_model_dir  # noqa: E402
 
 SECONDS = 8  # of normal traffic per measurement
 rows: list[tuple[str, str, str]] = []

@@ -22,8 +22,8 @@ file write costs about as much per value. Each worker flushes on its loop's
 tick (four times a second), before it answers a scrape, and when it exits, so
 a scrape is at most a quarter of a second behind, and a worker killed with
 SIGKILL loses at most its last quarter second of counts. Written at once, a
-request's dozen writes cost about 25 µs of CPU: 10 % of an echo model's
-throughput.
+request's dozen writes cost 13 % of an echo model's requests/s (0.87 × metrics
+off; buffered: 0.92-0.95 ×, BENCHMARKS.md "Observability").
 
 Without a directory (the app built in a test, without ``serve``) the metrics
 count in this process only.

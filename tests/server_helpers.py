@@ -126,6 +126,16 @@ class Server:
         self._log.close()
 
 
+def wait_for(condition, timeout: float, what: str) -> None:
+    """Poll ``condition()`` until it is true; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
 def batch_sizes(log: str) -> list[int]:
     """The request count of every batch the batcher ran, from its DEBUG lines in ``log``."""
     return [int(n) for n in re.findall(r"batch of (\d+) requests", log)]

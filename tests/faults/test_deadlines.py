@@ -8,7 +8,8 @@ from concurrent.futures import ThreadPoolExecutor
 import requests
 
 from tests.faults.attackers import SteadyClient
-from tests.faults.conftest import wait_for, worker_pids
+from tests.faults.conftest import worker_pids
+from tests.server_helpers import wait_for
 
 
 def test_stuck_prediction_is_504_at_its_deadline_and_its_worker_replaced(serve, faulty_model):

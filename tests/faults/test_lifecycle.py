@@ -10,7 +10,8 @@ import time
 
 import requests
 
-from tests.faults.conftest import wait_for, worker_pids
+from tests.faults.conftest import worker_pids
+from tests.server_helpers import wait_for
 from tests.faults.attackers import SteadyClient
 
 

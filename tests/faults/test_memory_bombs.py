@@ -12,8 +12,8 @@ import pytest
 import requests
 from PIL import Image
 
-from tests.faults.conftest import NUMPY_LINEAR, memory_kib, wait_for, worker_pids
-from tests.server_helpers import write_model_dir
+from tests.faults.conftest import NUMPY_LINEAR, memory_kib, worker_pids
+from tests.server_helpers import wait_for, write_model_dir
 
 
 def png_of_zeros(side: int = 7999) -> bytes:

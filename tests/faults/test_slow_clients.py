@@ -11,9 +11,9 @@ from tests.faults.conftest import (
     NUMPY_LINEAR,
     percentile,
     raw_exchange,
-    wait_for,
     worker_pids,
 )
+from tests.server_helpers import wait_for
 
 
 def normal_client(url: str, seconds: float) -> tuple[list[float], list[int | str]]:

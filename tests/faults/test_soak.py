@@ -9,7 +9,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import requests
 
-from tests.faults.conftest import NUMPY_LINEAR, memory_kib, raw_exchange, wait_for, worker_pids
+from tests.faults.conftest import NUMPY_LINEAR, memory_kib, raw_exchange, worker_pids
+from tests.server_helpers import wait_for
 from tests.faults.test_memory_bombs import png_of_zeros
 
 TOTAL, CLIENTS = 10_000, 4

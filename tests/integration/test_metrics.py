@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.server_helpers import REPO, free_port
+from tests.server_helpers import REPO, free_port, wait_for
 
 EXAMPLE = REPO / "examples" / "numpy-linear" / "model"
 
@@ -69,15 +69,6 @@ def db_files(directory) -> list[str]:
     return sorted(p.name for p in directory.iterdir() if p.suffix == ".db")
 
 
-def wait_for(predicate, timeout: float = 30, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def assert_sequence_counted(samples: dict, times: int) -> None:
     for count, _, status in SEQUENCE:
         assert value(samples, "serving_requests_total", route="/invocations", status=str(status),
@@ -132,7 +123,7 @@ def test_counts_add_up_across_two_workers_and_survive_a_killed_worker(serve, tmp
         victim = int(sorted(worker_pids(server.log))[0]) if kills == 1 else newest_worker(server)
         os.kill(victim, signal.SIGKILL)
         wait_for(lambda: value(scrape(server.url("/metrics")), "serving_worker_restarts_total")
-                 == kills, what=f"restart {kills}")
+                 == kills, 30, f"restart {kills}")
         send_sequence(server.url())  # the new worker counts too
         files_after_kills.append(db_files(directory))
         samples = scrape(server.url("/metrics"))
