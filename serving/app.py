@@ -3,6 +3,7 @@ decoding, no model logic."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -16,6 +17,7 @@ from serving.config import Config
 from serving.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from serving.metrics import NO_ROUTE, Metrics
 from serving.negotiation import content_type_of, negotiate
+from serving.models import DEFAULT_MODEL, MAX_PAGE_SIZE, PAGE_SIZE, Models, valid_model_name
 from serving.pipeline import Pipeline, valid_custom_attributes
 from serving.runtime import Runtime
 
@@ -36,6 +38,8 @@ REQUEST_ID_HEADERS = ("X-Amzn-SageMaker-Inference-Id", "X-Request-Id", "X-Amzn-R
 _ID_ENVIRON_KEYS = tuple("HTTP_" + h.upper().replace("-", "_") for h in REQUEST_ID_HEADERS)
 RESPONSE_ID_HEADER = "X-Request-Id"
 CUSTOM_ATTRIBUTES_HEADER = "X-Amzn-SageMaker-Custom-Attributes"
+#: Multi-model: the model an /invocations request is for (boto3's ``TargetModel``).
+TARGET_MODEL_HEADER = "X-Amzn-SageMaker-Target-Model"
 #: WSGI environ keys of a request's state: its id, and what teardown undoes.
 REQUEST_ID_KEY = "serving.request_id"
 _TOKEN_KEY = "serving.id_token"
@@ -54,29 +58,38 @@ def request_id_of(values: t.Iterable[str | None]) -> str:
     return logs.new_request_id()
 
 
-def create_app(config: Config, pipeline: Pipeline, runtime: Runtime | None = None,
+def create_app(config: Config, models: Models | Pipeline, runtime: Runtime | None = None,
                metrics: Metrics | None = None) -> Flask:
-    """Build the app serving ``pipeline``.
+    """Build the app serving ``models`` (or one pipeline, as the model ``default``).
 
     :param runtime: runs each request under its deadline; by default one made
         from ``config`` (threads start in the process that first uses it).
     :param metrics: where requests are counted (``serve`` makes it for all its
         workers); by default, with ``config.metrics``, metrics of this process only.
     """
+    if isinstance(models, Pipeline):
+        models = Models({DEFAULT_MODEL: models})
     runtime = runtime or Runtime(config.concurrency, config.deadline_seconds)
     if metrics is None and config.metrics:
-        metrics = Metrics(content_types=pipeline.input_types)
+        metrics = Metrics(content_types=None if models.multi else models.default.input_types)
     if metrics is not None:
-        pipeline.observe_stage = metrics.stage
-        if pipeline.batcher is not None:
-            pipeline.batcher.on_batch = metrics.batch
+        observe = metrics.stage
+        batch = metrics.batch
+
+        def watch(pipeline: Pipeline) -> None:
+            pipeline.observe_stage = observe
+            if pipeline.batcher is not None:
+                pipeline.batcher.on_batch = batch
+
+        for pipeline in models.loaded():
+            watch(pipeline)
+        if models.multi:
+            models.on_build = watch  # type: ignore[attr-defined]
     app = Flask("serving", static_folder=None)  # no static files: no /static route
     app.json.sort_keys = False
     limit = config.max_payload_bytes
-    output_types = tuple(pipeline.output_types) if pipeline.output_types is not None else None
     metrics_port = str(config.metrics_port) if config.metrics_port is not None else None
-    with open(OPENAPI_PATH, "rb") as spec:
-        openapi = spec.read()
+    openapi = openapi_description(models.multi)
 
     def render(error: errors.ServingError) -> Response:
         body = error.to_dict()
@@ -140,7 +153,7 @@ def create_app(config: Config, pipeline: Pipeline, runtime: Runtime | None = Non
             except ValueError:
                 content_type = "invalid"
             metrics.request_done(route, status, content_type, elapsed)
-            if route.endswith("/invocations"):
+            if route.endswith(("/invocations", "/invoke")):
                 metrics.bodies(req.content_length or 0, response.content_length)
         # /ping comes every few seconds from the host: keep it out of INFO logs.
         path = environ.get("PATH_INFO", "")
@@ -164,13 +177,10 @@ def create_app(config: Config, pipeline: Pipeline, runtime: Runtime | None = Non
         if token is not None:
             logs.request_id.reset(token)
 
-    def require_ready() -> None:
-        if not pipeline.ready:
-            raise errors.ServiceUnavailable("the model is still loading")
-
     @app.get("/ping")
     def ping() -> Response:
-        require_ready()
+        if not models.ready:
+            raise errors.ServiceUnavailable("the model is still loading")
         return Response(status=200)
 
     @app.get("/execution-parameters")
@@ -185,11 +195,71 @@ def create_app(config: Config, pipeline: Pipeline, runtime: Runtime | None = Non
     @app.post("/invocations")
     @app.post("/endpoints/<name>/invocations")
     def invocations(name: str | None = None) -> Response:
-        require_ready()
+        if not models.multi:
+            return invoke(models.default)
+        target = request.environ.get("HTTP_X_AMZN_SAGEMAKER_TARGET_MODEL")
+        if target is None:
+            raise errors.BadRequest(f"a multi-model endpoint needs the model's name: in "
+                                    f"{TARGET_MODEL_HEADER}, or POST /models/<name>/invoke")
+        return invoke(models.get(target))
+
+    @app.post("/models/<name>/invoke")
+    def invoke_model(name: str) -> Response:
+        return invoke(models.get(name))
+
+    @app.get("/models")
+    def list_models() -> Response:
+        args = request.args
+        try:
+            size = int(args.get("page_size", PAGE_SIZE))
+        except ValueError:
+            size = 0
+        if not 1 <= size <= MAX_PAGE_SIZE:
+            raise errors.BadRequest(f"page_size must be 1-{MAX_PAGE_SIZE}")
+        if models.multi:
+            body = models.page(args.get("next_page_token"), size)  # type: ignore[attr-defined]
+        else:
+            body = {"models": [{"modelName": DEFAULT_MODEL, "modelUrl": config.model_dir}]}
+        return app.json.response(body)
+
+    @app.get("/models/<name>")
+    def describe_model(name: str) -> Response:
+        if models.multi:
+            return app.json.response(models.describe(name))  # type: ignore[attr-defined]
+        models.get(name)  # 404 for any other name
+        return app.json.response({"modelName": name, "modelUrl": config.model_dir})
+
+    if models.multi:
+        repository = models
+
+        @app.post("/models")
+        def load_model() -> Response:
+            body = request.get_json(silent=True)
+            if not isinstance(body, dict):
+                raise errors.BadRequest('the body must be a JSON object: {"model_name": ..., '
+                                        '"url": ...}')
+            name, url = body.get("model_name"), body.get("url")
+            if not valid_model_name(name):
+                raise errors.BadRequest("model_name must be 1-255 characters: letters, digits "
+                                        "and ._+=- (not starting with one of those)")
+            if not isinstance(url, str) or not url.startswith("/"):
+                raise errors.BadRequest("url must be the model's directory, an absolute path")
+            entry = repository.load(name, url)  # type: ignore[attr-defined]
+            return app.json.response({"status": f"model {entry.name} loaded", **entry.describe()})
+
+        @app.delete("/models/<name>")
+        def unload_model(name: str) -> Response:
+            repository.unload(name)  # type: ignore[attr-defined]
+            return app.json.response({"status": f"model {name} unloaded"})
+
+    def invoke(pipeline: Pipeline) -> Response:
+        """Answer one invocation with ``pipeline``."""
+        if not pipeline.ready:
+            raise errors.ServiceUnavailable("the model is still loading")
         req = request._get_current_object()  # type: ignore[attr-defined]
         environ = req.environ
         content_type, accepts = negotiate(environ.get("CONTENT_TYPE"), environ.get("HTTP_ACCEPT"),
-                                          pipeline.input_types, output_types,
+                                          pipeline.input_types, pipeline.encodable,
                                           config.default_accept)
         attributes = environ.get("HTTP_X_AMZN_SAGEMAKER_CUSTOM_ATTRIBUTES")
         if attributes is not None and not valid_custom_attributes(attributes):
@@ -224,6 +294,19 @@ def create_app(config: Config, pipeline: Pipeline, runtime: Runtime | None = Non
         return Response(openapi, content_type="application/json")
 
     return app
+
+
+def openapi_description(multi_model: bool) -> bytes:
+    """The OpenAPI description of this server: the repository's file, without the
+    operations marked ``x-multi-model`` unless it is a multi-model server."""
+    with open(OPENAPI_PATH, "rb") as f:
+        if multi_model:
+            return f.read()
+        spec = json.load(f)
+    spec["paths"] = {path: kept for path, operations in spec["paths"].items()
+                     if (kept := {method: operation for method, operation in operations.items()
+                                  if not operation.get("x-multi-model")})}
+    return json.dumps(spec, ensure_ascii=False).encode("utf-8")
 
 
 def log_access_line(level: int, message: str, *args: object,

@@ -9,20 +9,20 @@ adds is how requests reach :meth:`serving.pipeline.Pipeline.invoke`.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 import os
+import types
 
 from serving.config import Config, cpu_count
 from serving.devices import DevicePlan
 from serving.metrics import Metrics
+from serving.models import DEFAULT_MODEL, ModelRepository, Models
 from serving.pipeline import Pipeline
 
 __all__ = ["Assembly", "DEFAULT_MODEL", "THREAD_VARIABLES", "assemble"]
 
 log = logging.getLogger("serving")
-
-#: The name of the one model of a single-model server.
-DEFAULT_MODEL = "default"
 
 #: Thread-count variables of the math libraries frameworks use, read when each starts.
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS",
@@ -36,15 +36,15 @@ class Assembly:
     #: The settings as the device plan left them (workers, preload).
     config: Config
     plan: DevicePlan
-    #: The models the server holds, by name; a single-model server holds
-    #: :data:`DEFAULT_MODEL`.
-    models: dict[str, Pipeline]
+    #: The models the server holds, by name: :data:`DEFAULT_MODEL` alone, or (multi-model)
+    #: those loaded at run time.
+    models: Models
     #: ``None`` when metrics are off.
     metrics: Metrics | None
 
     @property
     def default(self) -> Pipeline:
-        return self.models[DEFAULT_MODEL]
+        return self.models.default
 
 
 def _set_thread_variables(threads_per_worker: int) -> None:
@@ -57,11 +57,27 @@ def _set_thread_variables(threads_per_worker: int) -> None:
         os.environ.setdefault(name, str(threads_per_worker))
 
 
-def assemble(config: Config, metrics_dir: str | None = None) -> Assembly:
+def memory_bytes() -> int:
+    """This machine's memory, or the container's limit when it has a lower one (cgroup v2)."""
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    try:
+        with open("/sys/fs/cgroup/memory.max") as f:
+            limit = f.read().strip()
+        if limit.isdigit():
+            total = min(total, int(limit))
+    except OSError:
+        pass
+    return total
+
+
+def assemble(config: Config, metrics_dir: str | None = None,
+             models_dir: str | None = None) -> Assembly:
     """Plan the devices, import the user's code, resolve the hosting functions, and (with
     ``config.preload``) load the model.
 
     :param metrics_dir: the multiprocess metrics directory, made ready by the caller.
+    :param models_dir: multi-model: an empty directory for the loaded models' records,
+        made (and removed) by the caller.
     :raises serving.errors.StartupError: settings or user code that cannot serve.
     :raises handlers.content.PluginError: a content-handler plugin that cannot load.
     Any other exception comes from loading the model (``model_fn``).
@@ -72,9 +88,11 @@ def assemble(config: Config, metrics_dir: str | None = None) -> Assembly:
     from serving.user_code import import_user_module, install_requirements, locate_user_script
 
     plan = plan_devices(config, gpu_count(), cpu_count())
-    # GPU serving loads per worker after fork, one worker per GPU by default.
+    # GPU serving loads per worker after fork, one worker per GPU by default; a
+    # multi-model server loads in its workers, at run time.
     config = dataclasses.replace(config, workers=plan.workers,
-                                 preload=config.preload and plan.kind == "cpu")
+                                 preload=config.preload and plan.kind == "cpu"
+                                 and not config.multi_model)
     log.info("devices: %s, %d worker(s), %d thread(s) each%s", plan.kind, plan.workers,
              plan.threads_per_worker, f", GPUs {list(plan.gpus)}" if plan.gpus else "")
     _set_thread_variables(plan.threads_per_worker)
@@ -85,21 +103,51 @@ def assemble(config: Config, metrics_dir: str | None = None) -> Assembly:
         if config.install_requirements:
             install_requirements(script)
         module = import_user_module(script)
-    else:
+    elif not config.multi_model:
         log.info("no user script found; serving with the default handlers")
     # After the user's module, whose own handlers get the limit too.
     registry.limit_decoded(config.max_decoded_bytes)
-    pipeline = Pipeline.from_module(
-        module, registry, model_dir=config.model_dir, default_accept=config.default_accept,
-        framework=config.framework, trust_pickled_models=config.trust_pickled_models,
-        debug_errors=config.debug_errors,
-    )
-    if config.batching:
-        pipeline.enable_batching(config.max_batch_size, config.max_batch_delay_ms / 1000)
+
+    def build(model_dir: str, module: types.ModuleType | None = module) -> Pipeline:
+        return Pipeline.from_module(
+            module, registry, model_dir=model_dir, default_accept=config.default_accept,
+            framework=config.framework, trust_pickled_models=config.trust_pickled_models,
+            debug_errors=config.debug_errors,
+        )
+
+    if config.multi_model:
+        if models_dir is None:
+            raise ValueError("a multi-model server needs a directory for its models' records")
+        if config.batching:
+            log.warning("SERVING_MAX_BATCH_SIZE is set, but a multi-model server does not "
+                        "batch: requests are not batched")
+
+        def build_model(model_dir: str) -> Pipeline:
+            # The model's own code/inference.py, else the container's script.
+            own = os.path.join(model_dir, "code", "inference.py")
+            if not os.path.isfile(own):
+                return build(model_dir)
+            if config.install_requirements:
+                install_requirements(own)
+            digest = hashlib.sha256(os.path.abspath(own).encode()).hexdigest()[:16]
+            return build(model_dir, import_user_module(own, name=f"serving_model_{digest}"))
+
+        budget = (int(config.models_memory_mb * 2**20) if config.models_memory_mb is not None
+                  else memory_bytes() // 2 // plan.workers)
+        log.info("multi-model: models are loaded through POST /models; budget %.0f MiB",
+                 budget / 2**20)
+        # Models may bring their own input_fn: the first few content types seen are labelled.
+        metrics = Metrics(metrics_dir) if config.metrics else None
+        return Assembly(config=config, plan=plan, metrics=metrics,
+                        models=ModelRepository(models_dir, build_model, budget))
+    pipeline = build(config.model_dir)
     metrics = Metrics(metrics_dir, content_types=pipeline.input_types) if config.metrics \
         else None
+    if config.batching:
+        pipeline.enable_batching(config.max_batch_size, config.max_batch_delay_ms / 1000)
     if config.preload:
         pipeline.load_model()
         if metrics is not None and pipeline.load_seconds is not None:
             metrics.model_load_seconds.set(pipeline.load_seconds)
-    return Assembly(config=config, plan=plan, models={DEFAULT_MODEL: pipeline}, metrics=metrics)
+    return Assembly(config=config, plan=plan, models=Models({DEFAULT_MODEL: pipeline}),
+                    metrics=metrics)

@@ -59,7 +59,7 @@ def main(argv: t.Sequence[str] | None = None) -> None:
         metrics_dir = config.metrics_dir
         own_dir = not metrics_dir
         try:
-            metrics_dir = metrics_dir or _make_metrics_dir()
+            metrics_dir = metrics_dir or _make_shared_dir("serving-metrics-")
             from serving.metrics import prepare_directory
 
             prepare_directory(metrics_dir)
@@ -68,36 +68,46 @@ def main(argv: t.Sequence[str] | None = None) -> None:
                         "PROMETHEUS_MULTIPROC_DIR to a writable directory", exc)
             config = dataclasses.replace(config, metrics=False)
             metrics_dir, own_dir = None, False
+    # Multi-model: the records of the loaded models, which every worker reads.
+    models_dir = None
+    if config.multi_model:
+        try:
+            models_dir = _make_shared_dir("serving-models-")
+        except OSError as exc:
+            _fail(f"multi-model: no directory for the models' records: {exc}", 1)
     master = os.getpid()
     try:
-        _serve(config, metrics_dir)
+        _serve(config, metrics_dir, models_dir)
     finally:
         # Workers leave through here too (gunicorn's forked children raise SystemExit up
-        # the stack they were forked in): only the master removes the directory.
-        if own_dir and os.getpid() == master:
-            shutil.rmtree(metrics_dir, ignore_errors=True)  # type: ignore[arg-type]
+        # the stack they were forked in): only the master removes the directories.
+        if os.getpid() == master:
+            if own_dir:
+                shutil.rmtree(metrics_dir, ignore_errors=True)  # type: ignore[arg-type]
+            if models_dir is not None:
+                shutil.rmtree(models_dir, ignore_errors=True)
 
 
-def _make_metrics_dir() -> str:
-    """A fresh directory for the workers' metric files: in shared memory when there is
-    some (writes to its memory maps never reach a disk), else the temporary directory."""
+def _make_shared_dir(prefix: str) -> str:
+    """A fresh directory the workers share files in: in shared memory when there is some
+    (writes to its memory maps never reach a disk), else the temporary directory."""
     for parent in ("/dev/shm", None):
         if parent is None or os.access(parent, os.W_OK):
             try:
-                return tempfile.mkdtemp(prefix="serving-metrics-", dir=parent)
+                return tempfile.mkdtemp(prefix=prefix, dir=parent)
             except OSError:
                 continue
     raise OSError("no writable temporary directory")
 
 
-def _serve(config: Config, metrics_dir: str | None) -> None:
+def _serve(config: Config, metrics_dir: str | None, models_dir: str | None) -> None:
     # Imported here so that `serve --help` and setting errors stay fast.
     from handlers.content import PluginError
     from serving.assembly import assemble
     from serving.server import ServingApplication
 
     try:
-        assembly = assemble(config, metrics_dir)
+        assembly = assemble(config, metrics_dir, models_dir)
     except (StartupError, PluginError) as exc:
         _fail(str(exc), 1)
     except Exception as exc:  # model_fn failed: the traceback is the user's best clue

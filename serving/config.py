@@ -232,6 +232,15 @@ SETTINGS: tuple[Setting, ...] = (
             "Serve /metrics on this port instead of the main one (which then answers 404 "
             "there), so that a load balancer in front of the main port never exposes it.",
             metavar="PORT", default_help="the main port"),
+    Setting("multi_model", "--multi-model", "SAGEMAKER_MULTI_MODEL", False, _bool,
+            "Multi-model endpoint: models are loaded, listed and unloaded at run time through "
+            "/models (the SageMaker multi-model contract); the model directory may be empty "
+            "or absent.", switch=True),
+    Setting("models_memory_mb", "--models-memory-mb", "SERVING_MODELS_MEMORY_MB", None,
+            _positive_number, "Multi-model: the most the loaded models may take, in MiB (a "
+            "model counts the size of its files; every worker holds every model). Loading past "
+            "it unloads the least recently used; a model larger than it alone gets 507.",
+            metavar="MB", default_help="half the memory / workers"),
     Setting("program", "--program", "SAGEMAKER_PROGRAM", None, _text,
             "The user's script, in the submit directory. Unset: "
             "<model-dir>/code/inference.py when it exists.", metavar="FILE"),
@@ -283,6 +292,8 @@ class Config:
     metrics: bool
     metrics_dir: str | None
     metrics_port: int | None
+    multi_model: bool
+    models_memory_mb: float | None
     program: str | None
     submit_dir: str
     install_requirements: bool
@@ -351,7 +362,7 @@ class Config:
 
     def _check(self) -> None:
         """Checks that look at the filesystem or at several settings."""
-        if not os.path.isdir(self.model_dir):
+        if not os.path.isdir(self.model_dir) and not self.multi_model:
             raise ConfigError(
                 f"model directory {self.model_dir} does not exist or is not a directory "
                 f"(set --model-dir or SM_MODEL_DIR)"

@@ -97,6 +97,10 @@ class NotFound(ClientError):
     status_code = 404
 
 
+class Conflict(ClientError):
+    status_code = 409
+
+
 class MethodNotAllowed(ClientError):
     status_code = 405
 
@@ -203,6 +207,13 @@ class ModelError(ServingError):
 
 class ServiceUnavailable(ServingError):
     status_code = 503
+
+
+class InsufficientStorage(ServingError):
+    """507: a model that the memory budget cannot hold (the multi-model contract's answer;
+    SageMaker then unloads models and tries again)."""
+
+    status_code = 507
 
 
 class DeadlineExceeded(ServingError):

@@ -15,6 +15,7 @@ model of no framework is called as a plain function.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import inspect
 import logging
 import threading
@@ -240,6 +241,12 @@ class Pipeline:
         if self.functions.keys() & {"output_fn", "transform_fn"}:
             return None
         return self.registry.media_types
+
+    @functools.cached_property
+    def encodable(self) -> tuple[str, ...] | None:
+        """:attr:`output_types` as negotiation takes them (a tuple, made once)."""
+        types_ = self.output_types
+        return tuple(types_) if types_ is not None else None
 
     def enable_batching(self, max_size: int, max_delay: float) -> None:
         """Join the inputs of concurrent requests into predict calls of up to ``max_size``

@@ -64,8 +64,8 @@ def _enter_worker(arbiter: Arbiter, worker: t.Any) -> None:
     application: ServingApplication = arbiter.app
     plan = application.plan
     logs.worker_index = worker.index
-    application.pipeline.enter_worker(worker.index, plan.device_for(worker.index),
-                                      plan.threads_per_worker)
+    application.models.enter_worker(worker.index, plan.device_for(worker.index),
+                                    plan.threads_per_worker)
 
 
 def _worker_exited(arbiter: Arbiter, worker: t.Any) -> None:
@@ -140,13 +140,13 @@ class ServingArbiter(Arbiter):
 
 
 class ServingApplication(BaseApplication):
-    """The gunicorn application serving one pipeline."""
+    """The gunicorn application serving an assembly's models."""
 
     def __init__(self, assembly: Assembly) -> None:
         self.assembly = assembly
         self.config = config = assembly.config
-        #: The model every worker serves (one per server, for now).
-        self.pipeline = assembly.default
+        #: The models every worker serves, by name.
+        self.models = assembly.models
         self.plan = assembly.plan
         self.metrics = assembly.metrics
         #: Workers forked so far: past config.workers, each replaces one that exited.
@@ -178,20 +178,21 @@ class ServingApplication(BaseApplication):
                 self.cfg.set(key, value)
 
     def load(self) -> t.Any:
-        app = create_app(self.config, self.pipeline, self.runtime, self.metrics)
-        if not self.config.preload:
+        app = create_app(self.config, self.models, self.runtime, self.metrics)
+        if not self.config.preload and not self.models.multi:
             threading.Thread(target=self._load_in_worker, name="model-loader", daemon=True).start()
         return app
 
     def _load_in_worker(self) -> None:
-        index = self.pipeline.context.worker_index
+        pipeline = self.models.default
+        index = pipeline.context.worker_index
         try:
-            self.pipeline.load_model()
+            pipeline.load_model()
         except Exception as exc:
             log.exception("worker %s: loading the model failed: %s", index, exc)
             # Exit code 3 tells the master this worker could not boot: it stops the
             # server instead of restarting the worker for ever.
             os._exit(Arbiter.WORKER_BOOT_ERROR)
         log.info("worker %s: model loaded", index)
-        if self.metrics is not None and self.pipeline.load_seconds is not None:
-            self.metrics.model_load_seconds.set(self.pipeline.load_seconds)
+        if self.metrics is not None and pipeline.load_seconds is not None:
+            self.metrics.model_load_seconds.set(pipeline.load_seconds)

@@ -109,12 +109,16 @@ def install_requirements(script: str) -> None:
     log.debug("pip output:\n%s", result.stdout)
 
 
-def import_user_module(script: str) -> types.ModuleType:
-    """Import the user's script as a module; its sibling modules import normally."""
+def import_user_module(script: str, name: str | None = None) -> types.ModuleType:
+    """Import the user's script as a module; its sibling modules import normally.
+
+    :param name: the module's name in ``sys.modules``; by default the script's (a
+        multi-model server names each model's ``inference.py`` apart).
+    """
     directory = os.path.dirname(os.path.abspath(script))
     if directory not in sys.path:
         sys.path.insert(0, directory)
-    name = os.path.splitext(os.path.basename(script))[0]
+    name = name or os.path.splitext(os.path.basename(script))[0]
     spec = importlib.util.spec_from_file_location(name, script)
     if spec is None or spec.loader is None:
         raise StartupError(f"cannot import {script}")

@@ -266,10 +266,11 @@ class ServingWorker(Worker):
         config = application.config
         self.config = config
         self.runtime = application.runtime
-        self.pipeline = application.pipeline
+        self.models = application.models
         self.metrics = application.metrics
-        if self.pipeline.batcher is not None:
-            self.pipeline.batcher.clients = lambda: len(self.conns)
+        for pipeline in self.models.loaded():
+            if pipeline.batcher is not None:
+                pipeline.batcher.clients = lambda: len(self.conns)
         self.header_timeout = float(config.header_timeout)
         self.min_body_rate = config.min_body_rate_kb * 1024
         self.max_body = config.max_payload_bytes
@@ -323,7 +324,7 @@ class ServingWorker(Worker):
             if self.ppid != os.getppid():
                 log.info("worker %s: the master is gone; exiting", self.pid)
                 break
-            can_take = (self.stopping_at is None and self.pipeline.ready
+            can_take = (self.stopping_at is None and self.models.ready
                         and len(self.conns) < self.max_connections)
             self._set_listening(can_take and self.busy + self._unstarted(now) < self.threads)
             timeout = TICK_SECONDS
@@ -790,7 +791,7 @@ class ServingWorker(Worker):
         else:
             self.stopping_grace = self.grace
         self.stopping_at = now + self.stopping_grace
-        if not self.retiring and self.pipeline.ready:
+        if not self.retiring and self.models.ready:
             # Take what is already queued on the listening socket, so that nothing in the
             # backlog is reset; then stop listening: new connections are refused.
             for listener in self.sockets:

@@ -7,14 +7,18 @@ import re
 
 from serving.app import OPENAPI_PATH, create_app
 from serving.config import Config
+from serving.models import ModelRepository
 from serving.pipeline import Pipeline
 from handlers.content import default_registry
 
 
 def app_routes(argv=()) -> dict[str, set[str]]:
     config = Config.load(["--model-dir", "/", *argv], {})
-    pipeline = Pipeline({}, default_registry(), model_dir="/", framework=None)
-    app = create_app(config, pipeline)
+    if config.multi_model:
+        models = ModelRepository("/nonexistent", lambda _: None, budget_bytes=1)
+    else:
+        models = Pipeline({}, default_registry(), model_dir="/", framework=None)
+    app = create_app(config, models)
     routes: dict[str, set[str]] = {}
     for rule in app.url_map.iter_rules():
         path = re.sub(r"<(?:[^:<>]+:)?([^<>]+)>", r"{\1}", rule.rule)
@@ -23,12 +27,23 @@ def app_routes(argv=()) -> dict[str, set[str]]:
     return routes
 
 
-def test_every_route_is_described_and_nothing_else():
+def described(multi_model: bool) -> dict[str, set[str]]:
+    """The routes the description gives a server: x-multi-model operations only to a
+    multi-model one."""
     with open(OPENAPI_PATH, encoding="utf-8") as f:
         spec = json.load(f)
-    described = {path: {method.upper() for method in operations}
-                 for path, operations in spec["paths"].items()}
-    assert app_routes() == described
+    routes = {path: {method.upper() for method, operation in operations.items()
+                     if multi_model or not operation.get("x-multi-model")}
+              for path, operations in spec["paths"].items()}
+    return {path: methods for path, methods in routes.items() if methods}
+
+
+def test_every_route_is_described_and_nothing_else():
+    assert app_routes() == described(multi_model=False)
+
+
+def test_every_multi_model_route_is_described_and_nothing_else():
+    assert app_routes(["--multi-model"]) == described(multi_model=True)
 
 
 def test_every_operation_documents_its_errors_as_json():
