@@ -12,13 +12,13 @@ import typing as t
 from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException
 
-from serving import errors, logs
+from serving import errors, eventstream, logs
 from serving.config import Config
 from serving.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from serving.metrics import NO_ROUTE, Metrics
 from serving.negotiation import content_type_of, negotiate
 from serving.models import DEFAULT_MODEL, MAX_PAGE_SIZE, PAGE_SIZE, Models, valid_model_name
-from serving.pipeline import Pipeline, valid_custom_attributes
+from serving.pipeline import Pipeline, Stream, valid_custom_attributes
 from serving.runtime import Runtime
 
 __all__ = ["create_app"]
@@ -192,16 +192,25 @@ def create_app(config: Config, models: Models | Pipeline, runtime: Runtime | Non
             else int(config.max_payload_mb),
         })
 
-    @app.post("/invocations")
-    @app.post("/endpoints/<name>/invocations")
-    def invocations(name: str | None = None) -> Response:
+    def target_model() -> Pipeline:
         if not models.multi:
-            return invoke(models.default)
+            return models.default
         target = request.environ.get("HTTP_X_AMZN_SAGEMAKER_TARGET_MODEL")
         if target is None:
             raise errors.BadRequest(f"a multi-model endpoint needs the model's name: in "
                                     f"{TARGET_MODEL_HEADER}, or POST /models/<name>/invoke")
-        return invoke(models.get(target))
+        return models.get(target)
+
+    @app.post("/invocations")
+    @app.post("/endpoints/<name>/invocations")
+    def invocations(name: str | None = None) -> Response:
+        return invoke(target_model())
+
+    @app.post("/endpoints/<name>/invocations-response-stream")
+    def invocations_response_stream(name: str) -> Response:
+        """boto3's invoke_endpoint_with_response_stream: the answer in event-stream
+        messages, streamed when the model streams, else in one part."""
+        return invoke(target_model(), event_stream=True)
 
     @app.post("/models/<name>/invoke")
     def invoke_model(name: str) -> Response:
@@ -252,8 +261,11 @@ def create_app(config: Config, models: Models | Pipeline, runtime: Runtime | Non
             repository.unload(name)  # type: ignore[attr-defined]
             return app.json.response({"status": f"model {name} unloaded"})
 
-    def invoke(pipeline: Pipeline) -> Response:
-        """Answer one invocation with ``pipeline``."""
+    def invoke(pipeline: Pipeline, event_stream: bool = False) -> Response:
+        """Answer one invocation with ``pipeline``.
+
+        :param event_stream: frame the answer as AWS event-stream messages.
+        """
         if not pipeline.ready:
             raise errors.ServiceUnavailable("the model is still loading")
         req = request._get_current_object()  # type: ignore[attr-defined]
@@ -279,10 +291,60 @@ def create_app(config: Config, models: Models | Pipeline, runtime: Runtime | Non
             pipeline.invoke, body, content_type, accepts, req.headers,
             arrived + runtime.deadline_seconds, details, started=arrived,
         )
-        response = Response(payload, status=200, content_type=media_type)
+        if event_stream:
+            chunks = payload if isinstance(payload, Stream) else Stream(payload, iter(()), None)
+            response = Response(streamed(chunks, details["request_id"], framed=True), status=200,
+                                content_type=eventstream.CONTENT_TYPE)
+            response.headers["X-Amzn-SageMaker-Content-Type"] = media_type
+        elif isinstance(payload, Stream):
+            response = Response(streamed(payload, details["request_id"]), status=200,
+                                content_type=media_type)
+        else:
+            response = Response(payload, status=200, content_type=media_type)
         if "custom_attributes" in reply:
             response.headers[CUSTOM_ATTRIBUTES_HEADER] = reply["custom_attributes"]
         return response
+
+    def streamed(stream: Stream, request_id: str, framed: bool = False) -> t.Iterator[bytes]:
+        """The chunks of a streamed answer, each pulled on a prediction thread under a
+        deadline of its own (the request deadline, from when the chunk was asked for).
+
+        A failure after the first chunk cannot change the status: in event-stream framing
+        it is a ModelStreamError message; otherwise the connection closes without the
+        chunked body's end, so the client sees the answer cut short.
+        """
+        part = eventstream.payload_part if framed else bytes
+        sent = 0
+        try:
+            if stream.first:
+                yield part(stream.first)
+            sent = 1
+            while True:
+                token = logs.request_id.set(request_id)  # the request context is gone
+                try:
+                    chunk = runtime.call(next, stream.rest, None)
+                except Exception as exc:
+                    code = ("ModelInvocationTimeExceeded"
+                            if isinstance(exc, errors.DeadlineExceeded) else "ModelError")
+                    log.error("the streamed answer broke off after %d chunk(s): %s", sent,
+                              exc if isinstance(exc, errors.ServingError)
+                              else f"{type(exc).__name__}: {exc}",
+                              exc_info=not isinstance(exc, errors.ServingError))
+                    if framed:
+                        message = exc.message if isinstance(exc, errors.ServingError) \
+                            else f"the model raised {type(exc).__name__}"
+                        yield eventstream.model_stream_error(message, code)
+                        return
+                    raise errors.StreamAborted(code) from exc
+                finally:
+                    logs.request_id.reset(token)
+                if chunk is None:
+                    return
+                if chunk:
+                    yield part(chunk)
+                    sent += 1
+        finally:
+            stream.close()
 
     if metrics is not None:
         @app.get("/metrics")

@@ -222,3 +222,8 @@ class DeadlineExceeded(ServingError):
     def __init__(self, seconds: float) -> None:
         super().__init__(f"no answer within the request deadline of {seconds:g} s "
                          f"(SERVING_REQUEST_TIMEOUT)")
+
+
+class StreamAborted(Exception):
+    """A streamed answer broke off after its status line left: the host closes the
+    connection without ending the chunked body, so the client sees it cut short."""

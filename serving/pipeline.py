@@ -14,6 +14,7 @@ model of no framework is called as a plain function.
 
 from __future__ import annotations
 
+import collections.abc
 import dataclasses
 import functools
 import inspect
@@ -29,8 +30,9 @@ from handlers.frameworks import FrameworkHandler, SelectionError
 from serving import errors
 from serving.batching import Batcher, batch_key
 from serving.errors import BadRequest, ModelError, NotAcceptable, ServingError, StartupError
+from serving.negotiation import acceptable_types
 
-__all__ = ["Context", "HOSTING_FUNCTIONS", "Pipeline", "valid_custom_attributes"]
+__all__ = ["Context", "HOSTING_FUNCTIONS", "Pipeline", "Stream", "valid_custom_attributes"]
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +92,37 @@ def valid_custom_attributes(value: object) -> bool:
     """1 to 1024 visible US-ASCII characters, spaces and tabs (an HTTP field value)."""
     return (isinstance(value, str) and 0 < len(value) <= MAX_CUSTOM_ATTRIBUTES
             and all(" " <= c <= "~" or c == "\t" for c in value))
+
+
+class Stream:
+    """An answer sent as it is produced (HTTP chunked transfer encoding).
+
+    ``predict_fn``, ``output_fn`` or ``transform_fn`` returned an iterator (a generator,
+    say): each item becomes a chunk as it comes, bytes and str as they are, anything
+    else as one line of JSON (JSON Lines). The first chunk is made before the answer
+    starts, so an error up to there is an ordinary error answer with its status; the
+    host pulls each later one under its own deadline.
+    """
+
+    __slots__ = ("first", "rest", "_source")
+
+    def __init__(self, first: bytes, rest: t.Iterator[bytes], source: t.Iterator[t.Any]) -> None:
+        self.first, self.rest, self._source = first, rest, source
+
+    def close(self) -> None:
+        """Close the user's iterator (its ``finally`` blocks run), when it is not running."""
+        _close(self._source)
+
+
+def is_stream(value: object) -> bool:
+    """Whether a prediction or an answer is to be streamed: an iterator (bytes, arrays
+    and lists are iterable, not iterators)."""
+    return isinstance(value, collections.abc.Iterator)
+
+
+#: What a stream of each kind of item is sent as, when no output_fn says.
+STREAM_TYPES = {bytes: "application/octet-stream", str: "text/plain; charset=utf-8",
+                object: "application/jsonlines"}
 
 
 class UserFunction:
@@ -382,7 +415,7 @@ class Pipeline:
         self, body: bytes, content_type: str, accept: str | t.Sequence[str],
         headers: t.Mapping[str, str], deadline: float = float("inf"),
         details: t.Mapping[str, t.Any] | None = None,
-    ) -> tuple[bytes, str]:
+    ) -> tuple[bytes | Stream, str]:
         """Answer one request: ``(response body, response media type)``, as
         ``encode(predict(decode(body)))`` with the stages chosen at load time.
 
@@ -421,7 +454,7 @@ class Pipeline:
         if "transform_fn" in fns:
             self.decode = _pass_body
             self.predict = self._transform
-            self.encode = _transform_answer
+            self.encode = self._transform_answer
             return
         self.decode = self._user_decode if "input_fn" in fns else self._handler_decode
         if "predict_fn" in fns:
@@ -486,14 +519,21 @@ class Pipeline:
         return self._user("predict", "transform_fn", self.model, body, context.content_type,
                           context.accept, context=context)
 
+    def _transform_answer(self, result: t.Any, accepts: list[str],
+                          context: Context) -> tuple[bytes | Stream, str]:
+        """transform_fn's encode stage: what it returned, checked."""
+        return self._answer(result, accepts[0], "transform_fn", context)
+
     def _user_encode(self, prediction: t.Any, accepts: list[str],
                      context: Context) -> tuple[bytes, str]:
         result = self._user("encode", "output_fn", prediction, accepts[0], context=context)
-        return self._response(result, accepts[0], "output_fn")
+        return self._answer(result, accepts[0], "output_fn", context)
 
     def _handler_encode(self, prediction: t.Any, accepts: list[str],
                         context: Context) -> tuple[bytes, str]:
         """The first acceptable type whose encoder can write ``prediction``."""
+        if is_stream(prediction):
+            return self._stream(prediction, None, context)
         refusals = []
         for media_type in accepts:
             encoder = self.registry.get(media_type)
@@ -514,19 +554,68 @@ class Pipeline:
                             detail=f"the prediction cannot be written as any acceptable type: "
                                    f"{'; '.join(refusals)}")
 
-    @staticmethod
-    def _response(result: t.Any, accept: str, name: str) -> tuple[bytes, str]:
-        """What ``output_fn`` / ``transform_fn`` returned: a body, or ``(body, content_type)``."""
+    def _answer(self, result: t.Any, accept: str, name: str,
+                context: Context) -> tuple[bytes | Stream, str]:
+        """What ``output_fn`` / ``transform_fn`` returned: a body or an iterator of chunks,
+        or ``(that, content_type)``."""
         content_type = accept
         if isinstance(result, tuple) and len(result) == 2 and isinstance(result[1], str):
             result, content_type = result
+        if is_stream(result):
+            return self._stream(result, content_type, context)
+        return self._response(result, content_type, name)
+
+    def _stream(self, items: t.Iterator[t.Any], media_type: str | None,
+                context: Context) -> tuple[Stream, str]:
+        """A :class:`Stream` of ``items``, its first chunk made now.
+
+        :param media_type: the answer's type (from output_fn or transform_fn); ``None``:
+            from the first item (:data:`STREAM_TYPES`), which the Accept header must allow.
+        """
+        json_encoder = self.registry.get("application/json")
+        encode_json = json_encoder.encode if json_encoder is not None else _json_line
+
+        def chunk(item: t.Any) -> bytes:
+            if isinstance(item, (bytes, bytearray, memoryview)):
+                return bytes(item)
+            if isinstance(item, str):
+                return item.encode("utf-8")
+            return encode_json(item) + b"\n"
+
+        def rest() -> t.Iterator[bytes]:
+            for item in items:
+                yield chunk(item)
+
+        try:
+            first = self._run("predict", "the stream's first item", next, items, _END)
+        except BaseException:
+            _close(items)
+            raise
+        if media_type is None:
+            kind = bytes if isinstance(first, (bytes, bytearray, memoryview)) \
+                else str if isinstance(first, str) else object
+            media_type = STREAM_TYPES[kind]
+            header = context.headers.get("Accept") if context.headers else None
+            essence = media_type.partition(";")[0]
+            if not acceptable_types(header, (essence,), essence):
+                _close(items)
+                raise NotAcceptable(header or "", [essence],
+                                    detail=f"the model streams its answer as {essence}")
+        if first is _END:
+            return Stream(b"", iter(()), items), media_type
+        return Stream(self._run("encode", "the stream's encoder", chunk, first), rest(), items), \
+            media_type
+
+    @staticmethod
+    def _response(result: t.Any, content_type: str, name: str) -> tuple[bytes, str]:
+        """A body ``output_fn`` / ``transform_fn`` returned, as bytes."""
         if isinstance(result, str):
             return result.encode("utf-8"), content_type
         if isinstance(result, (bytes, bytearray, memoryview)):
             return bytes(result), content_type
         raise ModelError(
-            f"{name} returned a {type(result).__name__}; it must return bytes or str, "
-            f"or (body, content_type)"
+            f"{name} returned a {type(result).__name__}; it must return bytes or str, an "
+            f"iterator of chunks (streamed), or (one of those, content_type)"
         )
 
 
@@ -535,7 +624,20 @@ def _pass_body(body: bytes, content_type: str, context: Context) -> bytes:
     return body
 
 
-def _transform_answer(result: t.Any, accepts: list[str], context: Context) -> tuple[bytes, str]:
-    """transform_fn's encode stage: what it returned, checked."""
-    return Pipeline._response(result, accepts[0], "transform_fn")
+_END = object()
+
+
+def _close(items: t.Any) -> None:
+    close = getattr(items, "close", None)
+    if close is not None:
+        try:
+            close()
+        except ValueError:  # still running in a thread past its deadline
+            pass
+
+
+def _json_line(item: t.Any) -> bytes:
+    import json
+
+    return json.dumps(item).encode("utf-8")
 

@@ -684,6 +684,8 @@ class ServingWorker(Worker):
                 self._write(conn, b"0\r\n\r\n")
         except OSError:
             return False
+        except errors.StreamAborted:  # logged by the app: close, leaving the body unended
+            return False
         finally:
             if hasattr(result, "close"):
                 result.close()
