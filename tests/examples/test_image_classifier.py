@@ -66,3 +66,22 @@ def test_bad_images_are_400(server):
     assert response.status_code == 400 and "is not JPEG" in response.json()["message"]
     response = requests.post(server.url(), json=[1, 2, 3])
     assert response.status_code == 415 and "send an image" in response.json()["message"]
+
+
+def test_the_notebooks_call_as_written(server, tmp_path):
+    """Seed 004's call: ImagePredictor (serializer None: the bytes as they are, ContentType
+    image/jpeg, Accept application/json from json_deserializer; IdentitySerializer and
+    JSONDeserializer stand in) on a photo-sized JPEG as a web server gives one:
+    progressive, 1200 pixels wide, with EXIF."""
+    from PIL import Image
+
+    kind, body = pictures(1, seed=4)[0]
+    photo = Image.open(io.BytesIO(body)).convert("RGB").resize((1200, 800))
+    exif = Image.Exif()
+    exif[0x010F] = "camera"  # Make
+    buf = io.BytesIO()
+    photo.save(buf, format="JPEG", quality=90, progressive=True, exif=exif.tobytes())
+    path = tmp_path / "photo.jpg"
+    path.write_bytes(buf.getvalue())
+    result = sdk(server, "file_payload", {"path": str(path), "content_type": "image/jpeg"})
+    assert result["result"]["class"] == kind

@@ -61,3 +61,34 @@ def test_pickled_object_arrays_are_refused(server):
     response = requests.post(server.url(), data=buf.getvalue(),
                              headers={"Content-Type": "application/x-npy"})
     assert response.status_code == 400 and "pickles are refused" in response.json()["message"]
+
+
+def test_the_notebooks_two_calls_as_written(server):
+    """Seed 003's calls: ChainerPredictor (NPY in, NPY out; the SDK v2 NumpySerializer and
+    NumpyDeserializer stand in) on its three sentences, then on the test file's lines
+    read with readlines(2000) and the label cut off; each row unpacks into three."""
+    from tests.server_helpers import REPO
+
+    sentences = ['It is fun and easy to train Chainer models on Amazon SageMaker!',
+                 'It used to be slow, difficult, and laborious to train and deploy a model to '
+                 'production.',
+                 'But now it is super fast to deploy to production. And I love it when my model '
+                 'generalizes!']
+    with open(REPO / "examples" / "sentiment" / "data" / "sentences.tsv") as f:
+        lines = f.readlines(2000)
+        from_file = [sentence[1:].strip() for sentence in lines]
+    assert len(from_file) > 10
+    for batch in (sentences, from_file):
+        out = sdk(server, "numpy_payload", batch)
+        assert out["dtype_kind"] == "U"  # v1's numpy_deserializer loads without pickles
+        assert out["shape"] == [len(batch), 3]
+        for row in out["result"]:
+            sentence, prediction, score = row
+            assert prediction in ("positive", "negative") and 0.5 <= float(score) <= 1.0
+    # The headers v1's ChainerPredictor sends, and np.load as it calls it (no allow_pickle).
+    buf = io.BytesIO()
+    np.save(buf, np.array(sentences))
+    response = requests.post(server.url(), data=buf.getvalue(), headers={
+        "Content-Type": "application/x-npy", "Accept": "application/x-npy"})
+    assert response.status_code == 200
+    assert np.load(io.BytesIO(response.content)).shape == (3, 3)

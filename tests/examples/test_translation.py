@@ -46,3 +46,12 @@ def test_curl_style_request_and_same_answer_twice(server):
 def test_bad_requests_are_4xx(server, body, content_type, status):
     response = requests.post(server.url(), data=body, headers={"Content-Type": content_type})
     assert response.status_code == status and response.json()["code"] == status
+
+
+def test_the_notebooks_call_as_written(server):
+    """Seed 000's call: JSONPredictor (ContentType and Accept application/json; the SDK v2
+    JSONSerializer and JSONDeserializer stand in) on its own sentence, whose words the
+    small example model has mostly never seen; the answer is still a JSON string, which
+    the notebook unescapes and prints."""
+    result = sdk(server, "json_payload", "Hey, how you're doing?")["result"]
+    assert isinstance(result, str) and html.unescape(result).strip()

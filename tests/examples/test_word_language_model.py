@@ -50,3 +50,22 @@ def test_curl_style_requests(server):
 def test_bad_requests_are_4xx(server, body, status):
     response = requests.post(server.url(), json=body)
     assert response.status_code == status and response.json()["code"] == status
+
+
+def test_word_by_word_stream_is_the_same_text(server):
+    """The streamed variant: words arrive as they are made, and join to the answer the
+    same request gets whole; boto3's event stream reads the same words."""
+    from tests.integration.test_streaming import boto3_stream
+
+    whole = requests.post(server.url(), json=REQUEST, headers={"Accept": "text/plain"}).text
+    response = requests.post(server.url(), json={**REQUEST, "stream": True}, stream=True)
+    assert response.status_code == 200
+    assert response.headers["Transfer-Encoding"] == "chunked"
+    assert response.headers["Content-Type"] == "text/plain"
+    chunks = [c for c in response.raw.stream(amt=None, decode_content=False)]
+    assert len(chunks) > 1 and b"".join(chunks).decode() == whole
+    got = boto3_stream(server, {**REQUEST, "stream": True})
+    assert got["error"] is None and len(got["parts"]) == 100
+    assert "".join(got["parts"]) == whole == got["plain"]
+    bad = requests.post(server.url(), json={**REQUEST, "stream": "yes"})
+    assert bad.status_code == 400

@@ -2,7 +2,9 @@
 
 Request:  {"seed": 111, "temperature": 2.0, "words": 100}   (application/json)
 Response: the generated text, a JSON string.
-The same seed and temperature always give the same text.
+With "stream": true, the text streams word by word as it is generated (text/plain,
+chunked; boto3's invoke_endpoint_with_response_stream reads it part by part).
+The same seed and temperature always give the same text, streamed or not.
 """
 
 import json
@@ -42,33 +44,48 @@ def input_fn(input_data, content_type):
         seed = int(request.get("seed", 0))
         temperature = float(request.get("temperature", 1.0))
         words = int(request.get("words", 100))
+        stream = request.get("stream", False)
+        if not isinstance(stream, bool):
+            raise ValueError("stream must be true or false")
     except (TypeError, ValueError) as exc:
         raise ClientError(f"bad parameter: {exc}") from None
     if not 0 < temperature <= 100:
         raise ClientError("temperature must be more than 0 (and at most 100)")
     if not 0 < words <= MAX_WORDS:
         raise ClientError(f"words must be 1-{MAX_WORDS}")
-    return {"seed": seed, "temperature": temperature, "words": words}
+    return {"seed": seed, "temperature": temperature, "words": words, "stream": stream}
 
 
 def predict_fn(data, model, context):
-    net, vocab = model["model"], model["vocab"]
+    words = generate(model["model"], model["vocab"], data, context.device)
+    # A generator is streamed by the server, each word as soon as it is made.
+    return words if data["stream"] else " ".join(words)
+
+
+def generate(net, vocab, data, device):
+    """The words, one at a time."""
     # A generator of this request's own: the same seed gives the same text, whatever other
     # requests run in the same worker at the same time.
     generator = torch.Generator().manual_seed(data["seed"])
     token = torch.randint(len(vocab), (1, 1), generator=generator)
-    hidden = net.init_hidden(1, context.device)
-    words = []
-    with torch.inference_mode():
-        for _ in range(data["words"]):
-            logits, hidden = net(token.to(context.device), hidden)
-            weights = logits.squeeze().div(data["temperature"]).exp().cpu()
-            token = torch.multinomial(weights, 1, generator=generator).view(1, 1)
-            words.append(vocab[token.item()])
-    return " ".join(words)
+    hidden = net.init_hidden(1, device)
+    for _ in range(data["words"]):
+        token, hidden = step(net, token, hidden, data["temperature"], generator, device)
+        yield vocab[token.item()]
+
+
+# Per step, not around the loop: a streamed generator resumes on whichever prediction
+# thread is free, and inference mode is a per-thread setting.
+@torch.inference_mode()
+def step(net, token, hidden, temperature, generator, device):
+    logits, hidden = net(token.to(device), hidden)
+    weights = logits.squeeze().div(temperature).exp().cpu()
+    return torch.multinomial(weights, 1, generator=generator).view(1, 1), hidden
 
 
 def output_fn(prediction, accept):
+    if not isinstance(prediction, str):  # streamed: "w1", " w2", " w3", ...
+        return (word if i == 0 else " " + word for i, word in enumerate(prediction)), "text/plain"
     if accept not in ("application/json", "text/plain"):
         raise ClientError(f"answers are application/json or text/plain, not {accept}",
                           status_code=406)
