@@ -42,6 +42,11 @@ RUN set -eu; \
 # -- the image: the environment, an unprivileged user, nothing else ------------------------
 FROM ${BASE_IMAGE}
 ARG FRAMEWORK=none
+# MULTI_MODEL=true: an image for SageMaker multi-model endpoints, which SageMaker accepts only
+# with this label; the server then starts in multi-model mode (models come through /models).
+ARG MULTI_MODEL=false
+LABEL com.amazonaws.sagemaker.capabilities.multi-models=${MULTI_MODEL} \
+      com.amazonaws.sagemaker.capabilities.accept-bind-to-port=true
 # MXNet links against the system's OpenMP and quad-math runtimes (torch ships its own).
 RUN set -eu; \
     if [ "${FRAMEWORK}" = mxnet ]; then \
@@ -60,6 +65,7 @@ COPY --from=build --chown=10001:10001 /opt/serving /opt/serving
 COPY docker/entrypoint.sh /usr/local/bin/serving-entrypoint
 ENV PATH=/opt/serving/bin:${PATH} \
     SM_MODEL_DIR=/opt/ml/model \
+    SAGEMAKER_MULTI_MODEL=${MULTI_MODEL} \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1
 # /opt/ml/model is where hosts mount the model. It is not a VOLUME: a VOLUME would make

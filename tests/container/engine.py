@@ -9,6 +9,7 @@ so that reruns only rebuild the layers the change touched. Containers run with
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -133,6 +134,10 @@ class Docker(Engine):
     def user_of(self, image):
         return _check(["docker", "image", "inspect", "-f", "{{.Config.User}}", image]).stdout.strip()
 
+    def labels_of(self, image):
+        return json.loads(_check(["docker", "image", "inspect", "-f",
+                                  "{{json .Config.Labels}}", image]).stdout)
+
 
 class Buildah(Engine):
     name = "buildah"
@@ -248,6 +253,10 @@ class Buildah(Engine):
     def user_of(self, image):
         return _check([*self.base, "inspect", "--format", "{{.OCIv1.Config.User}}",
                        image]).stdout.strip()
+
+    def labels_of(self, image):
+        return json.loads(_check([*self.base, "inspect", "--format",
+                                  "{{json .OCIv1.Config.Labels}}", image]).stdout)
 
 
 def _children(pid: int) -> list[int]:

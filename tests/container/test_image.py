@@ -85,6 +85,29 @@ def test_no_framework_image_serves_the_example_and_runs_other_commands(engine, t
     assert other.returncode == 0 and other.stdout.strip() == "10001"  # not root
 
 
+def test_no_framework_image_in_multi_model_mode(engine, tmp_path):
+    """The image as a multi-model container: ping before any model, then a model loaded
+    from a directory the host put there (SageMaker's /opt/ml/models/<name>/model; the
+    mounted example here), invoked and unloaded."""
+    image = build(engine, "none")
+    # The default build is single-model; MULTI_MODEL=true labels the image for SageMaker.
+    assert engine.labels_of(image)["com.amazonaws.sagemaker.capabilities.multi-models"] == "false"
+    running, url = serve_in_container(engine, image, EXAMPLE / "model", tmp_path, "--multi-model")
+    try:
+        assert requests.get(f"{url}/models").json() == {"models": []}
+        loaded = requests.post(f"{url}/models", json={"model_name": "linear",
+                                                      "url": "/opt/ml/model"})
+        assert loaded.status_code == 200, loaded.text
+        answer = requests.post(f"{url}/models/linear/invoke", json=[[1, 2, 3]])
+        assert answer.status_code == 200, answer.text
+        assert np.allclose(answer.json(), linear([[1, 2, 3]]))
+        assert requests.delete(f"{url}/models/linear").status_code == 200
+        assert requests.post(f"{url}/models/linear/invoke", json=[[1, 2, 3]]).status_code == 404
+        assert running.terminate() == 0, running.log
+    finally:
+        running.kill()
+
+
 def test_baked_model_image_needs_no_mount(engine, tmp_path):
     build(engine, "none")
     tag = "localhost/serving-example:baked"

@@ -326,3 +326,58 @@ def test_unknown_routes_and_methods_are_json(tmp_path):
     response = client.get("/invocations")
     assert response.status_code == 405 and response.get_json()["code"] == 405
     assert "POST" in response.headers["Allow"]
+
+
+# -- streamed answers ----------------------------------------------------------------
+
+
+def streaming(tmp_path, items, **extra):
+    def predict_fn(data, model):
+        yield from items
+    return make_client(tmp_path, module(model_fn=lambda d: None, predict_fn=predict_fn, **extra))
+
+
+@pytest.mark.parametrize("items, media_type, body", [
+    (["a ", "b ", "c"], "text/plain; charset=utf-8", b"a b c"),
+    ([b"\x00\x01", b"\x02"], "application/octet-stream", b"\x00\x01\x02"),
+    ([{"x": 1}, [1, 2], np.arange(2)], "application/jsonlines", b'{"x":1}\n[1,2]\n[0,1]\n'),
+])
+def test_an_iterator_from_predict_fn_is_streamed_by_its_first_item(tmp_path, items, media_type,
+                                                                   body):
+    response = streaming(tmp_path, items).post("/invocations", json=[1])
+    assert response.status_code == 200
+    assert response.headers["Content-Type"] == media_type
+    assert response.is_streamed and "Content-Length" not in response.headers
+    assert response.get_data() == body
+
+
+def test_a_stream_the_accept_header_refuses_is_406(tmp_path):
+    client = streaming(tmp_path, ["a"])
+    response = client.post("/invocations", json=[1], headers={"Accept": "application/json"})
+    assert response.status_code == 406 and response.json["supported"] == ["text/plain"]
+    assert client.post("/invocations", json=[1], headers={"Accept": "text/*"}).status_code == 200
+
+
+def test_an_empty_stream_is_an_empty_answer(tmp_path):
+    response = streaming(tmp_path, []).post("/invocations", json=[1])
+    assert response.status_code == 200 and response.get_data() == b""
+
+
+def test_output_fn_may_stream_with_its_own_content_type(tmp_path):
+    client = make_client(tmp_path, module(
+        model_fn=lambda d: None, predict_fn=lambda data, model: data,
+        output_fn=lambda prediction, accept: ((f"{x};" for x in prediction), "text/csv")))
+    response = client.post("/invocations", json=[1, 2, 3])
+    assert response.headers["Content-Type"].startswith("text/csv")
+    assert response.get_data() == b"1;2;3;"
+
+
+def test_a_failure_before_the_first_item_is_a_500(tmp_path):
+    def predict_fn(data, model):
+        raise_now = data[0]
+        if raise_now:
+            raise ValueError("no")
+        yield "never"
+    client = make_client(tmp_path, module(model_fn=lambda d: None, predict_fn=predict_fn))
+    response = client.post("/invocations", json=[1])
+    assert response.status_code == 500 and response.json["stage"] == "predict"
