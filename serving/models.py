@@ -355,7 +355,7 @@ class ModelRepository(Models):
             log.exception("loading model %s from %s failed", entry.name, entry.url)
             raise errors.ModelError(f"model {entry.name}: model_fn raised {type(exc).__name__}",
                                     stage="load", exception=type(exc).__name__) from exc
-        return _Held(entry, pipeline, touched=time.monotonic())
+        return _Held(entry, pipeline)  # its first answer here records a use
 
     # -- the shared state ----------------------------------------------------------------
 
