@@ -17,7 +17,8 @@ from serving.config import Config
 from serving.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from serving.metrics import NO_ROUTE, Metrics
 from serving.negotiation import content_type_of, negotiate
-from serving.models import DEFAULT_MODEL, MAX_PAGE_SIZE, PAGE_SIZE, Models, valid_model_name
+from serving.models import (DEFAULT_MODEL, MAX_PAGE_SIZE, PAGE_SIZE, ModelRepository, Models,
+                            valid_model_name)
 from serving.pipeline import Pipeline, Stream, valid_custom_attributes
 from serving.runtime import Runtime
 
@@ -83,8 +84,7 @@ def create_app(config: Config, models: Models | Pipeline, runtime: Runtime | Non
 
         for pipeline in models.loaded():
             watch(pipeline)
-        if models.multi:
-            models.on_build = watch  # type: ignore[attr-defined]
+        models.on_build = watch
     app = Flask("serving", static_folder=None)  # no static files: no /static route
     app.json.sort_keys = False
     limit = config.max_payload_bytes
@@ -225,20 +225,13 @@ def create_app(config: Config, models: Models | Pipeline, runtime: Runtime | Non
             size = 0
         if not 1 <= size <= MAX_PAGE_SIZE:
             raise errors.BadRequest(f"page_size must be 1-{MAX_PAGE_SIZE}")
-        if models.multi:
-            body = models.page(args.get("next_page_token"), size)  # type: ignore[attr-defined]
-        else:
-            body = {"models": [{"modelName": DEFAULT_MODEL, "modelUrl": config.model_dir}]}
-        return app.json.response(body)
+        return app.json.response(models.page(args.get("next_page_token"), size))
 
     @app.get("/models/<name>")
     def describe_model(name: str) -> Response:
-        if models.multi:
-            return app.json.response(models.describe(name))  # type: ignore[attr-defined]
-        models.get(name)  # 404 for any other name
-        return app.json.response({"modelName": name, "modelUrl": config.model_dir})
+        return app.json.response(models.describe(name))
 
-    if models.multi:
+    if isinstance(models, ModelRepository):  # loading and unloading: multi-model only
         repository = models
 
         @app.post("/models")
@@ -253,12 +246,12 @@ def create_app(config: Config, models: Models | Pipeline, runtime: Runtime | Non
                                         "and ._+=- (not starting with one of those)")
             if not isinstance(url, str) or not url.startswith("/"):
                 raise errors.BadRequest("url must be the model's directory, an absolute path")
-            entry = repository.load(name, url)  # type: ignore[attr-defined]
+            entry = repository.load(name, url)
             return app.json.response({"status": f"model {entry.name} loaded", **entry.describe()})
 
         @app.delete("/models/<name>")
         def unload_model(name: str) -> Response:
-            repository.unload(name)  # type: ignore[attr-defined]
+            repository.unload(name)
             return app.json.response({"status": f"model {name} unloaded"})
 
     def invoke(pipeline: Pipeline, event_stream: bool = False) -> Response:

@@ -98,6 +98,8 @@ class Models:
 
     def __init__(self, pipelines: t.Mapping[str, Pipeline]) -> None:
         self._pipelines = dict(pipelines)
+        #: Called on each pipeline built after start-up (multi-model; the metrics hook in).
+        self.on_build: t.Callable[[Pipeline], None] | None = None
 
     def get(self, name: str) -> Pipeline:
         """The pipeline of model ``name``; :class:`~serving.errors.NotFound` if none."""
@@ -109,6 +111,31 @@ class Models:
     @property
     def default(self) -> Pipeline:
         return self.get(DEFAULT_MODEL)
+
+    def describe(self, name: str) -> dict[str, str]:
+        """``GET /models/<name>``, in the SageMaker contract's names."""
+        return {"modelName": name, "modelUrl": self.get(name).context.model_dir}
+
+    def _listing(self) -> dict[str, dict[str, str]]:
+        return {name: self.describe(name) for name in self._pipelines}
+
+    def page(self, token: str | None, size: int) -> dict[str, t.Any]:
+        """``GET /models``: names in order from the one ``token`` names, ``size`` of them,
+        and ``nextPageToken`` when more follow."""
+        listing = self._listing()
+        start = ""
+        if token:
+            try:
+                start = base64.b64decode(token.encode("ascii"), altchars=b"-_",
+                                         validate=True).decode("utf-8")
+            except (ValueError, binascii.Error, UnicodeError):
+                raise errors.BadRequest("next_page_token is not one this server gave") from None
+        names = sorted(n for n in listing if n >= start)
+        body: dict[str, t.Any] = {"models": [listing[n] for n in names[:size]]}
+        if len(names) > size:
+            body["nextPageToken"] = base64.urlsafe_b64encode(
+                names[size].encode("utf-8")).decode("ascii")
+        return body
 
     def loaded(self) -> list[Pipeline]:
         """The pipelines this process holds now."""
@@ -175,8 +202,6 @@ class ModelRepository(Models):
         self._sync_lock = threading.Lock()
         self._loading: dict[str, threading.Lock] = {}
         self._worker: tuple[int, str, int] | None = None
-        #: Called on each pipeline built here (the server's metrics hook in).
-        self.on_build: t.Callable[[Pipeline], None] | None = None
 
     # -- what every host asks --------------------------------------------------------
 
@@ -216,23 +241,9 @@ class ModelRepository(Models):
             raise errors.NotFound(f"model {name} is not loaded")
         return entry.describe()
 
-    def page(self, token: str | None, size: int) -> dict[str, t.Any]:
-        """``GET /models``: names in order from the one ``token`` names, ``size`` of them,
-        and ``nextPageToken`` when more follow."""
+    def _listing(self) -> dict[str, dict[str, str]]:
         self.sync()
-        start = ""
-        if token:
-            try:
-                start = base64.b64decode(token.encode("ascii"), altchars=b"-_",
-                                         validate=True).decode("utf-8")
-            except (ValueError, binascii.Error, UnicodeError):
-                raise errors.BadRequest("next_page_token is not one this server gave") from None
-        names = sorted(n for n in self._entries if n >= start)
-        body: dict[str, t.Any] = {"models": [self._entries[n].describe() for n in names[:size]]}
-        if len(names) > size:
-            body["nextPageToken"] = base64.urlsafe_b64encode(
-                names[size].encode("utf-8")).decode("ascii")
-        return body
+        return {name: entry.describe() for name, entry in self._entries.items()}
 
     # -- loading and unloading (POST and DELETE /models) -------------------------------
 
