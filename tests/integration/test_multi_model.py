@@ -9,6 +9,7 @@ one worker saw fails the test.
 from __future__ import annotations
 
 import io
+import json
 import os
 import shutil
 import signal
@@ -220,6 +221,11 @@ def test_invocations_with_the_target_model_header(serve, tmp_path):
     assert response.status_code == 200 and response.json()["scaled"] == [10.0]
     assert requests.post(server.url(), json=[2], headers={
         "X-Amzn-SageMaker-Target-Model": "b"}).status_code == 404
+    # boto3's invoke_endpoint with TargetModel, as against a real multi-model endpoint.
+    from tests.integration.test_streaming import boto3_stream
+
+    got = boto3_stream(server, [3], target_model="a")
+    assert json.loads(got["plain"])["scaled"] == [15.0]
 
 
 def test_single_model_server_is_the_model_named_default(serve):

@@ -138,10 +138,13 @@ def test_event_stream_framing_over_plain_http(serve, model_dir):
     assert json.loads(payload)["ErrorCode"] == "ModelError"
 
 
-def boto3_stream(server, body, content_type="application/json"):
+def boto3_stream(server, body, content_type="application/json", target_model=None):
+    """boto3's invoke_endpoint_with_response_stream, then invoke_endpoint, from the SDK's
+    environment (see tests/clients/boto3_stream_client.py)."""
     assert SDK_PYTHON.exists(), f"{SDK_PYTHON} is missing: run `make install`"
     result = subprocess.run([str(SDK_PYTHON), str(BOTO3_CLIENT), server.url(""), content_type,
-                             json.dumps(body)], capture_output=True, text=True, timeout=120)
+                             json.dumps(body), *([target_model] if target_model else [])],
+                            capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads(result.stdout.strip().splitlines()[-1])
 
