@@ -135,8 +135,8 @@ class Docker(Engine):
         return _check(["docker", "image", "inspect", "-f", "{{.Config.User}}", image]).stdout.strip()
 
     def labels_of(self, image):
-        return json.loads(_check(["docker", "image", "inspect", "-f",
-                                  "{{json .Config.Labels}}", image]).stdout)
+        return json.loads(_check(["docker", "image", "inspect", image]).stdout)[0]["Config"] \
+            .get("Labels") or {}
 
 
 class Buildah(Engine):
@@ -255,8 +255,9 @@ class Buildah(Engine):
                        image]).stdout.strip()
 
     def labels_of(self, image):
-        return json.loads(_check([*self.base, "inspect", "--format",
-                                  "{{json .OCIv1.Config.Labels}}", image]).stdout)
+        # buildah's --format templates have no json function: read the whole description.
+        return json.loads(_check([*self.base, "inspect", image]).stdout)["OCIv1"]["config"] \
+            .get("Labels") or {}
 
 
 def _children(pid: int) -> list[int]:
