@@ -299,12 +299,15 @@ class ModelRepository(Models):
             except OSError:
                 return 0.0
 
-        for victim in sorted(self._entries, key=last_used):
-            total -= self._entries[victim].bytes
-            self._remove(victim)
-            log.info("model %s unloaded to make room (least recently used)", victim)
-            if total + size <= self.budget_bytes:
-                return
+        try:
+            for victim in sorted(self._entries, key=last_used):
+                total -= self._entries[victim].bytes
+                self._remove(victim)
+                log.info("model %s unloaded to make room (least recently used)", victim)
+                if total + size <= self.budget_bytes:
+                    return
+        finally:
+            self._bump()  # now, not after the load: it may fail, and these are gone anyway
 
     # -- this worker's copies ------------------------------------------------------------
 

@@ -193,6 +193,15 @@ def test_memory_budget_unloads_the_least_recently_used(serve, tmp_path):
     assert huge.status_code == 507 and huge.json()["type"] == "InsufficientStorage"
     assert [m["modelName"] for m in requests.get(server.url("/models")).json()["models"]] \
         == names
+    # A load that makes room, then fails: what it unloaded is gone from every worker.
+    broken = write_model_dir(tmp_path / "broken", "def model_fn(model_dir):\n    raise OSError('x')\n",
+                             {"weights.txt": "0" * mib})
+    assert load(server, "broken", broken).status_code == 500
+    left = [m["modelName"] for m in requests.get(server.url("/models")).json()["models"]]
+    assert len(left) == len(names) - 1, left
+    gone = (set(names) - set(left)).pop()
+    for _ in range(8):
+        assert post_fresh(server.url(f"/models/{gone}/invoke"), json=[1]).status_code == 404
 
 
 def test_a_restarted_worker_answers_for_every_loaded_model(serve, tmp_path):
