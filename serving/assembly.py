@@ -139,7 +139,8 @@ def assemble(config: Config, metrics_dir: str | None = None,
         # Models may bring their own input_fn: the first few content types seen are labelled.
         metrics = Metrics(metrics_dir) if config.metrics else None
         return Assembly(config=config, plan=plan, metrics=metrics,
-                        models=ModelRepository(models_dir, build_model, budget))
+                        models=ModelRepository(models_dir, build_model, budget,
+                                               lock_timeout=config.deadline_seconds))
     pipeline = build(config.model_dir)
     metrics = Metrics(metrics_dir, content_types=pipeline.input_types) if config.metrics \
         else None

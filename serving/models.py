@@ -184,14 +184,17 @@ class ModelRepository(Models):
     :param build: makes the (unloaded) pipeline of a model directory: its own
         ``code/inference.py``, else the container's, else the default handlers.
     :param budget_bytes: the most the loaded models' files may add up to.
+    :param lock_timeout: how long a load or unload waits for the one in progress, in
+        seconds; past it, 503.
     """
 
     multi = True
 
     def __init__(self, directory: str, build: t.Callable[[str], Pipeline],
-                 budget_bytes: int) -> None:
+                 budget_bytes: int, lock_timeout: float = 60.0) -> None:
         super().__init__({})
         self.directory = directory
+        self.lock_timeout = lock_timeout
         self.build = build
         self.budget_bytes = budget_bytes
         # Shared with every worker forked from here: bumped on each load and unload.
@@ -414,19 +417,32 @@ class ModelRepository(Models):
         self._generation[:8] = generation.to_bytes(8, "little")
 
     def _exclusive(self) -> t.ContextManager[None]:
-        return _FileLock(os.path.join(self.directory, ".lock"))
+        return _FileLock(os.path.join(self.directory, ".lock"), self.lock_timeout)
 
 
 class _FileLock:
     """An exclusive ``flock`` on a file: between processes, and between threads of one
-    (each takes its own open file)."""
+    (each takes its own open file). Waited for at most ``timeout`` seconds, then 503: a
+    model_fn that never returns holds it, and must not pile up every later load and
+    unload (each an HTTP thread) behind it."""
 
-    def __init__(self, path: str) -> None:
-        self.path = path
+    def __init__(self, path: str, timeout: float) -> None:
+        self.path, self.timeout = path, timeout
 
     def __enter__(self) -> None:
         self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-        fcntl.flock(self._fd, fcntl.LOCK_EX)
+        give_up = time.monotonic() + self.timeout
+        while True:
+            try:
+                fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                if time.monotonic() >= give_up:
+                    os.close(self._fd)
+                    raise errors.ServiceUnavailable(
+                        f"another model has been loading or unloading for over "
+                        f"{self.timeout:g} s; try again later") from None
+                time.sleep(0.02)
 
     def __exit__(self, *_: object) -> None:
         fcntl.flock(self._fd, fcntl.LOCK_UN)

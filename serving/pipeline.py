@@ -18,6 +18,7 @@ import collections.abc
 import dataclasses
 import functools
 import inspect
+import json
 import logging
 import threading
 import time
@@ -637,7 +638,6 @@ def _close(items: t.Any) -> None:
 
 
 def _json_line(item: t.Any) -> bytes:
-    import json
-
+    """A stream item as JSON, for a registry with no application/json encoder."""
     return json.dumps(item).encode("utf-8")
 

@@ -204,6 +204,25 @@ def test_memory_budget_unloads_the_least_recently_used(serve, tmp_path):
         assert post_fresh(server.url(f"/models/{gone}/invoke"), json=[1]).status_code == 404
 
 
+def test_a_load_that_never_ends_holds_up_other_loads_only_until_the_deadline(serve, tmp_path):
+    server = start(serve, tmp_path, "--request-timeout", "1")
+    slow = write_model_dir(tmp_path / "slow", "import time\n\ndef model_fn(model_dir):\n"
+                           "    time.sleep(4)\n    return lambda x: x\n")
+    import threading
+
+    slow_load = threading.Thread(target=load, args=(server, "slow", slow))
+    slow_load.start()
+    time.sleep(0.5)  # the slow load holds the lock
+    started = time.monotonic()
+    waiting = load(server, "a", pid_model(tmp_path, "a", 1.0))
+    assert waiting.status_code == 503, waiting.text
+    assert "try again" in waiting.json()["message"]
+    assert time.monotonic() - started < 3
+    assert requests.get(server.url("/ping")).status_code == 200
+    slow_load.join(30)
+    assert load(server, "a", pid_model(tmp_path, "a2", 1.0)).status_code == 200
+
+
 def test_a_restarted_worker_answers_for_every_loaded_model(serve, tmp_path):
     server = start(serve, tmp_path)
     load(server, "a", pid_model(tmp_path, "a", 3.0)).raise_for_status()

@@ -11,9 +11,9 @@ import pytest
 import requests
 
 from serving import eventstream
+from tests.examples.conftest import SDK_PYTHON
 from tests.server_helpers import REPO, write_model_dir
 
-SDK_PYTHON = REPO / ".venv-sdk" / "bin" / "python"
 BOTO3_CLIENT = REPO / "tests" / "clients" / "boto3_stream_client.py"
 
 #: Words one at a time, ``delay`` seconds apart; objects, bytes, or a failure on request.
