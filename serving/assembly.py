@@ -14,13 +14,14 @@ import logging
 import os
 import types
 
+from serving.batching import Batcher
 from serving.config import Config, cpu_count
 from serving.devices import DevicePlan
 from serving.metrics import Metrics
 from serving.models import DEFAULT_MODEL, ModelRepository, Models
 from serving.pipeline import Pipeline
 
-__all__ = ["Assembly", "DEFAULT_MODEL", "THREAD_VARIABLES", "assemble"]
+__all__ = ["Assembly", "DEFAULT_MODEL", "THREAD_VARIABLES", "assemble", "assemble_loaded"]
 
 log = logging.getLogger("serving")
 
@@ -71,13 +72,15 @@ def memory_bytes() -> int:
 
 
 def assemble(config: Config, metrics_dir: str | None = None,
-             models_dir: str | None = None) -> Assembly:
+             models_dir: str | None = None,
+             batcher_class: type[Batcher] = Batcher) -> Assembly:
     """Plan the devices, import the user's code, resolve the hosting functions, and (with
     ``config.preload``) load the model.
 
     :param metrics_dir: the multiprocess metrics directory, made ready by the caller.
     :param models_dir: multi-model: an empty directory for the loaded models' records,
         made (and removed) by the caller.
+    :param batcher_class: what gathers requests into batches, when batching is on.
     :raises serving.errors.StartupError: settings or user code that cannot serve.
     :raises handlers.content.PluginError: a content-handler plugin that cannot load.
     Any other exception comes from loading the model (``model_fn``).
@@ -145,10 +148,29 @@ def assemble(config: Config, metrics_dir: str | None = None,
     metrics = Metrics(metrics_dir, content_types=pipeline.input_types) if config.metrics \
         else None
     if config.batching:
-        pipeline.enable_batching(config.max_batch_size, config.max_batch_delay_ms / 1000)
+        pipeline.enable_batching(config.max_batch_size, config.max_batch_delay_ms / 1000,
+                                 batcher_class)
     if config.preload:
         pipeline.load_model()
         if metrics is not None and pipeline.load_seconds is not None:
             metrics.model_load_seconds.set(pipeline.load_seconds)
     return Assembly(config=config, plan=plan, models=Models({DEFAULT_MODEL: pipeline}),
                     metrics=metrics)
+
+
+def assemble_loaded(config: Config, threads: int, metrics_dir: str | None = None,
+                    batcher_class: type[Batcher] = Batcher) -> Assembly:
+    """A server of one process that never forks (a Ray Serve replica, a batch transform):
+    assembled, placed on its device, its model loaded.
+
+    ``config.device`` decides the device as for ``serve`` (a Ray replica sees only the GPUs
+    Ray gave it); ``threads``: the CPU threads its math libraries use.
+    """
+    config = dataclasses.replace(config, workers=1, preload=False, multi_model=False)
+    assembly = assemble(config, metrics_dir, batcher_class=batcher_class)
+    pipeline = assembly.default
+    assembly.models.enter_worker(0, assembly.plan.device_for(0), threads)
+    pipeline.load_model()
+    if assembly.metrics is not None and pipeline.load_seconds is not None:
+        assembly.metrics.model_load_seconds.set(pipeline.load_seconds)
+    return assembly

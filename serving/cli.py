@@ -45,6 +45,11 @@ def _reexec_for_chainer(argv: t.Sequence[str] | None) -> None:
 
 def main(argv: t.Sequence[str] | None = None) -> None:
     _reexec_for_chainer(argv)
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["batch"]:  # serve batch INPUT_DIR OUTPUT_DIR: a batch transform job
+        from serving.batch import main as batch_main
+
+        raise SystemExit(batch_main(args[1:]))
     try:
         config = Config.load(argv)
     except ConfigError as exc:
@@ -68,6 +73,14 @@ def main(argv: t.Sequence[str] | None = None) -> None:
                         "PROMETHEUS_MULTIPROC_DIR to a writable directory", exc)
             config = dataclasses.replace(config, metrics=False)
             metrics_dir, own_dir = None, False
+    if config.engine == "ray":
+        from serving import rayserve
+
+        try:
+            raise SystemExit(rayserve.run(config, metrics_dir))
+        finally:
+            if own_dir:
+                shutil.rmtree(metrics_dir, ignore_errors=True)  # type: ignore[arg-type]
     # Multi-model: the records of the loaded models, which every worker reads.
     models_dir = None
     if config.multi_model:

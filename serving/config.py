@@ -241,6 +241,29 @@ SETTINGS: tuple[Setting, ...] = (
             "model counts the size of its files; every worker holds every model). Loading past "
             "it unloads the least recently used; a model larger than it alone gets 507.",
             metavar="MB", default_help="half the memory / workers"),
+    Setting("engine", "--engine", "SERVING_ENGINE", "gunicorn", _choice("gunicorn", "ray"),
+            "What serves the model: gunicorn (worker processes on this machine) or ray (Ray "
+            "Serve replicas, on this machine's Ray or the cluster at --ray-address; needs "
+            "serving-toolkit[ray]). Same routes, answers and errors.", metavar="ENGINE"),
+    Setting("ray_address", "--ray-address", "RAY_ADDRESS", None, _text,
+            "Ray engine: the cluster to serve on. Unset: a local Ray instance, started and "
+            "stopped by serve.", metavar="ADDR", default_help="a local one"),
+    Setting("ray_replicas", "--ray-replicas", "SERVING_RAY_REPLICAS", 1, _int_in(1),
+            "Ray engine: replicas of the model, each a process holding it; with "
+            "--ray-max-replicas, the fewest autoscaling keeps.", metavar="N"),
+    Setting("ray_max_replicas", "--ray-max-replicas", "SERVING_RAY_MAX_REPLICAS", None,
+            _int_in(1), "Ray engine: autoscale between --ray-replicas and this many replicas, "
+            "aiming at --ray-target-ongoing-requests per replica.", metavar="N",
+            default_help="no autoscaling"),
+    Setting("ray_target_ongoing_requests", "--ray-target-ongoing-requests",
+            "SERVING_RAY_TARGET_ONGOING_REQUESTS", 2, _positive_number,
+            "Ray engine, autoscaling: requests per replica it aims at.", metavar="N"),
+    Setting("ray_num_cpus", "--ray-num-cpus", "SERVING_RAY_NUM_CPUS", 1, _positive_number,
+            "Ray engine: CPUs each replica reserves (and its math libraries' threads).",
+            metavar="N"),
+    Setting("ray_num_gpus", "--ray-num-gpus", "SERVING_RAY_NUM_GPUS", 0, _non_negative_number,
+            "Ray engine: GPUs each replica reserves (fractions share one); more than 0 puts the "
+            "model on the replica's GPU.", metavar="N"),
     Setting("program", "--program", "SAGEMAKER_PROGRAM", None, _text,
             "The user's script, in the submit directory. Unset: "
             "<model-dir>/code/inference.py when it exists.", metavar="FILE"),
@@ -294,6 +317,13 @@ class Config:
     metrics_port: int | None
     multi_model: bool
     models_memory_mb: float | None
+    engine: str
+    ray_address: str | None
+    ray_replicas: int
+    ray_max_replicas: int | None
+    ray_target_ongoing_requests: float
+    ray_num_cpus: float
+    ray_num_gpus: float
     program: str | None
     submit_dir: str
     install_requirements: bool
@@ -370,6 +400,14 @@ class Config:
         if self.metrics_port is not None and self.metrics_port == self.port:
             raise ConfigError(f"{self.where('metrics_port')}={self.metrics_port} is the main "
                               f"port; leave it unset to serve /metrics there")
+        if self.engine == "ray" and self.multi_model:
+            raise ConfigError(f"{self.where('multi_model')}: multi-model endpoints run on the "
+                              f"gunicorn engine only (a Ray replica would hold the models it "
+                              f"was asked to load, the others not)")
+        if self.ray_max_replicas is not None and self.ray_max_replicas < self.ray_replicas:
+            raise ConfigError(f"{self.where('ray_max_replicas')}={self.ray_max_replicas} is "
+                              f"fewer than the {self.ray_replicas} replicas "
+                              f"({self.where('ray_replicas')}) autoscaling keeps at least")
 
     def where(self, name: str) -> str:
         """How a setting was given, for messages: ``--port``, ``SM_MODEL_DIR`` or ``default``."""

@@ -81,6 +81,15 @@ def prepare_directory(path: str) -> None:
         prometheus_values.ValueClass = prometheus_values.MultiProcessValue()
 
 
+def join_directory(path: str) -> None:
+    """Count in the metrics directory ``path`` that another process prepared (Ray Serve
+    replicas share the one their driver made), keeping the files already there."""
+    os.makedirs(path, exist_ok=True)  # another node of a cluster: its own, same name
+    os.environ[DIRECTORY_VARIABLE] = path
+    if not getattr(prometheus_values.ValueClass, "_multiprocess", False):
+        prometheus_values.ValueClass = prometheus_values.MultiProcessValue()
+
+
 @contextlib.contextmanager
 def _locked(path: str, exclusive: bool) -> t.Iterator[None]:
     with open(os.path.join(path, LOCK_NAME), "a") as lock:

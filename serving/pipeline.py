@@ -282,11 +282,16 @@ class Pipeline:
         types_ = self.output_types
         return tuple(types_) if types_ is not None else None
 
-    def enable_batching(self, max_size: int, max_delay: float) -> None:
+    def enable_batching(self, max_size: int, max_delay: float,
+                        batcher_class: type[Batcher] = Batcher) -> None:
         """Join the inputs of concurrent requests into predict calls of up to ``max_size``
-        rows, waiting at most ``max_delay`` seconds (see :mod:`serving.batching`)."""
-        self.batcher = Batcher(lambda data: self._predict_one(data, self.context),
-                               max_size=max_size, max_delay=max_delay)
+        rows, waiting at most ``max_delay`` seconds (see :mod:`serving.batching`).
+
+        :param batcher_class: what gathers the requests: a thread of the worker's own, or
+            (a Ray Serve replica) ``@serve.batch``.
+        """
+        self.batcher = batcher_class(lambda data: self._predict_one(data, self.context),
+                                     max_size=max_size, max_delay=max_delay)
 
     @property
     def predicts_batches(self) -> bool:

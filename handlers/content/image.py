@@ -73,6 +73,9 @@ class ImageHandler(ContentHandler):
             raise
         except Image.DecompressionBombError as exc:  # Pillow's own guard, past ~179 M pixels
             raise DecodedTooLarge(f"image refused: {exc}", self.max_decoded_bytes) from None
+        except Image.UnidentifiedImageError:  # its message is the repr of our buffer
+            kind = "/".join(self.formats)
+            raise DecodeError(f"body is not {kind}: not an image of that format") from None
         except Exception as exc:  # Pillow raises many types for corrupt data
             kind = "/".join(self.formats)
             raise DecodeError(f"body is not {kind}: {type(exc).__name__}: {exc}") from None
