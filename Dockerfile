@@ -8,6 +8,8 @@
 #                default, or a CUDA runtime image with Python for GPU serving.
 #   PIP_OPTIONS  passed to every pip install: --index-url, --extra-index-url, --find-links…
 #   TORCH        the torch requirement (a CUDA build's index goes in PIP_OPTIONS).
+#   RAY          true: Ray Serve and Ray Data too, so that SERVING_ENGINE=ray serves the model on
+#                Ray Serve inside the container (same port, same /ping and /invocations).
 ARG BASE_IMAGE=python:3.11-slim
 
 # -- build: a virtual environment with the framework and the server ---------------------
@@ -31,11 +33,14 @@ RUN set -eu; \
       mxnet) $pip "mxnet==1.9.1" "numpy<1.24" ;; \
       *) echo "FRAMEWORK must be none, pytorch, chainer or mxnet, not ${FRAMEWORK}" >&2; exit 1 ;; \
     esac
+ARG RAY=false
 COPY setup.py README.md /src/
 COPY serving /src/serving
 COPY handlers /src/handlers
 RUN set -eu; \
-    extra=""; [ "${FRAMEWORK}" = none ] || extra="[${FRAMEWORK}]"; \
+    extras=""; [ "${FRAMEWORK}" = none ] || extras="${FRAMEWORK}"; \
+    [ "${RAY}" != true ] || extras="${extras:+${extras},}ray"; \
+    extra=""; [ -z "${extras}" ] || extra="[${extras}]"; \
     /opt/serving/bin/pip install ${PIP_OPTIONS} "/src${extra}"; \
     find /opt/serving -name __pycache__ -prune -exec rm -rf {} +
 

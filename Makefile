@@ -6,9 +6,16 @@
 #              the server with, as users do.
 # make container-tools: buildah and debootstrap (apt-get, as root), for the container tests
 #              where there is no Docker engine; best effort, the tests say why they skip.
+#   .venv-ray  Ray Serve and Ray Data (ray[serve,data]), numpy 2 and torch: the Ray engine and
+#              the Ray tests (made by make test-ray / serve-ray, on first use).
 # make serve:  serve the bundled NumPy example model on port 8080 (EXAMPLE=<name> another).
+# make serve-ray: the same on Ray Serve (serve --engine ray): a local Ray instance, REPLICAS=
+#              replicas (2); curl gets the same answers as from make serve.
 # make test:   the whole suite in .venv (container images included), then the core suite
-#              (no chainer, no mxnet, no images) in .venv-np2.
+#              (no chainer, no mxnet, no images) in .venv-np2, then make test-ray.
+# make test-ray: the Ray tests (tests/ray: Ray Serve against gunicorn on three examples, a
+#              killed replica, batching, batch transform on Ray Data) in .venv-ray, on local
+#              Ray instances the tests start; at most RAY_TEST_SECONDS (900).
 # make bench:  the codec benchmarks of BENCHMARKS.md, then our load benchmarks (overhead against a
 #              bare Flask echo, batching off and on, cold start, memory with 1/2/4 workers),
 #              which write their tables into BENCHMARKS.md; about 5 minutes.
@@ -19,6 +26,8 @@
 #              inference toolkit on MMS, LitServe and a hand-written Flask app, each in its own
 #              environment under build/peers/envs (several GB, made on first use; Java 17 and wrk
 #              needed); about 10 minutes; writes the table into BENCHMARKS.md. Not in make test.
+# make bench-ray: the Ray engine against gunicorn (same model, same wrk load; 2 replicas
+#              against 2 workers); about 3 minutes; writes its table into BENCHMARKS.md.
 # make bench-faults: the fault figures of BENCHMARKS.md (slow clients, stuck predictions,
 #              memory bombs, reloads, shutdown), each against real servers; about 2 minutes.
 
@@ -36,8 +45,10 @@ NP2_STAMP := $(NP2_VENV)/.installed
 SDK_VENV := .venv-sdk
 SDK_STAMP := $(SDK_VENV)/.installed
 SDK_REQUIREMENTS := "sagemaker>=2.200,<3" "protobuf<7" scipy pillow
+RAY_VENV := .venv-ray
+RAY_STAMP := $(RAY_VENV)/.installed
 
-.PHONY: install container-tools serve test loadtest bench bench-peers bench-faults wrk clean
+.PHONY: install container-tools serve serve-ray test test-ray loadtest bench bench-ray bench-peers bench-faults wrk clean
 
 install: $(STAMP) $(NP2_STAMP) $(SDK_STAMP)
 
@@ -61,6 +72,13 @@ $(SDK_STAMP):
 	$(SDK_VENV)/bin/python $(PIP) $(SDK_REQUIREMENTS)
 	touch $(SDK_STAMP)
 
+$(RAY_STAMP): setup.py
+	test -x $(RAY_VENV)/bin/python || $(PYTHON) -m venv $(RAY_VENV)
+	$(RAY_VENV)/bin/python $(PIP) --upgrade pip
+	$(RAY_VENV)/bin/python $(PIP) $(TORCH) "numpy>=2" "ray[serve,data]==2.60.0"
+	$(RAY_VENV)/bin/python $(PIP) -e '.[test,pytorch,ray]'
+	touch $(RAY_STAMP)
+
 container-tools:
 	@if docker info >/dev/null 2>&1 || (command -v buildah && command -v debootstrap) >/dev/null; then \
 		echo "container tools: present"; \
@@ -81,10 +99,26 @@ serve: $(STAMP)
 		SETUPTOOLS_USE_DISTUTILS=stdlib $(BIN)/python examples/$(EXAMPLE)/make_model.py; fi
 	$(BIN)/serve --model-dir examples/$(EXAMPLE)/model --port $(PORT)
 
+REPLICAS ?= 2
+
+serve-ray: $(RAY_STAMP)
+	@if [ -f examples/$(EXAMPLE)/make_model.py ] && [ -z "$$(ls examples/$(EXAMPLE)/model | grep -v '^code$$')" ]; then \
+		$(RAY_VENV)/bin/python examples/$(EXAMPLE)/make_model.py; fi
+	$(RAY_VENV)/bin/serve --engine ray --model-dir examples/$(EXAMPLE)/model --port $(PORT) \
+		--ray-replicas $(REPLICAS)
+
 test: install container-tools
-	SETUPTOOLS_USE_DISTUTILS=stdlib $(BIN)/python -m pytest -q tests
+	SETUPTOOLS_USE_DISTUTILS=stdlib $(BIN)/python -m pytest -q tests --ignore=tests/ray
 	$(NP2_VENV)/bin/python -m pytest -q -m "not chainer and not mxnet and not container" tests \
-		--ignore=tests/frameworks/test_chainer.py --ignore=tests/frameworks/test_mxnet.py
+		--ignore=tests/frameworks/test_chainer.py --ignore=tests/frameworks/test_mxnet.py \
+		--ignore=tests/ray
+	$(MAKE) test-ray
+
+RAY_TEST_SECONDS ?= 900
+
+test-ray: $(RAY_STAMP) $(SDK_STAMP)
+	timeout --signal=INT --kill-after=30 $(RAY_TEST_SECONDS) $(RAY_VENV)/bin/python -m pytest -q tests/ray \
+		tests/integration/test_batch_transform.py tests/unit/test_deploy_manifests.py
 
 USERS ?= 8
 DURATION ?= 30
@@ -123,8 +157,11 @@ DURATION_PEERS ?= 10
 bench-peers: $(NP2_STAMP) wrk $(foreach p,$(PEERS),$(PEERS_ENVS)/$(p)/.installed)
 	$(NP2_VENV)/bin/python benchmarks/peers/run.py --duration $(DURATION_PEERS)
 
+bench-ray: $(RAY_STAMP) wrk
+	$(RAY_VENV)/bin/python benchmarks/ray_serve.py
+
 bench-faults: $(STAMP)
 	$(BIN)/python benchmarks/faults.py
 
 clean:
-	rm -rf $(VENV) $(NP2_VENV) $(SDK_VENV) *.egg-info .pytest_cache build
+	rm -rf $(VENV) $(NP2_VENV) $(SDK_VENV) $(RAY_VENV) *.egg-info .pytest_cache build

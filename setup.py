@@ -25,6 +25,8 @@ setup(
         "chainer": ["chainer>=7.8", "numpy<2"],  # np.sctypes, gone in NumPy 2
         # MXNet 1.9 still uses np.bool, gone in NumPy 1.24.
         "mxnet": ["mxnet>=1.9,<2", "numpy<1.24"],
+        # The Ray engine (serve --engine ray) and batch transform on Ray Data.
+        "ray": ["ray[serve,data]>=2.40,<3"],
         # The load test users run against their container (tests/load/locustfile.py).
         "load": ["locust>=2.47,<3"],
         "test": ["pytest>=8", "requests>=2.31", "boto3>=1.34", "hypothesis>=6.100",

@@ -114,10 +114,16 @@ class RayBatcher(Batcher):
         self._gathered = serve.batch(max_batch_size=self.max_size,
                                      batch_wait_timeout_s=self.max_delay)(self._handle)
 
+    # Ray decides when a batch is gathered: no count of requests on their way is needed.
+    def expect(self) -> None:
+        pass
+
+    def unexpect(self) -> None:
+        pass
+
     def submit(self, data: t.Any, key: tuple[t.Any, ...], deadline: float) -> t.Any:
         request = _Request(data, key, deadline)
         assert self.loop is not None, "the replica sets its loop before any request"
-        self._expected -= 1  # no thread of ours gathers: the count only balances expect()
         asyncio.run_coroutine_threadsafe(self._gathered(request), self.loop)
         # Released by _predict in every case (answer, own error, or past its deadline).
         request.done.acquire()

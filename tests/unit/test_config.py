@@ -83,6 +83,12 @@ def test_default_accept_drops_parameters(model_dir):
         ([], {"SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT": "json"}, "not a media type"),
         ([], {"SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT": "*/*"}, "not a wildcard"),
         ([], {"SERVING_PRELOAD": "maybe"}, "not a boolean"),
+        ([], {"SERVING_ENGINE": "uvicorn"}, "SERVING_ENGINE='uvicorn'"),
+        (["--ray-num-cpus", "0"], {}, "must be more than 0"),
+        ([], {"SERVING_RAY_NUM_GPUS": "-1"}, "must be 0 or more"),
+        (["--ray-replicas", "4", "--ray-max-replicas", "2"], {},
+         "--ray-max-replicas=2 is fewer than the 4 replicas"),
+        (["--engine", "ray", "--multi-model"], {}, "multi-model endpoints run on the gunicorn"),
     ],
 )
 def test_bad_values_name_the_setting(model_dir, argv, env, says):
@@ -117,3 +123,12 @@ def test_unknown_flag_exits_like_argparse(model_dir):
     with pytest.raises(SystemExit):
         load(model_dir, ["--no-such-flag"])
     assert isinstance(build_parser(), argparse.ArgumentParser)
+
+
+def test_ray_engine_settings(model_dir):
+    config = load(model_dir, [], {"SERVING_ENGINE": "ray", "RAY_ADDRESS": "10.0.0.5:6379",
+                                  "SERVING_RAY_REPLICAS": "3", "SERVING_RAY_NUM_GPUS": "0.5"})
+    assert (config.engine, config.ray_address, config.ray_replicas) == ("ray", "10.0.0.5:6379", 3)
+    assert config.ray_num_gpus == 0.5 and config.ray_max_replicas is None
+    defaults = load(model_dir)
+    assert (defaults.engine, defaults.ray_address, defaults.ray_num_cpus) == ("gunicorn", None, 1)
