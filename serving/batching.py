@@ -200,21 +200,25 @@ class Batcher:
 
     def _run(self) -> None:
         while True:
-            batch = self._gather()
-            now = time.monotonic()
-            live = []
-            for request in batch:
-                if request.deadline <= now:  # its client has had its 504
-                    request.finish(error=DeadlineExceeded(0))
-                else:
-                    live.append(request)
-            if live:
-                try:
-                    self._predict(live)
-                except BaseException as exc:  # never leave a caller waiting
-                    for request in live:
-                        if request.done.locked():
-                            request.finish(error=exc)
+            self._run_batch(self._gather())
+
+    def _run_batch(self, batch: list[_Request]) -> None:
+        """Predict ``batch``, less the requests already past their deadline; every request
+        gets its answer or its error, whatever happens."""
+        now = time.monotonic()
+        live = []
+        for request in batch:
+            if request.deadline <= now:  # its client has had its 504
+                request.finish(error=DeadlineExceeded(0))
+            else:
+                live.append(request)
+        if live:
+            try:
+                self._predict(live)
+            except BaseException as exc:  # never leave a caller waiting
+                for request in live:
+                    if request.done.locked():
+                        request.finish(error=exc)
 
     def _predict(self, batch: list[_Request]) -> None:
         # Log lines of the joined call carry the ids of all its requests.

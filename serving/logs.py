@@ -53,14 +53,20 @@ def valid_request_id(value: str | None) -> bool:
     return value is not None and _VALID_ID.fullmatch(value) is not None
 
 
-_base_factory = logging.getLogRecordFactory()
+def _add_fields(record: logging.LogRecord) -> bool:
+    """A filter on our handlers: the request id and worker of the line, unless the code
+    that logged it gave its own in ``extra``.
 
-
-def _record_factory(*args: t.Any, **kwargs: t.Any) -> logging.LogRecord:
-    record = _base_factory(*args, **kwargs)
-    record.request_id = request_id.get() or "-"
-    record.worker = worker_index
-    return record
+    A filter, not a record factory: a factory puts the attributes on every record made in
+    the process, and ``extra`` may then not name them (Ray Serve logs with its own
+    ``request_id``, which logging refuses to overwrite). Handlers run in the thread that
+    logs, so the request id is still the one of that thread's request.
+    """
+    if not hasattr(record, "request_id"):
+        record.request_id = request_id.get() or "-"
+    if not hasattr(record, "worker"):
+        record.worker = worker_index
+    return True
 
 
 class JsonFormatter(logging.Formatter):
@@ -104,9 +110,9 @@ def configure(level: int, log_format: str = "text") -> None:
     """Set up this process's logging: one handler on stderr, in ``log_format``."""
     global _format
     _format = log_format
-    logging.setLogRecordFactory(_record_factory)
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(formatter())
+    handler.addFilter(_add_fields)
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)
@@ -121,3 +127,4 @@ class GunicornLogger(glogging.Logger):
         super().setup(cfg)
         for handler in self.error_log.handlers:
             handler.setFormatter(formatter())
+            handler.addFilter(_add_fields)

@@ -41,7 +41,6 @@ import typing as t
 from serving.app import ARRIVED_KEY, RESPONSE_ID_HEADER, create_app
 from serving.batching import Batcher, _Request
 from serving.config import Config
-from serving.errors import DeadlineExceeded
 
 __all__ = ["APP_NAME", "ServingReplica", "app_builder", "build_application",
            "deployment_options", "run"]
@@ -136,28 +135,19 @@ class RayBatcher(Batcher):
         return [None] * len(requests)
 
     def _run_gathered(self, requests: list[_Request]) -> None:
-        now = time.monotonic()
         groups: dict[tuple[t.Any, ...], list[_Request]] = {}
         for request in requests:
-            if request.deadline <= now:  # its client has had its 504
-                request.finish(error=DeadlineExceeded(0))
-            else:
-                groups.setdefault(request.key, []).append(request)
+            groups.setdefault(request.key, []).append(request)
         for group in groups.values():  # inputs that cannot be joined run in batches apart
             batch: list[_Request] = []
             rows = 0
-            for request in group + [None]:  # type: ignore[list-item]
-                if request is None or (batch and rows + request.rows > self.max_size):
-                    try:
-                        self._predict(batch)
-                    except BaseException as exc:  # never leave a caller waiting
-                        for waiting in batch:
-                            if waiting.done.locked():
-                                waiting.finish(error=exc)
+            for request in group:
+                if batch and rows + request.rows > self.max_size:
+                    self._run_batch(batch)
                     batch, rows = [], 0
-                if request is not None:
-                    batch.append(request)
-                    rows += request.rows
+                batch.append(request)
+                rows += request.rows
+            self._run_batch(batch)
 
 
 class ServingReplica:
