@@ -6,7 +6,8 @@ Both servers come from .venv-ray (the same torch, the same code): ``serve --work
 against ``serve --engine ray --ray-replicas 2 --ray-num-cpus 1``, each in its own session,
 on 127.0.0.1. Two models: the peers' TorchScript MLP (64 → 256 → 256 → 10, one JSON row) and
 the numpy-linear example (one JSON row), at 8 and 32 clients from wrk (2 threads), a 1 s
-warm-up before each measured run. A bare Ray Serve deployment that echoes the body
+warm-up before each measured run (3 s: a Ray proxy just started
+answers its first requests slowly). A bare Ray Serve deployment that echoes the body
 (``ray_echo_app.py``: no model, none of our code, the same replicas) shows what Ray itself
 costs here. Writes the table into BENCHMARKS.md (section ``ray-serve``).
 """
@@ -80,7 +81,7 @@ def compare(duration: float) -> str:
                     server.wait_until(lambda: post(url, body)[0] == 200, 240)
             for clients in (8, 32):
                 for name, (server, url) in servers.items():
-                    measure(server, url, str(payload), clients, 1)
+                    measure(server, url, str(payload), clients, 3)
                     results[name, clients] = measure(server, url, str(payload), clients,
                                                      duration)
                     load = results[name, clients]
@@ -112,7 +113,7 @@ def bare_ray(duration: float) -> list[list[str]]:
     try:
         server.wait_until(lambda: post(url, payload.read_bytes())[0] == 200, 240)
         for clients in (8, 32):
-            measure(server, url, str(payload), clients, 1)
+            measure(server, url, str(payload), clients, 3)
             load = measure(server, url, str(payload), clients, duration)
             print(f"  bare Ray Serve echo, {clients} clients: {load.rps:.0f} req/s, "
                   f"p99 {load.p99_ms:.1f} ms", flush=True)
