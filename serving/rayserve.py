@@ -368,8 +368,14 @@ def run(config: Config, metrics_dir: str | None) -> int:
     ray.init(**options)
     # After ray.init, whose own SIGTERM handler would end this process on the spot.
     stop = threading.Event()
+    signals = [0]
+
+    def on_signal(*_: t.Any) -> None:
+        signals[0] += 1
+        stop.set()
+
     for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stop.set())
+        signal.signal(signum, on_signal)
     try:
         serve.start(http_options={
             "host": config.host, "port": config.port,
@@ -384,15 +390,37 @@ def run(config: Config, metrics_dir: str | None) -> int:
                  config.ray_num_cpus, config.ray_num_gpus)
         while not stop.wait(1):
             pass
-        log.info("stopping: removing the application")
-        try:
-            serve.delete(APP_NAME)
-        finally:
-            if local:
-                serve.shutdown()
-        return 0
+        log.info("stopping: removing the application (at most %d s)", config.timeout)
+        return 0 if _remove(serve, local, config.timeout, lambda: signals[0] > 1) else 1
     except Exception as exc:
         log.error("serving on Ray failed: %s: %s", type(exc).__name__, exc)
         return 1
     finally:
         ray.shutdown()  # stops the local instance when this process started it
+
+
+def _remove(serve: t.Any, local: bool, grace: float, hurry: t.Callable[[], bool]) -> bool:
+    """Remove the application (its replicas finish what they hold), and Serve itself from a
+    local instance; whether that was done within ``grace`` seconds.
+
+    Bounded, because it waits on Ray's own processes: a Ctrl-C in a terminal (or a signal
+    to the whole process group) reaches them too, and what they had to do then never
+    comes. A second signal stops waiting at once.
+    """
+    def remove() -> None:
+        try:
+            serve.delete(APP_NAME)
+            if local:
+                serve.shutdown()
+        except Exception as exc:
+            log.warning("removing the application failed: %s: %s", type(exc).__name__, exc)
+
+    remover = threading.Thread(target=remove, name="remove", daemon=True)
+    remover.start()
+    deadline = time.monotonic() + grace
+    while remover.is_alive() and time.monotonic() < deadline and not hurry():
+        remover.join(0.2)
+    if remover.is_alive():
+        log.error("the application was not removed in time: stopping Ray all the same")
+        return False
+    return True
