@@ -126,9 +126,12 @@ class RayBatcher(Batcher):
     def submit(self, data: t.Any, key: tuple[t.Any, ...], deadline: float) -> t.Any:
         request = _Request(data, key, deadline)
         assert self.loop is not None, "the replica sets its loop before any request"
-        asyncio.run_coroutine_threadsafe(self._gathered(request), self.loop)
-        # Released by _predict in every case (answer, own error, or past its deadline).
-        request.done.acquire()
+        gathered = asyncio.run_coroutine_threadsafe(self._gathered(request), self.loop)
+        # Released by _run_batch in every case (answer, own error, past its deadline);
+        # unless Ray's batching itself failed before it got there.
+        while not request.done.acquire(timeout=0.5):
+            if gathered.done() and gathered.exception() is not None:
+                raise gathered.exception()  # type: ignore[misc]
         if request.error is not None:
             raise request.error
         return request.result
