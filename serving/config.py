@@ -404,6 +404,9 @@ class Config:
             raise ConfigError(f"{self.where('multi_model')}: multi-model endpoints run on the "
                               f"gunicorn engine only (a Ray replica would hold the models it "
                               f"was asked to load, the others not)")
+        if self.engine == "ray" and self.metrics_port is not None:
+            raise ConfigError(f"{self.where('metrics_port')}: the ray engine serves /metrics "
+                              f"on its proxy's port only")
         if self.ray_max_replicas is not None and self.ray_max_replicas < self.ray_replicas:
             raise ConfigError(f"{self.where('ray_max_replicas')}={self.ray_max_replicas} is "
                               f"fewer than the {self.ray_replicas} replicas "

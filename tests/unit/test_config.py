@@ -89,6 +89,7 @@ def test_default_accept_drops_parameters(model_dir):
         (["--ray-replicas", "4", "--ray-max-replicas", "2"], {},
          "--ray-max-replicas=2 is fewer than the 4 replicas"),
         (["--engine", "ray", "--multi-model"], {}, "multi-model endpoints run on the gunicorn"),
+        (["--engine", "ray", "--metrics-port", "9100"], {}, "--metrics-port: the ray engine"),
     ],
 )
 def test_bad_values_name_the_setting(model_dir, argv, env, says):
