@@ -238,8 +238,10 @@ def http_date() -> str:
 
 
 def _response_bytes(error: errors.ServingError, close: bool, request_id: str) -> bytes:
-    """A whole HTTP answer carrying ``error`` as our JSON body (the app's shape)."""
-    body = orjson.dumps({**error.to_dict(), "request_id": request_id})
+    """A whole HTTP answer carrying ``error`` as our JSON body: the app's bytes, its
+    closing line break included (Flask's JSON answers end with one)."""
+    body = orjson.dumps({**error.to_dict(), "request_id": request_id},
+                        option=orjson.OPT_APPEND_NEWLINE)
     lines = [f"HTTP/1.1 {error.status_code} {HTTPStatus(error.status_code).phrase}",
              "Content-Type: application/json",
              f"Content-Length: {len(body)}", f"Date: {http_date()}",

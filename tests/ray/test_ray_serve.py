@@ -45,6 +45,8 @@ def numpy_linear_requests():
         ("/invocations", b"[[1, 2, 3]]", {"Content-Type": "application/json",
                                           "Accept": "image/png"}),  # 406
         ("/invocations", b"[" * 10 + b"]" * 10, {"Content-Type": "application/json"}),
+        # Past SAGEMAKER_MAX_PAYLOAD_IN_MB (6 MiB): 413, refused from its Content-Length.
+        ("/invocations", b" " * (7 * 2**20), {"Content-Type": "application/json"}),
     ]
 
 
