@@ -64,8 +64,8 @@ def deployment_options(config: Config) -> dict[str, t.Any]:
         # What one replica holds at once: its threads' worth answered, the rest queued in
         # the replica under their deadline (as a gunicorn worker holds connections). At
         # only its threads' worth, Ray's router holds the rest and retries them with
-        # backoff: at 32 clients on 2 replicas that halved throughput here (85 against
-        # 196 req/s, numpy-linear, wrk 5 s).
+        # backoff: at 32 clients on 2 replicas that halved throughput here (numpy-linear,
+        # wrk: 81-90 req/s in 3 s runs, against 196 req/s in a 5 s run at 8 x).
         "max_ongoing_requests": 8 * config.concurrency,
         # Loading a model (and importing a framework) takes a while on a small machine.
         "health_check_timeout_s": 30,
@@ -185,9 +185,12 @@ class ServingReplica:
         self.runtime = Runtime(config.concurrency, config.deadline_seconds)
         self.app = create_app(config, self.models, self.runtime, self.metrics)
         # The app's calls block (on the runtime, under the deadline): they run on threads
-        # of their own, as many as the replica answers at once, plus one for /ping.
+        # of their own, as many as the replica answers at once. The requests queued past
+        # those wait for a thread, their deadline counting from arrival; /ping has a thread
+        # of its own, so that a health check never waits behind them.
         self._threads = concurrent.futures.ThreadPoolExecutor(
-            config.concurrency + 1, thread_name_prefix="http")
+            config.concurrency, thread_name_prefix="http")
+        self._ping_thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="ping")
         self._in_flight = 0
         if self.metrics is not None:
             threading.Thread(target=self._flush_metrics, name="metrics", daemon=True).start()
@@ -220,8 +223,9 @@ class ServingReplica:
         self._in_flight += 1
         try:
             environ = await self._environ(request, arrived)
-            status, headers, body, rest = await loop.run_in_executor(
-                self._threads, self._start, environ)
+            threads = self._ping_thread if environ["PATH_INFO"] == "/ping" else self._threads
+            status, headers, body, rest = await loop.run_in_executor(threads, self._start,
+                                                                     environ)
         except BaseException:
             self._in_flight -= 1
             raise
