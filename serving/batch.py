@@ -148,7 +148,13 @@ class FileTransformer:
 
         records = requests = 0
         try:
-            with open(os.path.join(self.input_dir, path), "rb") as f:
+            full_path = os.path.join(self.input_dir, path)
+            size = os.path.getsize(full_path)
+            if self.transform.split_type == "None" and size > self.transform.max_payload_bytes:
+                # One request of the whole file: refused before it is read.
+                raise _Failed(413, f"the file is {size} bytes, over the "
+                                   f"{self.transform.max_payload_bytes}-byte MaxPayloadInMB")
+            with open(full_path, "rb") as f:
                 data = f.read()
             chunks = records_of(data, self.transform.split_type)
             records = len(chunks)
