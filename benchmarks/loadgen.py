@@ -164,6 +164,18 @@ class ServerProcess:
         self.stop()
 
 
+def serve(name: str, model_dir: t.Any, *args: str, venv: t.Any,
+          logs: t.Any) -> tuple[ServerProcess, str]:
+    """``serve`` from the environment ``venv`` on a free port of 127.0.0.1, logging to
+    ``logs/<name>.log``: the server, and its /invocations URL."""
+    port = free_port()
+    server = ServerProcess(name, [os.path.join(str(venv), "bin", "serve"), "--model-dir",
+                                  str(model_dir), "--host", "127.0.0.1", "--port", str(port),
+                                  *args],
+                           log_path=os.path.join(str(logs), f"{name}.log"))
+    return server, f"http://127.0.0.1:{port}/invocations"
+
+
 def post(url: str, body: bytes, content_type: str = "application/json",
          timeout: float = 10) -> tuple[int, bytes]:
     request = urllib.request.Request(url, data=body, method="POST",

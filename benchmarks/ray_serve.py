@@ -32,6 +32,7 @@ from loadgen import (  # noqa: E402
     machine,
     measure,
     post,
+    serve as loadgen_serve,
     table,
     write_section,
 )
@@ -42,11 +43,7 @@ BUILD = REPO / "build" / "bench-ray"
 
 
 def serve(name: str, model_dir: Path, *args: str) -> tuple[ServerProcess, str]:
-    port = free_port()
-    server = ServerProcess(name, [str(VENV / "bin" / "serve"), "--model-dir", str(model_dir),
-                                  "--host", "127.0.0.1", "--port", str(port), *args],
-                           log_path=str(BUILD / "logs" / f"{name}.log"))
-    return server, f"http://127.0.0.1:{port}/invocations"
+    return loadgen_serve(name, model_dir, *args, venv=VENV, logs=BUILD / "logs")
 
 
 def models() -> dict[str, tuple[Path, Path, object]]:
