@@ -12,6 +12,9 @@ setup(
     install_requires=[
         "flask>=3.0,<4",
         "gunicorn>=23.0",
+        # llhttp, the HTTP/1.1 parser of the gunicorn worker (serving.http1); 0.7 and newer
+        # bundle llhttp 9.3, which refuses the chunk-extension desyncs of 2025.
+        "httptools>=0.7,<1",
         "numpy>=1.23",
         "orjson>=3.9",
         "pillow>=10",
@@ -29,7 +32,7 @@ setup(
         "ray": ["ray[serve,data]>=2.40,<3"],
         # The load test users run against their container (tests/load/locustfile.py).
         "load": ["locust>=2.47,<3"],
-        "test": ["pytest>=8", "requests>=2.31", "boto3>=1.34", "hypothesis>=6.100",
+        "test": ["pytest>=8", "requests>=2.31", "h11>=0.16", "boto3>=1.34", "hypothesis>=6.100",
                  "locust>=2.47,<3", "schemathesis>=4,<5"],
     },
     entry_points={"console_scripts": ["serve=serving.cli:main"]},

@@ -8,12 +8,13 @@ every connection without blocking and under deadlines:
 
 - the head (request line and headers) within ``SERVING_HEADER_TIMEOUT``;
 - the body at ``SERVING_MIN_BODY_RATE_KB`` or faster after its first second;
-- framing checked before a byte of body is kept: Content-Length with
-  Transfer-Encoding, a body over the payload limit, a head too large, and a
-  body that ends before its Content-Length are refused.
+- the bytes parsed as they arrive by llhttp with our limits and RFC 9112 checks
+  on top (``serving.http1``): a malformed, ambiguous or oversized request is
+  refused before its body is kept, and requests pipelined behind one another
+  are answered in order.
 
-A client past these limits gets our JSON error (408, 400, 413, 414, 431, 501)
-and its connection is closed. Only a complete request goes to one of the
+A client past these limits gets our JSON error (400, 408, 413, 414, 417, 431,
+501, 505) and its connection is closed. Only a complete request goes to one of the
 worker's HTTP threads, which runs the Flask app and writes the answer. A slow
 client costs a socket and its buffer, never a thread, and each worker holds at
 most ``SERVING_MAX_CONNECTIONS``.
@@ -31,7 +32,6 @@ counts as dropped, and ``serve`` exits non-zero.
 from __future__ import annotations
 
 import errno
-import io
 import logging
 import os
 import queue
@@ -43,28 +43,22 @@ import time
 import typing as t
 from email.utils import formatdate
 from http import HTTPStatus
-from urllib.parse import unquote_to_bytes, urlsplit
 
 import orjson
 from gunicorn.workers.base import Worker
 
 from serving import errors, logs
-from serving.app import ARRIVED_KEY, REQUEST_ID_HEADERS, RESPONSE_ID_HEADER, request_id_of
+from serving.app import REQUEST_ID_HEADERS, RESPONSE_ID_HEADER, request_id_of
+from serving.http1 import Request, RequestReader, frame_response
 from serving.metrics import NO_ROUTE
 from serving.negotiation import content_type_of
+from serving.wsgi import build_environ
 
-__all__ = ["ServingWorker", "parse_head"]
+__all__ = ["ServingWorker"]
 
 log = logging.getLogger(__name__)
 access_log = logging.getLogger("serving.access")
 
-#: Longest request line; past it: 414.
-MAX_REQUEST_LINE = 8190
-#: Longest header field line, and most fields; past them: 431.
-MAX_FIELD_BYTES = 8190
-MAX_FIELDS = 100
-#: Longest head as a whole; past it: 431.
-MAX_HEAD_BYTES = 64 * 1024
 #: The body's first second is free of the rate check (a client starting up).
 BODY_GRACE_SECONDS = 1.0
 #: After an error answer, unread input is discarded this long before closing, so that the
@@ -92,129 +86,31 @@ SATURATED_PROGRESS_SECONDS = 0.1
 #: cannot keep a worker from listening.
 UNSTARTED_SECONDS = 0.05
 
-_TOKEN = frozenset(b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
-_HEX = frozenset(b"0123456789abcdefABCDEF")
+# Connection states: waiting for a request, receiving its head or its body, answering
+# (an HTTP thread holds it), discarding input after an error answer.
+_IDLE, _HEAD, _BODY, _BUSY, _LINGER = "idle", "head", "body", "busy", "linger"
 
-# Connection states.
-_IDLE, _HEAD, _BODY, _CHUNKED, _BUSY, _LINGER = "idle", "head", "body", "chunked", "busy", "linger"
-
-
-class Head:
-    """A parsed request head: what the loop needs to frame the body, and the WSGI environ."""
-
-    __slots__ = ("method", "target", "version", "headers", "length", "chunked", "keep_alive",
-                 "expect_continue")
-
-    def __init__(self) -> None:
-        self.headers: list[tuple[str, str]] = []
-        self.length = 0
-        self.chunked = False
-        self.keep_alive = True
-        self.expect_continue = False
-
-    def header(self, name: str) -> list[str]:
-        return [value for key, value in self.headers if key == name]
-
-
-def _is_token(data: bytes) -> bool:
-    return bool(data) and all(c in _TOKEN for c in data)
-
-
-def parse_head(data: bytes) -> Head:
-    """Parse a request head (without its final empty line), strictly.
-
-    Raises a :class:`serving.errors.ServingError` with the status the client
-    gets: 400 for anything malformed or ambiguous (obsolete line folding, a space
-    before a colon, Content-Length with Transfer-Encoding or twice with different
-    values), 414/431 for sizes, 501 for a transfer coding other than chunked,
-    505 for an HTTP version other than 1.0 and 1.1, 417 for an unknown Expect.
-    """
-    lines = data.split(b"\r\n")
-    line = lines[0]
-    if len(line) > MAX_REQUEST_LINE:
-        raise errors.URITooLong(f"the request line is over {MAX_REQUEST_LINE} bytes")
-    parts = line.split(b" ")
-    if len(parts) != 3 or not _is_token(parts[0]) or not parts[1]:
-        raise errors.BadRequest(f"invalid request line {line[:100].decode('latin-1')!r}")
-    head = Head()
-    head.method = parts[0].decode("ascii")
-    head.target = parts[1].decode("latin-1")
-    version = parts[2]
-    if version not in (b"HTTP/1.1", b"HTTP/1.0"):
-        if version.startswith(b"HTTP/") and len(version) == 8:
-            raise errors.ServingError(f"HTTP version {version.decode('latin-1')} is not supported",
-                                      status_code=505)
-        raise errors.BadRequest(f"invalid HTTP version {version[:20].decode('latin-1')!r}")
-    head.version = version.decode("ascii")
-    fields = lines[1:]
-    if len(fields) > MAX_FIELDS:
-        raise errors.HeadersTooLarge(f"more than {MAX_FIELDS} header fields")
-    for field in fields:
-        if len(field) > MAX_FIELD_BYTES:
-            raise errors.HeadersTooLarge(f"a header field is over {MAX_FIELD_BYTES} bytes")
-        if field[:1] in (b" ", b"\t"):
-            raise errors.BadRequest("obsolete header line folding is not accepted")
-        name, colon, value = field.partition(b":")
-        if not colon or not _is_token(name):
-            raise errors.BadRequest(f"invalid header field {field[:100].decode('latin-1')!r}")
-        value = value.strip(b" \t")
-        if b"\0" in value or b"\n" in value or b"\r" in value:
-            raise errors.BadRequest(f"invalid value in header {name.decode('ascii')}")
-        head.headers.append((name.decode("ascii").lower(), value.decode("latin-1")))
-
-    transfer = head.header("transfer-encoding")
-    lengths = head.header("content-length")
-    if transfer:
-        if lengths:  # request smuggling's favourite ambiguity
-            raise errors.BadRequest("a request cannot have both Content-Length and "
-                                    "Transfer-Encoding")
-        codings = [c.strip().lower() for c in ",".join(transfer).split(",")]
-        if codings != ["chunked"] or head.version == "HTTP/1.0":
-            raise errors.ServingError(f"Transfer-Encoding {', '.join(transfer)!r} is not supported; "
-                                      f"send chunked or a Content-Length", status_code=501)
-        head.chunked = True
-    elif lengths:
-        values = {v.strip() for v in ",".join(lengths).split(",")}
-        if len(values) != 1 or not next(iter(values)).isdigit():
-            raise errors.BadRequest(f"invalid Content-Length {', '.join(lengths)!r}")
-        head.length = int(next(iter(values)))
-
-    tokens = {c.strip().lower() for c in ",".join(head.header("connection")).split(",")}
-    head.keep_alive = ("close" not in tokens if head.version == "HTTP/1.1"
-                       else "keep-alive" in tokens)
-    expect = head.header("expect")
-    if expect:
-        if [e.lower() for e in expect] != ["100-continue"]:
-            raise errors.ServingError(f"Expect {', '.join(expect)!r} is not supported",
-                                      status_code=417)
-        head.expect_continue = head.version == "HTTP/1.1"
-    return head
 
 
 class _Connection:
-    """One client connection and where its current request stands."""
+    """One client connection: its parser, and where its current request stands."""
 
-    __slots__ = ("sock", "addr", "state", "buf", "head", "deadline", "body", "body_started",
-                 "received", "chunk_left", "arrived", "served", "fd", "answering", "port")
+    __slots__ = ("sock", "addr", "state", "reader", "request", "deadline", "received",
+                 "served", "fd", "answering", "port", "accepted", "got")
 
     def __init__(self, sock: socket.socket, addr: t.Any, now: float, header_timeout: float,
-                 port: str) -> None:
+                 port: str, max_body: int) -> None:
         self.sock, self.addr = sock, addr
         self.port = port  # of the listener it came in on: the main port or the metrics one
         self.fd = sock.fileno()
-        self.buf = bytearray()
+        self.reader = RequestReader(max_body)
+        self.request: Request | None = None  # the one being answered
         self.served = 0
-        self.start_head(now, header_timeout)
-
-    def start_head(self, now: float, header_timeout: float) -> None:
+        self.accepted = now
+        self.got = 0  # bytes read, ever
         self.state = _HEAD
-        self.head: Head | None = None
         self.deadline = now + header_timeout
-        self.body = bytearray()
-        self.body_started = 0.0
-        self.received = 0
-        self.chunk_left: int | None = None
-        self.arrived = now
+        self.received = 0  # bytes read since the current request's body began
         #: Whether bytes of the answer went out (after that, a failure can only close).
         self.answering = False
 
@@ -370,13 +266,12 @@ class ServingWorker(Worker):
     def _unstarted(self, now: float) -> int:
         """Connections accepted in the last UNSTARTED_SECONDS that have sent nothing yet."""
         return sum(1 for conn in self.recent
-                   if now - conn.arrived < UNSTARTED_SECONDS and conn.state == _HEAD
-                   and not conn.buf and not conn.served)
+                   if now - conn.accepted < UNSTARTED_SECONDS and not conn.got)
 
     def _accept(self, listener: t.Any, count: int | None = None) -> None:
         # A few at a time: connections a worker cannot serve soon are better left to others.
         now = time.monotonic()
-        self.recent = [c for c in self.recent if now - c.arrived < UNSTARTED_SECONDS]
+        self.recent = [c for c in self.recent if now - c.accepted < UNSTARTED_SECONDS]
         for _ in range(count or max(1, self.threads - self.busy - self._unstarted(now))):
             try:
                 sock, addr = listener.accept()
@@ -396,7 +291,7 @@ class ServingWorker(Worker):
         except OSError:
             pass  # a Unix socket
         conn = _Connection(sock, addr, time.monotonic(), self.header_timeout,
-                           self.ports.get(id(listener), ""))
+                           self.ports.get(id(listener), ""), self.max_body)
         self.conns[conn.fd] = conn
         self.recent.append(conn)
         self.selector.register(sock, selectors.EVENT_READ, conn)
@@ -415,107 +310,50 @@ class ServingWorker(Worker):
             if not data:
                 self._close(conn)
             return
-        if not data:  # the client closed its side
-            if conn.state in (_BODY, _CHUNKED):
-                expected = "its chunked end" if conn.state == _CHUNKED else \
-                    f"the {conn.head.length} bytes its Content-Length declared"
-                got = len(conn.body) + len(conn.buf) if conn.state == _CHUNKED else len(conn.buf)
-                self._refuse(conn, errors.BadRequest(
-                    f"the body ended after {got} bytes, before {expected}"))
-            else:
-                self._close(conn)  # nothing, or a partial head: no request to answer
-            return
         now = time.monotonic()
-        if conn.state == _IDLE:
-            conn.start_head(now, self.header_timeout)
-        if conn.state in (_BODY, _CHUNKED):
-            conn.received += len(data)
-        conn.buf += data
+        reader = conn.reader
+        if not data:  # the client closed its side: a request it left unfinished is a 400
+            reader.end_of_input()
+            if not reader.ready:
+                self._close(conn)
+                return
+        else:
+            conn.got += len(data)
+            if conn.state == _IDLE:
+                conn.state = _HEAD
+                conn.deadline = now + self.header_timeout
+            elif conn.state == _BODY:
+                conn.received += len(data)
+            reader.feed(data, now)
         self._advance(conn, now)
 
     def _advance(self, conn: _Connection, now: float) -> None:
-        """Move ``conn`` on with what its buffer holds; dispatch a complete request."""
-        try:
-            if conn.state == _HEAD:
-                if not self._read_head(conn, now):
-                    return
-            if conn.state == _BODY:
-                length = conn.head.length
-                if len(conn.buf) < length:
-                    return
-                if len(conn.buf) == length:  # the usual case: the buffer is the body
-                    conn.body, conn.buf = conn.buf, bytearray()
-                else:  # pipelined: the next request's bytes follow
-                    conn.body = conn.buf[:length]
-                    del conn.buf[:length]
-            elif conn.state == _CHUNKED:
-                if not self._read_chunks(conn):
-                    return
-        except errors.ServingError as error:
-            self._refuse(conn, error)
-            return
-        self._dispatch(conn)
-
-    def _read_head(self, conn: _Connection, now: float) -> bool:
-        buf = conn.buf
-        while buf[:2] == b"\r\n":  # empty lines before a request are allowed (RFC 9112 2.2)
-            del buf[:2]
-        end = buf.find(b"\r\n\r\n")
-        if end < 0:
-            if buf.find(b"\r\n") < 0 and len(buf) > MAX_REQUEST_LINE:
-                raise errors.URITooLong(f"the request line is over {MAX_REQUEST_LINE} bytes")
-            if len(buf) > MAX_HEAD_BYTES:
-                raise errors.HeadersTooLarge(f"the request head is over {MAX_HEAD_BYTES} bytes")
-            return False
-        if end > MAX_HEAD_BYTES:
-            raise errors.HeadersTooLarge(f"the request head is over {MAX_HEAD_BYTES} bytes")
-        head = parse_head(bytes(buf[:end]))
-        del buf[:end + 4]
-        conn.head = head
-        if head.length > self.max_body:
-            raise errors.PayloadTooLarge(self.max_body, head.length)
-        conn.state = _CHUNKED if head.chunked else _BODY
-        conn.body_started = now
-        conn.received = len(buf)
-        if head.expect_continue and (head.chunked or head.length > len(buf)):
-            self._send_now(conn, b"HTTP/1.1 100 Continue\r\n\r\n")
-        return True
-
-    def _read_chunks(self, conn: _Connection) -> bool:
-        """Take whole chunks out of the buffer; True once the last chunk and trailers are in."""
-        buf = conn.buf
-        while True:
-            if conn.chunk_left is None:  # a chunk-size line
-                end = buf.find(b"\r\n")
-                if end < 0:
-                    if len(buf) > MAX_FIELD_BYTES:
-                        raise errors.BadRequest("a chunk-size line is too long")
-                    return False
-                size = bytes(buf[:end]).split(b";", 1)[0].strip(b" \t")
-                if not size or not all(c in _HEX for c in size) or len(size) > 16:
-                    raise errors.BadRequest(f"invalid chunk size {size[:20].decode('latin-1')!r}")
-                del buf[:end + 2]
-                conn.chunk_left = int(size, 16) or -1
-                if len(conn.body) + max(conn.chunk_left, 0) > self.max_body:
-                    raise errors.PayloadTooLarge(self.max_body)
-            elif conn.chunk_left == -1:  # trailer fields, up to an empty line
-                end = buf.find(b"\r\n")
-                if end < 0:
-                    if len(buf) > MAX_HEAD_BYTES:
-                        raise errors.HeadersTooLarge("the trailer fields are too large")
-                    return False
-                del buf[:end + 2]
-                if end == 0:
-                    return True
+        """Answer the next complete request (or the error that ends the connection), or
+        note where the one being received stands."""
+        reader = conn.reader
+        if reader.ready:
+            item = reader.ready.popleft()
+            if isinstance(item, Request):
+                self._dispatch(conn, item)
             else:
-                size = conn.chunk_left
-                if len(buf) < size + 2:
-                    return False
-                if buf[size:size + 2] != b"\r\n":
-                    raise errors.BadRequest("a chunk is not followed by CRLF")
-                conn.body += buf[:size]
-                del buf[:size + 2]
-                conn.chunk_left = None
+                self._refuse(conn, item)
+            return
+        if reader.closed:  # nothing more will be parsed (a full pipeline, an upgrade)
+            self._close(conn)
+            return
+        current = reader.current
+        if current is None:
+            return  # still _HEAD (before a first byte) or _IDLE
+        if current.headers_done:
+            if conn.state != _BODY:
+                conn.state = _BODY
+                conn.received = 0
+            if current.expect_continue and not current.continued:
+                current.continued = True
+                self._send_now(conn, b"HTTP/1.1 100 Continue\r\n\r\n")
+        elif conn.state == _IDLE:
+            conn.state = _HEAD
+            conn.deadline = now + self.header_timeout
 
     def _expire(self, now: float) -> None:
         """Apply the deadlines: idle, head, body rate, linger."""
@@ -527,26 +365,30 @@ class ServingWorker(Worker):
                 if now > conn.deadline:
                     self._close(conn)
             elif state == _HEAD and now > conn.deadline:
-                if conn.served and not conn.buf:
+                if conn.served and conn.reader.current is None:
                     self._close(conn)  # a kept-alive connection that sent nothing more
                 else:
                     self._refuse(conn, errors.RequestTimeout(
                         f"the request headers did not arrive within {self.header_timeout:g} s "
                         f"(SERVING_HEADER_TIMEOUT)"), slow_phase="headers")
-            elif state in (_BODY, _CHUNKED):
-                elapsed = now - conn.body_started - BODY_GRACE_SECONDS
+            elif state == _BODY:
+                current = conn.reader.current
+                started = current.body_started if current is not None else now
+                elapsed = now - started - BODY_GRACE_SECONDS
                 if elapsed > 0 and conn.received < self.min_body_rate * elapsed:
                     self._refuse(conn, errors.RequestTimeout(
                         f"the request body came slower than {self.min_body_rate / 1024:g} KiB/s "
                         f"(SERVING_MIN_BODY_RATE_KB): {conn.received} bytes in "
-                        f"{now - conn.body_started:.1f} s"), slow_phase="body")
+                        f"{now - started:.1f} s"), slow_phase="body")
 
     # -- answering ---------------------------------------------------------------------
 
-    def _dispatch(self, conn: _Connection) -> None:
-        self.selector.unregister(conn.sock)
-        conn.state = _BUSY
-        self.busy += 1
+    def _dispatch(self, conn: _Connection, request: Request) -> None:
+        if conn.state != _BUSY:
+            self.selector.unregister(conn.sock)
+            conn.state = _BUSY
+            self.busy += 1
+        conn.request = request
         self.tasks.put(conn)
 
     def _http_thread(self) -> None:
@@ -556,7 +398,8 @@ class ServingWorker(Worker):
             try:
                 keep = self._respond(conn)
             except BaseException:  # SystemExit from user code too: the thread must live on
-                log.exception("answering %s %s failed", conn.head.method, conn.head.target)
+                log.exception("answering %s %s failed", conn.request.method,
+                              conn.request.target_text)
                 if not conn.answering:
                     try:
                         self._write(conn, _response_bytes(
@@ -570,18 +413,26 @@ class ServingWorker(Worker):
             except BlockingIOError:
                 pass  # the pipe is full, so the loop is awake anyway
 
+
     def _collect_finished(self) -> None:
         while True:
             try:
                 conn, keep = self.finished.get_nowait()
             except queue.Empty:
                 return
-            self.busy -= 1
             self.previous_finished, self.last_finished = self.last_finished, time.monotonic()
             conn.served += 1
+            conn.request = None
+            reader = conn.reader
             if not keep or self.stopping_at is not None:
+                self.busy -= 1
                 self._close(conn)
                 continue
+            if reader.ready and isinstance(reader.ready[0], Request):
+                # Pipelined: the next request is here already; answer it at once.
+                self._dispatch(conn, reader.ready.popleft())
+                continue
+            self.busy -= 1
             try:
                 if conn.sock.gettimeout() != 0.0:  # a slow write set a timeout
                     conn.sock.setblocking(False)
@@ -590,61 +441,32 @@ class ServingWorker(Worker):
                 self._close(conn)
                 continue
             now = time.monotonic()
-            if conn.buf:  # the client sent its next request already (pipelining)
-                conn.start_head(now, self.header_timeout)
-                self._advance(conn, now)
-            else:
-                conn.state = _IDLE
-                conn.deadline = now + self.cfg.keepalive
+            conn.state = _IDLE
+            conn.deadline = now + self.cfg.keepalive
+            self._advance(conn, now)  # an error queued behind it, or a request half-read
 
     def _environ(self, conn: _Connection) -> dict[str, t.Any]:
-        head = conn.head
-        body, conn.body = bytes(conn.body), bytearray()
-        target = head.target
-        if target.startswith(("http://", "https://")):
-            parts = urlsplit(target)
-            path, query = parts.path or "/", parts.query
-        else:
-            path, _, query = target.partition("?")
-            path = path.partition("#")[0]
+        request = conn.request
+        body, request.body = request.body, b""  # the environ's input holds it, no one else
         server = self.server_addr
-        environ: dict[str, t.Any] = {
-            "REQUEST_METHOD": head.method,
-            "SCRIPT_NAME": "",
-            "PATH_INFO": unquote_to_bytes(path).decode("latin-1"),
-            "QUERY_STRING": query,
-            "RAW_URI": target,
-            "SERVER_NAME": str(server[0]) if isinstance(server, tuple) else "localhost",
-            "SERVER_PORT": conn.port,
-            "SERVER_PROTOCOL": head.version,
-            "REMOTE_ADDR": conn.peer,
-            "REMOTE_PORT": str(conn.addr[1]) if isinstance(conn.addr, tuple) else "",
-            "wsgi.version": (1, 0),
-            "wsgi.url_scheme": "http",
-            # bytes, made once: BytesIO shares it, and reading it whole returns it uncopied.
-            "wsgi.input": io.BytesIO(body),
-            "wsgi.errors": sys.stderr,
-            "wsgi.multithread": True,
-            "wsgi.multiprocess": True,
-            "wsgi.run_once": False,
-            "wsgi.input_terminated": True,
-            ARRIVED_KEY: conn.arrived,
-        }
-        for name, value in head.headers:
-            if "_" in name or name == "transfer-encoding":
-                continue  # an underscore could pass for a dash in the environ: dropped
-            key = name.upper().replace("-", "_")
-            if key not in ("CONTENT_TYPE", "CONTENT_LENGTH"):
-                key = "HTTP_" + key
-            environ[key] = f"{environ[key]},{value}" if key in environ else value
-        if head.chunked or head.length:
-            environ["CONTENT_LENGTH"] = str(len(body))  # the body is here, whole
-        return environ
+        framed = request.chunked or request.length or body
+        return build_environ(
+            method=request.method, path=request.path, query=request.query,
+            raw_uri=request.target.decode("ascii"), protocol=request.version,
+            headers=request.headers, body=body,
+            content_length=str(len(body)) if framed else None,
+            server_name=str(server[0]) if isinstance(server, tuple) else "localhost",
+            server_port=conn.port, remote_addr=conn.peer,
+            remote_port=str(conn.addr[1]) if isinstance(conn.addr, tuple) else "",
+            url_scheme="http", multiprocess=True, arrived=request.arrived)
 
     def _respond(self, conn: _Connection) -> bool:
         """Run the app on a complete request and write its answer; True to keep the connection."""
-        head = conn.head
-        keep = head.keep_alive and self.stopping_at is None
+        request = conn.request
+        reader = conn.reader
+        # The last answer before the parser stopped taking requests says it closes.
+        keep = (request.keep_alive and self.stopping_at is None
+                and not (reader.closed and not reader.ready))
         started: list[t.Any] = []
 
         def start_response(status: str, headers: list[tuple[str, str]],
@@ -657,33 +479,37 @@ class ServingWorker(Worker):
         result = self.wsgi(self._environ(conn), start_response)
         try:
             status, headers = started[0], started[1]
-            names = {name.lower() for name, _ in headers}
-            chunked = "content-length" not in names and head.method != "HEAD"
-            if chunked and head.version != "HTTP/1.1":
-                keep, chunked = False, False  # HTTP/1.0: the end of the body is the close
-            lines = [f"{head.version} {status}", *(f"{n}: {v}" for n, v in headers)]
-            if "date" not in names:
-                lines.append(f"Date: {http_date()}")
-            if chunked:
-                lines.append("Transfer-Encoding: chunked")
-            if not keep:
-                lines.append("Connection: close")
-            elif head.version == "HTTP/1.0":
-                lines.append("Connection: keep-alive")
-            out = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+            out, framing, length, keep = frame_response(request.version, request.method, status,
+                                                        headers, keep, http_date())
             sent_head = False
+            sent = 0
             for data in result:
-                if not data or head.method == "HEAD":
+                if not data or framing == "none":
                     continue
-                if chunked:
+                if framing == "length":
+                    if sent + len(data) > length:
+                        log.error("%s %s: the answer is longer than its Content-Length %d; "
+                                  "cut there, and the connection closed", request.method,
+                                  request.target_text, length)
+                        data = data[:length - sent]
+                        keep = False
+                    sent += len(data)
+                elif framing == "chunked":
                     data = b"%x\r\n%s\r\n" % (len(data), data)
                 if not sent_head:
                     data, sent_head = out + data, True
                 self._write(conn, data)
+                if not keep and framing == "length" and sent == length:
+                    break
             if not sent_head:
                 self._write(conn, out)
-            if chunked:
+            if framing == "chunked":
                 self._write(conn, b"0\r\n\r\n")
+            elif framing == "length" and sent < length:
+                log.error("%s %s: the answer ended %d bytes short of its Content-Length; the "
+                          "connection is closed", request.method, request.target_text,
+                          length - sent)
+                keep = False
         except OSError:
             return False
         except errors.StreamAborted:  # logged by the app: close, leaving the body unended
@@ -718,19 +544,18 @@ class ServingWorker(Worker):
 
     def _request_id(self, conn: _Connection) -> str:
         """The id of the request ``conn`` holds: the client's when its head was read."""
-        head = conn.head
-        if head is None:
+        request = conn.request
+        if request is None:
             return request_id_of(())
-        return request_id_of(next(iter(head.header(name.lower())), None)
+        return request_id_of(next(iter(request.header(name.lower())), None)
                              for name in REQUEST_ID_HEADERS)
 
-    def _route(self, head: Head | None) -> str:
+    def _route(self, request: Request | None) -> str:
         """The route rule the request would have reached, for the metrics' label."""
-        if head is None:
+        if request is None or not request.method:
             return NO_ROUTE
         try:
-            path = unquote_to_bytes(head.target.partition("?")[0]).decode("latin-1")
-            rule, _ = self.wsgi.url_map.bind("localhost").match(path, head.method,
+            rule, _ = self.wsgi.url_map.bind("localhost").match(request.path, request.method,
                                                                 return_rule=True)
             return rule.rule
         except Exception:  # no such route or method, an odd target: none
@@ -742,8 +567,10 @@ class ServingWorker(Worker):
 
         :param slow_phase: ``headers`` or ``body`` for a client refused as too slow.
         """
-        head = conn.head
-        what = f"{head.method} {head.target}" if head is not None else "-"
+        request = conn.reader.failed or conn.reader.current
+        conn.request = request if request is not None and request.headers_done else None
+        what = f"{request.method} {request.target_text}" \
+            if request is not None and request.method else "-"
         request_id = self._request_id(conn)
         token = logs.request_id.set(request_id)
         try:
@@ -754,13 +581,13 @@ class ServingWorker(Worker):
             logs.request_id.reset(token)
         if self.metrics is not None:
             content_type = None
-            if head is not None and head.header("content-type"):
+            if conn.request is not None and conn.request.header("content-type"):
                 try:
-                    content_type = content_type_of(head.header("content-type")[0])
+                    content_type = content_type_of(conn.request.header("content-type")[0])
                 except ValueError:
                     content_type = "invalid"
-            self.metrics.request_refused(self._route(head), error.status_code, content_type,
-                                         slow_phase)
+            self.metrics.request_refused(self._route(conn.request), error.status_code,
+                                         content_type, slow_phase)
         self._send_now(conn, _response_bytes(error, close=True, request_id=request_id))
         try:
             conn.sock.shutdown(socket.SHUT_WR)
@@ -768,8 +595,10 @@ class ServingWorker(Worker):
             pass
         conn.state = _LINGER
         conn.deadline = time.monotonic() + LINGER_SECONDS
-        conn.buf.clear()
-        conn.body = bytearray()
+        conn.request = None
+        conn.reader.closed = True
+        conn.reader.ready.clear()
+        conn.reader.current = None
 
     def _close(self, conn: _Connection) -> None:
         self.conns.pop(conn.fd, None)
@@ -804,7 +633,8 @@ class ServingWorker(Worker):
         for listener in self.sockets:
             listener.close()
         for conn in list(self.conns.values()):
-            if conn.state == _IDLE or (conn.state == _HEAD and not conn.buf and conn.served):
+            if conn.state == _IDLE or (conn.state == _HEAD and conn.reader.current is None
+                                       and conn.served):
                 self._close(conn)
 
     def _accept_all(self, listener: t.Any) -> None:

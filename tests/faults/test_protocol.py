@@ -57,17 +57,24 @@ def test_content_length_with_transfer_encoding_is_400_json(server):
     request = (b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                b"Content-Length: 9\r\nTransfer-Encoding: chunked\r\n\r\n9\r\n[[1,2,3]]\r\n0\r\n\r\n")
     status, headers, body = raw_exchange(server.port, request)
-    assert_json_error(status, headers, body, 400, "both Content-Length and Transfer-Encoding")
+    assert_json_error(status, headers, body, 400,
+                      "Transfer-Encoding can't be present with Content-Length")
 
 
 @pytest.mark.parametrize("request_bytes, code, says", [
     (b"GARBAGE\r\n\r\n", 400, "invalid request line"),
     (b"GET / HTTP/2.0\r\n\r\n", 505, "HTTP version HTTP/2.0"),
-    (b"GET /ping HTTP/1.1\r\nBad Header: x\r\n\r\n", 400, "invalid header field"),
-    (b"GET /ping HTTP/1.1\r\nX: a\r\n b\r\n\r\n", 400, "folding"),
-    (b"POST /invocations HTTP/1.1\r\nContent-Length: 1, 2\r\n\r\n", 400, "invalid Content-Length"),
-    (b"POST /invocations HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n", 501, "not supported"),
-    (b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\n\r\n", 414, "request line is over"),
+    (b"GET /ping HTTP/1.1\r\nHost: x\r\nBad Header: x\r\n\r\n", 400, "Invalid header token"),
+    (b"GET /ping HTTP/1.1\r\nHost: x\r\nX: a\r\n b\r\n\r\n", 400,
+     "Unexpected whitespace after header value"),  # obs-fold
+    (b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Length: 1, 2\r\n\r\n", 400,
+     "Invalid character in Content-Length"),
+    # chunked not last: RFC 9112 6.3 says 400; a coding we do not decode before it: 501.
+    (b"POST /invocations HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n", 400,
+     "invalid `Transfer-Encoding`"),
+    (b"POST /invocations HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", 501,
+     "not supported"),
+    (b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", 414, "request target is over"),
     (post("/invocations", b"1" * (7 << 20)), 413, "over the limit of 6291456 bytes"),
 ])
 def test_malformed_requests_get_our_json(server, request_bytes, code, says):
