@@ -273,21 +273,24 @@ class RequestReader:
             self._raise(errors.ServingError("CONNECT is not served: this is an origin server, "
                                             "not a proxy", status_code=501))
         self._route_target(current, method)
-        hosts = transfer = lengths = expect = 0
+        hosts = transfer = types = expect = 0
         for key, value in current.headers:
             if key == "host":
                 hosts += 1
             elif key == "transfer-encoding":
                 transfer += 1
             elif key == "content-length":
-                lengths += 1
                 current.length = int(value)  # llhttp checked: digits, one field, no overflow
+            elif key == "content-type":
+                types += 1
             elif key == "expect":
                 expect += 1
         if hosts > 1 or (hosts == 0 and current.version == "HTTP/1.1"):
             self._raise(errors.BadRequest(
                 "an HTTP/1.1 request needs exactly one Host header field" if hosts != 1 else
                 "a request may have one Host header field"))
+        if types > 1:  # which decoder would it be? (a singleton field, RFC 9110 8.3)
+            self._raise(errors.BadRequest("a request may have one Content-Type header field"))
         if transfer:
             if current.version == "HTTP/1.0":
                 self._raise(errors.BadRequest("Transfer-Encoding is not allowed in HTTP/1.0: "

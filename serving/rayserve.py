@@ -29,7 +29,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import dataclasses
-import io
 import logging
 import os
 import signal
@@ -38,9 +37,10 @@ import threading
 import time
 import typing as t
 
-from serving.app import ARRIVED_KEY, RESPONSE_ID_HEADER, create_app
+from serving.app import RESPONSE_ID_HEADER, create_app
 from serving.batching import Batcher, _Request
 from serving.config import Config
+from serving.wsgi import build_environ
 
 __all__ = ["APP_NAME", "ServingReplica", "app_builder", "build_application",
            "deployment_options", "run"]
@@ -266,40 +266,25 @@ class ServingReplica:
                 if size > limit:
                     break
             body = b"".join(parts)
-        url = request.url
-        raw_path = request.scope.get("raw_path") or url.path.encode()
-        query = request.scope.get("query_string", b"")
-        environ: dict[str, t.Any] = {
-            "REQUEST_METHOD": request.method,
-            "SCRIPT_NAME": "",
-            "PATH_INFO": url.path,
-            "QUERY_STRING": query.decode("latin-1"),
-            "RAW_URI": raw_path.decode("latin-1") + ("?" + query.decode("latin-1")
-                                                      if query else ""),
-            "SERVER_NAME": url.hostname or "localhost",
-            "SERVER_PORT": str(self.config.port),
-            "SERVER_PROTOCOL": "HTTP/1.1",
-            "REMOTE_ADDR": request.client.host if request.client else "",
-            "wsgi.version": (1, 0),
-            "wsgi.url_scheme": url.scheme or "http",
-            "wsgi.input": io.BytesIO(body),
-            "wsgi.errors": sys.stderr,
-            "wsgi.multithread": True,
-            "wsgi.multiprocess": False,
-            "wsgi.run_once": False,
-            # The body ends where the stream ends (chunked bodies have no Content-Length).
-            "wsgi.input_terminated": True,
-            ARRIVED_KEY: arrived,
-        }
-        for name, value in headers.items():
-            key = name.upper().replace("-", "_")
-            if key == "CONTENT_TYPE" or key == "CONTENT_LENGTH":
-                environ[key] = value
-            elif key not in ("TRANSFER_ENCODING",):
-                key = "HTTP_" + key
-                # Repeated headers join with commas, as WSGI servers do.
-                environ[key] = f"{environ[key]},{value}" if key in environ else value
-        return environ
+        scope = request.scope
+        raw_path = (scope.get("raw_path") or scope["path"].encode("utf-8")).decode("latin-1")
+        query = scope.get("query_string", b"").decode("latin-1")
+        server = scope.get("server") or ("localhost", self.config.port)
+        client = request.client
+        # The same builder as the gunicorn worker's: the app sees one environ whichever
+        # host parsed the request. A declared Content-Length is passed on as declared, so
+        # that the app refuses one over the limit with the same 413 (its body unread).
+        return build_environ(
+            method=request.method, path=raw_path, query=query,
+            raw_uri=raw_path + ("?" + query if query else ""),
+            protocol="HTTP/" + scope.get("http_version", "1.1"),
+            headers=[(k.decode("latin-1"), v.decode("latin-1")) for k, v in headers.raw],
+            body=body, content_length=declared if declared is not None else
+            (str(len(body)) if body or "transfer-encoding" in headers else None),
+            server_name=str(server[0]), server_port=str(self.config.port),
+            remote_addr=client.host if client else "",
+            remote_port=str(client.port) if client else "", url_scheme=scope.get("scheme", "http"),
+            multiprocess=False, arrived=arrived)
 
     def _start(self, environ: dict[str, t.Any]) -> tuple[int, dict[str, str], bytes,
                                                          t.Iterator[bytes] | None]:

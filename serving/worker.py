@@ -449,7 +449,7 @@ class ServingWorker(Worker):
         request = conn.request
         body, request.body = request.body, b""  # the environ's input holds it, no one else
         server = self.server_addr
-        framed = request.chunked or request.length or body
+        framed = request.chunked or request.length or body or request.header("content-length")
         return build_environ(
             method=request.method, path=request.path, query=request.query,
             raw_uri=request.target.decode("ascii"), protocol=request.version,
