@@ -210,13 +210,18 @@ class RequestReader:
         self._end(error)
 
     def _upgraded(self) -> None:
-        # llhttp stops at an Upgrade (or CONNECT) head: what follows is another protocol.
+        # llhttp stops at an Upgrade (or CONNECT) head, taking no body: what follows is
+        # another protocol. We answer the request as plain HTTP, then close; one that
+        # declared a body would be answered without it, so it is refused instead.
         if self.closed:
             return
-        if self.ready and not self.current:
-            self.closed = True  # answered as plain HTTP, then closed
-        else:
-            self._end(errors.BadRequest("a protocol upgrade with a body is not served"))
+        last = self.ready[-1] if self.ready and self.current is None else None
+        if isinstance(last, Request) and not (last.chunked or last.length):
+            self.closed = True
+            return
+        if isinstance(last, Request):
+            self.ready.pop()
+        self._end(errors.BadRequest("a protocol upgrade with a body is not served"))
 
     # -- llhttp's callbacks --------------------------------------------------------------
 
