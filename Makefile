@@ -28,6 +28,9 @@
 #              needed); about 10 minutes; writes the table into BENCHMARKS.md. Not in make test.
 # make bench-ray: the Ray engine against gunicorn (same model, same wrk load; 2 replicas
 #              against 2 workers); about 3 minutes; writes its table into BENCHMARKS.md.
+# make bench-http: the worker's HTTP/1.1 parser, old (the hand-written one, at commit
+#              c5a6d2b) against new (llhttp), parser alone and whole servers in alternating
+#              rounds; about 4 minutes; writes its table into BENCHMARKS.md.
 # make bench-faults: the fault figures of BENCHMARKS.md (slow clients, stuck predictions,
 #              memory bombs, reloads, shutdown), each against real servers; about 2 minutes.
 
@@ -48,7 +51,7 @@ SDK_REQUIREMENTS := "sagemaker>=2.200,<3" "protobuf<7" scipy pillow
 RAY_VENV := .venv-ray
 RAY_STAMP := $(RAY_VENV)/.installed
 
-.PHONY: install container-tools serve serve-ray test test-ray loadtest bench bench-ray bench-peers bench-faults wrk clean
+.PHONY: install container-tools serve serve-ray test test-ray loadtest bench bench-ray bench-peers bench-faults bench-http wrk clean
 
 install: $(STAMP) $(NP2_STAMP) $(SDK_STAMP)
 
@@ -159,6 +162,9 @@ bench-peers: $(NP2_STAMP) wrk $(foreach p,$(PEERS),$(PEERS_ENVS)/$(p)/.installed
 
 bench-ray: $(RAY_STAMP) wrk
 	$(RAY_VENV)/bin/python benchmarks/ray_serve.py
+
+bench-http: $(NP2_STAMP) wrk
+	$(NP2_VENV)/bin/python benchmarks/http_front_door.py
 
 bench-faults: $(STAMP)
 	$(BIN)/python benchmarks/faults.py
