@@ -348,6 +348,9 @@ class ServingWorker(Worker):
             if conn.state != _BODY:
                 conn.state = _BODY
                 conn.received = 0
+                # Its rate counts from now: a head read behind a request being answered
+                # waited on us, not on the client.
+                current.body_started = now
             if current.expect_continue and not current.continued:
                 current.continued = True
                 self._send_now(conn, b"HTTP/1.1 100 Continue\r\n\r\n")

@@ -147,3 +147,21 @@ def test_control_characters_never_reach_the_log_raw(server):
     log = server.log
     assert "\x1b" not in log
     assert "\nFAKE" not in log
+
+
+def test_a_body_pipelined_behind_a_slow_answer_gets_its_own_time(serve, faulty_model):
+    server = serve(faulty_model, "--workers", "1", "--threads", "2")
+    slow = (b'POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n'
+            b'Content-Length: 14\r\n\r\n{"sleep": 1.5}')
+    head = (b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 9\r\n\r\n")
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(slow + head)  # the second head waits 1.5 s behind the first answer
+        time.sleep(1.8)
+        sock.sendall(BODY)  # its body only now: the rate floor counts from its turn
+        data = b""
+        while data.count(b"HTTP/1.1 ") < 2:
+            chunk = sock.recv(65536)
+            assert chunk, data
+            data += chunk
+    assert data.count(b"HTTP/1.1 200 OK") == 2, data
