@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -106,7 +105,8 @@ def parser_costs(tree: Path) -> list[list[str]]:
                        request.keep_alive, "Tue, 01 Dec 2026 10:00:00 GMT")
 
     rows = [["hand-written (old)", f"{per_request_us(old_parse):.1f}"],
-            ["llhttp + our checks, kept-alive connection", f"{per_request_us(new_parse_kept_alive):.1f}"],
+            ["llhttp + our checks, kept-alive connection",
+             f"{per_request_us(new_parse_kept_alive):.1f}"],
             ["llhttp + our checks, new connection", f"{per_request_us(new_parse):.1f}"]]
     try:
         import h11
@@ -127,7 +127,8 @@ def parser_costs(tree: Path) -> list[list[str]]:
         connection.start_next_cycle()
         return body
 
-    rows.append([f"h11 {h11.__version__}, kept-alive connection", f"{per_request_us(h11_parse):.1f}"])
+    rows.append([f"h11 {h11.__version__}, kept-alive connection",
+                 f"{per_request_us(h11_parse):.1f}"])
     return rows
 
 
@@ -156,7 +157,8 @@ def servers(old: Path, rounds: int, duration: float) -> list[list[str]]:
         for round_ in range(rounds):
             for label, tree in (("old", old), ("new", REPO)):
                 port = free_port()
-                server = ServerProcess(f"{label}-{model_name}-{round_}", command(tree, model_dir, port),
+                server = ServerProcess(f"{label}-{model_name}-{round_}",
+                                       command(tree, model_dir, port),
                                        log_path=str(BUILD / "logs" / f"{label}-{round_}.log"),
                                        env=environ)
                 url = f"http://127.0.0.1:{port}/invocations"

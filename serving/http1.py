@@ -303,9 +303,9 @@ class RequestReader:
             codings = [c.strip(" \t").lower()
                        for c in ",".join(current.header("transfer-encoding")).split(",")]
             if codings[-1] != "chunked":  # the body's length cannot be known: RFC 9112 6.3
-                self._raise(errors.BadRequest(
-                    f"invalid `Transfer-Encoding` {', '.join(current.header('transfer-encoding'))!r}: "
-                    "chunked must be the last coding"))
+                sent = ", ".join(current.header("transfer-encoding"))
+                self._raise(errors.BadRequest(f"invalid `Transfer-Encoding` {sent!r}: chunked "
+                                              "must be the last coding"))
             if codings != ["chunked"]:
                 self._raise(errors.ServingError(
                     f"Transfer-Encoding {', '.join(current.header('transfer-encoding'))!r} is "

@@ -6,7 +6,6 @@ from __future__ import annotations
 import dataclasses
 import re
 import socket
-import types
 from pathlib import Path
 
 import httptools

@@ -154,11 +154,16 @@ def assert_our_json(answer: Answer) -> None:
     assert body["code"] == answer.status and body["message"], body
 
 
-@pytest.mark.parametrize("name, case, data", variants("invalid"), ids=lambda v: v if isinstance(v, str) else "")
+def _ids(value: object) -> str:
+    return value if isinstance(value, str) else ""
+
+
+@pytest.mark.parametrize("name, case, data", variants("invalid"), ids=_ids)
 def test_invalid_requests_are_refused_and_never_routed(server, name, case, data):
     answers, closed = exchange(server.port, data)
     if case.name in INVALID_ROUTED and (name.endswith("+host") or with_host(data) is None):
-        assert answers and all(a.status == 404 for a in answers), (INVALID_ROUTED[case.name], answers)
+        assert answers and all(a.status == 404 for a in answers), (INVALID_ROUTED[case.name],
+                                                                   answers)
         assert not any(refused_by_worker(server, a) for a in answers)
         return
     assert len(answers) == 1, answers
@@ -169,7 +174,7 @@ def test_invalid_requests_are_refused_and_never_routed(server, name, case, data)
     assert refused_by_worker(server, answer), server.log[-2000:]
 
 
-@pytest.mark.parametrize("name, case, data", variants("valid"), ids=lambda v: v if isinstance(v, str) else "")
+@pytest.mark.parametrize("name, case, data", variants("valid"), ids=_ids)
 def test_valid_requests_are_routed(server, name, case, data):
     answers, _ = exchange(server.port, data)
     hosted = name.endswith("+host")
