@@ -1,5 +1,9 @@
-"""gunicorn's HTTP/1.1 request corpus (``../shared/corpora/http-gunicorn``), read as its
-own loader reads it, and a reader of raw HTTP answers for the tests that send it."""
+"""gunicorn's HTTP/1.1 request corpus, read as its own loader (``treq.py``) reads it, and a
+reader of raw HTTP answers for the tests that send it.
+
+The corpus is ``tests/corpora/http-gunicorn``: a copy of ``../shared/corpora/http-gunicorn``
+(gunicorn's tests/requests at commit 65ac1a3, MIT, its LICENSE beside it), so that the
+tests run from any checkout."""
 
 from __future__ import annotations
 
@@ -12,7 +16,7 @@ import httptools
 
 from tests.server_helpers import REPO
 
-CORPUS = REPO.parent / "shared" / "corpora" / "http-gunicorn"
+CORPUS = REPO / "tests" / "corpora" / "http-gunicorn"
 
 
 @dataclasses.dataclass
