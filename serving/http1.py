@@ -141,10 +141,6 @@ class RequestReader:
         self._error: errors.ServingError | None = None
         self._full = False
 
-    @property
-    def receiving_body(self) -> bool:
-        return self.current is not None and self.current.headers_done
-
     def feed(self, data: bytes, now: float) -> None:
         """Parse ``data``; complete requests (and an error that ends the connection) go to
         ``ready``. Never raises for anything a client sends."""
@@ -177,7 +173,7 @@ class RequestReader:
         current = self.current
         if self.closed or current is None:
             return
-        if current is not None and current.headers_done:
+        if current.headers_done:
             expected = ("its chunked end" if current.chunked else
                         f"the {current.length} bytes its Content-Length declared")
             self._end(errors.BadRequest(
