@@ -9,10 +9,9 @@ adds is how requests reach :meth:`serving.pipeline.Pipeline.invoke`.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import logging
 import os
-import types
+import typing as t
 
 from serving.batching import Batcher
 from serving.config import Config, cpu_count
@@ -20,6 +19,9 @@ from serving.devices import DevicePlan
 from serving.metrics import Metrics
 from serving.models import DEFAULT_MODEL, ModelRepository, Models
 from serving.pipeline import Pipeline
+
+if t.TYPE_CHECKING:
+    from serving.user_code import UserCode
 
 __all__ = ["Assembly", "DEFAULT_MODEL", "THREAD_VARIABLES", "assemble", "assemble_loaded"]
 
@@ -88,7 +90,7 @@ def assemble(config: Config, metrics_dir: str | None = None,
     # Imported here so that `serve --help` and setting errors stay fast.
     from handlers.content import default_registry
     from serving.devices import gpu_count, plan_devices
-    from serving.user_code import import_user_module, install_requirements, locate_user_script
+    from serving.user_code import install_requirements, load_user_code, locate_user_script
 
     plan = plan_devices(config, gpu_count(), cpu_count())
     # GPU serving loads per worker after fork, one worker per GPU by default; a
@@ -99,23 +101,23 @@ def assemble(config: Config, metrics_dir: str | None = None,
     log.info("devices: %s, %d worker(s), %d thread(s) each%s", plan.kind, plan.workers,
              plan.threads_per_worker, f", GPUs {list(plan.gpus)}" if plan.gpus else "")
     _set_thread_variables(plan.threads_per_worker)
-    registry = default_registry()  # built-in handlers and installed plugins, once
+    base = default_registry()  # built-in handlers and installed plugins, once
+    base.limit_decoded(config.max_decoded_bytes)  # and every layer's handlers too
     script = locate_user_script(config)
-    module = None
+    code = None
     if script is not None:
         if config.install_requirements:
             install_requirements(script)
-        module = import_user_module(script)
+        code = load_user_code(script, base)
     elif not config.multi_model:
         log.info("no user script found; serving with the default handlers")
-    # After the user's module, whose own handlers get the limit too.
-    registry.limit_decoded(config.max_decoded_bytes)
 
-    def build(model_dir: str, module: types.ModuleType | None = module) -> Pipeline:
+    def build(model_dir: str, code: UserCode | None = code) -> Pipeline:
         return Pipeline.from_module(
-            module, registry, model_dir=model_dir, default_accept=config.default_accept,
-            framework=config.framework, trust_pickled_models=config.trust_pickled_models,
-            debug_errors=config.debug_errors,
+            code.module if code is not None else None,
+            code.registry if code is not None else base, model_dir=model_dir,
+            default_accept=config.default_accept, framework=config.framework,
+            trust_pickled_models=config.trust_pickled_models, debug_errors=config.debug_errors,
         )
 
     if config.multi_model:
@@ -125,15 +127,23 @@ def assemble(config: Config, metrics_dir: str | None = None,
             log.warning("SERVING_MAX_BATCH_SIZE is set, but a multi-model server does not "
                         "batch: requests are not batched")
 
-        def build_model(model_dir: str) -> Pipeline:
-            # The model's own code/inference.py, else the container's script.
+        def build_model(model_dir: str, token: str, first: bool) -> Pipeline:
+            """The model's own code/inference.py in a namespace of its own, else the
+            container's script. ``first``: the load POST /models asked for; the other
+            workers' loads of it find its requirements installed."""
             own = os.path.join(model_dir, "code", "inference.py")
             if not os.path.isfile(own):
                 return build(model_dir)
-            if config.install_requirements:
+            if config.install_requirements and first:
                 install_requirements(own)
-            digest = hashlib.sha256(os.path.abspath(own).encode()).hexdigest()[:16]
-            return build(model_dir, import_user_module(own, name=f"serving_model_{digest}"))
+            model_code = load_user_code(own, base, private=f"serving_model_{token}")
+            try:
+                pipeline = build(model_dir, model_code)
+            except BaseException:
+                model_code.release()
+                raise
+            pipeline.user_code = model_code
+            return pipeline
 
         budget = (int(config.models_memory_mb * 2**20) if config.models_memory_mb is not None
                   else memory_bytes() // 2 // plan.workers)

@@ -182,7 +182,10 @@ class ModelRepository(Models):
 
     :param directory: where the models' files go; made and removed by the caller.
     :param build: makes the (unloaded) pipeline of a model directory: its own
-        ``code/inference.py``, else the container's, else the default handlers.
+        ``code/inference.py``, else the container's, else the default handlers. Called
+        with the directory, the load's token (its code's private package is named by
+        it) and whether this is the load ``POST /models`` asked for (``False``: another
+        worker's, or a restarted one's, first use of it).
     :param budget_bytes: the most the loaded models' files may add up to.
     :param lock_timeout: how long a load or unload waits for the one in progress, in
         seconds; past it, 503.
@@ -190,7 +193,7 @@ class ModelRepository(Models):
 
     multi = True
 
-    def __init__(self, directory: str, build: t.Callable[[str], Pipeline],
+    def __init__(self, directory: str, build: t.Callable[[str, str, bool], Pipeline],
                  budget_bytes: int, lock_timeout: float = 60.0) -> None:
         super().__init__({})
         self.directory = directory
@@ -271,7 +274,7 @@ class ModelRepository(Models):
                     f"{_mib(self.budget_bytes)} (SERVING_MODELS_MEMORY_MB)")
             self._make_room(size)
             entry = Entry(name=name, url=url, bytes=size, token=os.urandom(8).hex())
-            held = self._load(entry)
+            held = self._load(entry, first=True)
             self._write(entry)
             self._held[name] = held
             self._bump()
@@ -328,7 +331,7 @@ class ModelRepository(Models):
             dropped = [name for name, held in self._held.items()
                        if (e := entries.get(name)) is None or e.token != held.entry.token]
             for name in dropped:
-                del self._held[name]
+                self._held.pop(name).pipeline.release()
             self._entries = entries
             self._seen = generation
         if dropped:
@@ -344,7 +347,7 @@ class ModelRepository(Models):
             if held is not None and held.entry.token == entry.token:
                 return held
             try:
-                held = self._load(entry)
+                held = self._load(entry, first=False)
             except errors.ServingError:
                 raise
             except Exception as exc:  # it loaded in another worker: why not here?
@@ -352,14 +355,27 @@ class ModelRepository(Models):
                 raise errors.ServingError(f"model {entry.name} failed to load in this worker: "
                                           f"{type(exc).__name__}") from exc
             if self._entries.get(entry.name, None) == entry:  # not unloaded meanwhile
+                previous = self._held.get(entry.name)
+                if previous is not None:  # an earlier load of the name, its code still held
+                    previous.pipeline.release()
                 self._held[entry.name] = held
+            else:
+                held.pipeline.release()
+                raise errors.NotFound(f"model {entry.name} was unloaded while it loaded here")
             return held
 
-    def _load(self, entry: Entry) -> _Held:
+    def _load(self, entry: Entry, first: bool) -> _Held:
         try:
-            pipeline = self.build(entry.url)
+            pipeline = self.build(entry.url, entry.token, first)
         except errors.StartupError as exc:
             raise errors.BadRequest(f"model {entry.name}: {exc}") from None
+        try:
+            return self._start(entry, pipeline)
+        except BaseException:
+            pipeline.release()
+            raise
+
+    def _start(self, entry: Entry, pipeline: Pipeline) -> _Held:
         if self._worker is not None:
             pipeline.enter_worker(*self._worker)
         if self.on_build is not None:
@@ -409,7 +425,9 @@ class ModelRepository(Models):
         except FileNotFoundError:
             pass
         self._entries.pop(name, None)
-        self._held.pop(name, None)
+        held = self._held.pop(name, None)
+        if held is not None:
+            held.pipeline.release()
 
     def _bump(self) -> None:
         """Tell every worker the models changed (the caller holds the exclusive lock)."""

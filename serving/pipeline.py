@@ -26,12 +26,21 @@ import types
 import typing as t
 
 from handlers import frameworks
-from handlers.content import DecodedTooLarge, DecodeError, EncodeError, Registry
+from handlers.content import (
+    DecodedTooLarge,
+    DecodeError,
+    EncodeError,
+    Registry,
+    registering_into,
+)
 from handlers.frameworks import FrameworkHandler, SelectionError
 from serving import errors
 from serving.batching import Batcher, batch_key
 from serving.errors import BadRequest, ModelError, NotAcceptable, ServingError, StartupError
 from serving.negotiation import acceptable_types
+
+if t.TYPE_CHECKING:
+    from serving.user_code import UserCode
 
 __all__ = ["Context", "HOSTING_FUNCTIONS", "Pipeline", "Stream", "valid_custom_attributes"]
 
@@ -200,6 +209,8 @@ class Pipeline:
         self.observe_stage: t.Callable[[str, float], None] | None = None
         #: How long the model took to load, in seconds; None until loaded.
         self.load_seconds: float | None = None
+        #: A multi-model server's model: its own modules, released when it is unloaded.
+        self.user_code: UserCode | None = None
         # The three stages, chosen when the model is loaded (see _choose_stages).
         self.decode: t.Callable[[bytes, str, Context], t.Any]
         self.predict: t.Callable[[t.Any, Context, float], t.Any]
@@ -345,7 +356,8 @@ class Pipeline:
             try:
                 if model_fn is not None:
                     log.info("loading the model: %s model_fn(%r)", self.source, context.model_dir)
-                    self.model = model_fn(context.model_dir, context=context)
+                    with registering_into(self.registry):  # handlers it registers: its own
+                        self.model = model_fn(context.model_dir, context=context)
                     if self._detect_framework:
                         name = frameworks.framework_of_model(self.model)
                         if name is not None:
@@ -380,6 +392,12 @@ class Pipeline:
                         else "the model is called as a plain function (no framework)")
             self._choose_stages()
             self._loaded = True
+
+    def release(self) -> None:
+        """Drop what the model holds beyond its objects: its own modules (multi-model)."""
+        if self.user_code is not None:
+            self.user_code.release()
+            self.user_code = None
 
     # -- one request -------------------------------------------------------------
 

@@ -1,11 +1,17 @@
 """Where the user's code comes from: finding ``inference.py``, unpacking a
 ``.tar.gz`` submit directory, installing ``requirements.txt``, importing it.
 
-All of this runs once, in the gunicorn master, before any worker starts.
+A single-model server does all of this once, in the gunicorn master, before any
+worker starts. A multi-model server imports each model's own ``code/inference.py``
+in every worker that answers for it, each into a namespace of its own
+(:func:`load_user_code` with ``private``).
 """
 
 from __future__ import annotations
 
+import builtins
+import importlib.abc
+import importlib.machinery
 import importlib.util
 import logging
 import os
@@ -13,12 +19,17 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import threading
 import types
+import typing as t
 
 from serving.config import Config
 from serving.errors import StartupError
 
-__all__ = ["import_user_module", "install_requirements", "locate_user_script"]
+if t.TYPE_CHECKING:
+    from handlers.content import Registry
+
+__all__ = ["UserCode", "install_requirements", "load_user_code", "locate_user_script"]
 
 log = logging.getLogger(__name__)
 
@@ -109,25 +120,198 @@ def install_requirements(script: str) -> None:
     log.debug("pip output:\n%s", result.stdout)
 
 
-def import_user_module(script: str, name: str | None = None) -> types.ModuleType:
-    """Import the user's script as a module; its sibling modules import normally.
+class UserCode:
+    """A user's script, imported, and the modules it brought with it.
 
-    :param name: the module's name in ``sys.modules``; by default the script's (a
-        multi-model server names each model's ``inference.py`` apart).
+    Made by :func:`load_user_code`. A private one (a multi-model server's model) owns a
+    package name no other model has; :meth:`release` takes its modules out of
+    ``sys.modules`` so that the next load of that model runs its files as they are then.
     """
-    directory = os.path.dirname(os.path.abspath(script))
-    if directory not in sys.path:
-        sys.path.insert(0, directory)
-    name = name or os.path.splitext(os.path.basename(script))[0]
-    spec = importlib.util.spec_from_file_location(name, script)
+
+    def __init__(self, module: types.ModuleType, registry: Registry,
+                 namespace: _Namespace | None = None) -> None:
+        self.module = module
+        #: Where the script's ``handlers.content.register`` calls went: its own layer.
+        self.registry = registry
+        self._namespace = namespace
+
+    @property
+    def package(self) -> str | None:
+        """The private package the model's modules live under; None: the process's own."""
+        return self._namespace.package if self._namespace is not None else None
+
+    def release(self) -> None:
+        """Forget the model's own modules (a private namespace; the process's stays)."""
+        if self._namespace is not None:
+            self._namespace.release()
+            self._namespace = None
+
+
+def load_user_code(script: str, registry: Registry, *, private: str | None = None) -> UserCode:
+    """Import the user's script; its own handlers go into a new layer over ``registry``.
+
+    :param private: ``None``: the script is the process's one model, imported as
+        SageMaker's containers do (its directory on ``sys.path``, its modules under their
+        own names, so pickles that name them load). A name: the model's private package
+        (a multi-model server's model, ``serving_model_<token>``): the script and every
+        module it imports from its own directory live under that package and nowhere
+        else; see :class:`_Namespace`.
+    :raises StartupError: the script, or a module it imports, raised.
+    """
+    from handlers.content import registering_into
+
+    layer = registry.layer()
+    namespace = None
+    if private is None:
+        directory = os.path.dirname(os.path.abspath(script))
+        if directory not in sys.path:
+            sys.path.insert(0, directory)
+        name = os.path.splitext(os.path.basename(script))[0]
+        spec = importlib.util.spec_from_file_location(name, script)
+    else:
+        namespace = _Namespace(private, [os.path.dirname(os.path.abspath(script))])
+        name = f"{private}.{os.path.splitext(os.path.basename(script))[0]}"
+        spec = namespace.spec(name, script)
     if spec is None or spec.loader is None:
         raise StartupError(f"cannot import {script}")
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
     try:
-        spec.loader.exec_module(module)
-    except Exception as exc:
-        del sys.modules[name]
+        with registering_into(layer):
+            spec.loader.exec_module(module)
+    except BaseException as exc:
+        sys.modules.pop(name, None)
+        if namespace is not None:
+            namespace.release()
+        if not isinstance(exc, Exception):
+            raise
         log.error("importing %s failed", script, exc_info=True)
         raise StartupError(f"importing {script} failed: {type(exc).__name__}: {exc}") from exc
-    return module
+    return UserCode(module, layer, namespace)
+
+
+class _Namespace:
+    """One model's modules, under a package of its own: ``serving_model_<token>``.
+
+    Why a package and a rewritten ``import`` rather than ``sys.path``: ``sys.path`` and
+    ``sys.modules`` are one per process, so two models that each ``import helper`` would
+    get whichever ``helper`` came first. Here the model's directory is the ``__path__`` of
+    a package no other model has, and every module loaded from it gets an ``__import__``
+    of its own (through its ``__builtins__``) that turns a top-level name the directory
+    provides into the private one: ``import helper`` binds the model's
+    ``serving_model_<token>.helper``; ``from utils.text import clean`` and relative
+    imports work as they read. A name the directory does not provide is imported as
+    usual (the standard library, site-packages), so a module only another model has is
+    an ImportError, never that model's.
+
+    What this does not reach: code outside the model that imports by name on the
+    model's behalf — ``importlib.import_module("helper")``, or a pickle naming
+    ``helper.Net`` (``torch.save`` of a whole model): those see ``sys.modules`` and
+    ``sys.path`` only. A model's source is compiled at each load, never read from
+    ``__pycache__``: a file changed within the same second as its cached bytecode
+    (whose timestamp has one-second steps) runs as changed.
+    """
+
+    def __init__(self, package: str, roots: list[str]) -> None:
+        if package in sys.modules or not package.isidentifier():
+            raise ValueError(f"{package} is not a free package name")
+        self.package = package
+        self.roots = roots
+        self._provides: dict[str, bool] = {}
+        original = builtins.__import__
+
+        def model_import(name: str, globals: t.Any = None, locals: t.Any = None,
+                         fromlist: t.Any = (), level: int = 0) -> types.ModuleType:
+            if level == 0 and self.provides(top := name.partition(".")[0]):
+                module = original(f"{package}.{name}", globals, locals, fromlist, 0)
+                return module if fromlist else sys.modules[f"{package}.{top}"]
+            return original(name, globals, locals, fromlist, level)
+
+        #: What every module of this model resolves builtins through.
+        self.builtins = dict(builtins.__dict__, __import__=model_import)
+        spec = importlib.machinery.ModuleSpec(package, None, is_package=True)
+        spec.submodule_search_locations = list(roots)
+        root = importlib.util.module_from_spec(spec)
+        root.__path__ = list(roots)
+        sys.modules[package] = root
+        _FINDER.add(self)
+
+    def provides(self, top: str) -> bool:
+        """Whether ``top`` is a module or package in the model's own directory."""
+        known = self._provides.get(top)
+        if known is None:
+            found = None
+            if top not in sys.builtin_module_names:
+                found = importlib.machinery.PathFinder.find_spec(top, self.roots)
+            if found is not None and found.origin is None:
+                # A bare directory (a namespace portion) yields to a regular module of the
+                # name elsewhere, as it would on sys.path.
+                elsewhere = importlib.machinery.PathFinder.find_spec(top)
+                if elsewhere is not None and elsewhere.origin is not None:
+                    found = None
+            known = self._provides[top] = found is not None
+        return known
+
+    def spec(self, fullname: str, origin: str,
+             search: list[str] | None = None) -> importlib.machinery.ModuleSpec | None:
+        """How to load the model's source file ``origin`` as ``fullname``."""
+        loader = _ModelSourceLoader(fullname, origin, self.builtins)
+        return importlib.util.spec_from_file_location(
+            fullname, origin, loader=loader, submodule_search_locations=search)
+
+    def release(self) -> None:
+        _FINDER.remove(self)
+        prefix = self.package + "."
+        for name in [n for n in list(sys.modules) if n == self.package or n.startswith(prefix)]:
+            sys.modules.pop(name, None)
+
+
+class _ModelSourceLoader(importlib.machinery.SourceFileLoader):
+    """Loads a model's ``.py`` file: compiled from its source each time, and executed
+    with the model's ``__import__``."""
+
+    def __init__(self, fullname: str, path: str, builtins_: dict[str, t.Any]) -> None:
+        super().__init__(fullname, path)
+        self._builtins = builtins_
+
+    def get_code(self, fullname: str) -> types.CodeType:
+        path = self.get_filename(fullname)
+        return self.source_to_code(self.get_data(path), path)
+
+    def exec_module(self, module: types.ModuleType) -> None:
+        module.__dict__["__builtins__"] = self._builtins
+        super().exec_module(module)
+
+
+class _ModelFinder(importlib.abc.MetaPathFinder):
+    """Finds the modules of private model packages (first on ``sys.meta_path``, which
+    it joins with the first one): a model's ``.py`` files get :class:`_ModelSourceLoader`;
+    its compiled extensions, namespace packages and ``.pyc`` files load as usual."""
+
+    def __init__(self) -> None:
+        self._namespaces: dict[str, _Namespace] = {}
+        self._lock = threading.Lock()
+
+    def add(self, namespace: _Namespace) -> None:
+        with self._lock:
+            self._namespaces[namespace.package] = namespace
+            if self not in sys.meta_path:
+                sys.meta_path.insert(0, self)
+
+    def remove(self, namespace: _Namespace) -> None:
+        with self._lock:
+            if self._namespaces.get(namespace.package) is namespace:
+                del self._namespaces[namespace.package]
+
+    def find_spec(self, fullname: str, path: t.Any = None,
+                  target: t.Any = None) -> importlib.machinery.ModuleSpec | None:
+        namespace = self._namespaces.get(fullname.partition(".")[0])
+        if namespace is None or "." not in fullname:
+            return None
+        found = importlib.machinery.PathFinder.find_spec(fullname, path)
+        if found is None or not isinstance(found.loader, importlib.machinery.SourceFileLoader):
+            return found
+        return namespace.spec(fullname, found.origin, found.submodule_search_locations)
+
+
+_FINDER = _ModelFinder()

@@ -1,12 +1,18 @@
 """Content-type handlers, found by media type through a registry.
 
-``default_registry()`` holds the built-in handlers; a user's ``inference.py``
-adds its own with ``handlers.content.register(MyHandler())``.
+``default_registry()`` holds the built-in handlers and the installed plugins. Each
+model's code gets a registry of its own layered over it (:meth:`Registry.layer`):
+``handlers.content.register(MyHandler())`` in a model's ``inference.py`` adds to
+that model's layer, so two models of one multi-model server may each handle a
+media type their own way, and a model loaded again starts from a fresh layer.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import threading
+import typing as t
 
 from handlers.content.base import (
     ContentHandler,
@@ -28,6 +34,7 @@ __all__ = [
     "default_registry",
     "load_entry_points",
     "register",
+    "registering_into",
     "to_numpy",
 ]
 
@@ -54,10 +61,22 @@ ENTRY_POINT_GROUP = "serving.content_handlers"
 
 
 class Registry:
-    """Media type → handler. Registering a type twice is an error, not an overwrite."""
+    """Media type → handler. Registering a type twice is an error, not an overwrite.
 
-    def __init__(self) -> None:
+    :param parent: a registry this one is layered over: its types are looked up when
+        this one lacks them, and registering one of them here needs ``replace=True``
+        (which shadows it in this layer only).
+    """
+
+    def __init__(self, parent: Registry | None = None) -> None:
         self._handlers: dict[str, ContentHandler] = {}
+        self.parent = parent
+        #: Set by :meth:`limit_decoded`: given to every handler registered later too.
+        self._max_decoded_bytes: int | None = None
+
+    def layer(self) -> Registry:
+        """A new registry over this one, for one model's own handlers."""
+        return Registry(parent=self)
 
     def register(self, handler: ContentHandler, *, replace: bool = False) -> None:
         """Add ``handler`` under its media type and aliases.
@@ -69,7 +88,7 @@ class Registry:
         for name in names:
             if name != name.lower() or "/" not in name or ";" in name:
                 raise ValueError(f"{handler!r}: {name!r} is not a bare lower-case media type")
-            existing = self._handlers.get(name)
+            existing = self.get(name)
             if existing is not None and not replace:
                 raise ValueError(
                     f"{name} is already handled by {existing!r}; "
@@ -77,26 +96,44 @@ class Registry:
                 )
         for name in names:
             self._handlers[name] = handler
+        layer: Registry | None = self
+        while layer is not None:  # the nearest limit set, on this layer or one below
+            if layer._max_decoded_bytes is not None:
+                handler.max_decoded_bytes = layer._max_decoded_bytes
+                break
+            layer = layer.parent
 
     def limit_decoded(self, max_bytes: int) -> None:
-        """Set the most memory one body may decode to, on every registered handler."""
-        for handler in set(self._handlers.values()):
-            handler.max_decoded_bytes = max_bytes
+        """Set the most memory one body may decode to, on every handler this registry
+        answers with (its parents' too), and on those registered here later."""
+        self._max_decoded_bytes = max_bytes
+        for handler in {id(h): h for h in map(self.get, self.media_types)}.values():
+            if handler is not None:
+                handler.max_decoded_bytes = max_bytes
 
     def get(self, media_type: str) -> ContentHandler | None:
-        return self._handlers.get(media_type)
+        handler = self._handlers.get(media_type)
+        if handler is None and self.parent is not None:
+            return self.parent.get(media_type)
+        return handler
 
     @property
     def media_types(self) -> list[str]:
-        """Every registered type and alias, in registration order."""
-        return list(self._handlers)
+        """Every type and alias this registry answers for: its parents' first, then its
+        own, each in registration order."""
+        if self.parent is None:
+            return list(self._handlers)
+        return list(dict.fromkeys([*self.parent.media_types, *self._handlers]))
 
     def __contains__(self, media_type: object) -> bool:
-        return media_type in self._handlers
+        return isinstance(media_type, str) and self.get(media_type) is not None
 
 
 _default: Registry | None = None
 _default_lock = threading.Lock()
+#: Where :func:`register` adds, while a model's code is imported or its model_fn runs.
+_target: contextvars.ContextVar[Registry | None] = contextvars.ContextVar(
+    "serving_registry_target", default=None)
 
 
 class PluginError(ValueError):
@@ -152,6 +189,22 @@ def default_registry() -> Registry:
         return _default
 
 
-def register(handler: ContentHandler, *, replace: bool = False) -> None:
-    """Add a handler to the default registry (call it from ``inference.py``)."""
-    default_registry().register(handler, replace=replace)
+@contextlib.contextmanager
+def registering_into(registry: Registry) -> t.Iterator[Registry]:
+    """While inside, :func:`register` adds to ``registry`` (in this thread and context)."""
+    token = _target.set(registry)
+    try:
+        yield registry
+    finally:
+        _target.reset(token)
+
+
+def register(handler: ContentHandler, *, replace: bool = False) -> Registry:
+    """Add a handler for the model whose code calls it (call it from ``inference.py``, at
+    import or in ``model_fn``); outside any model's code, to the default registry.
+
+    Returns the registry it was added to.
+    """
+    registry = _target.get() or default_registry()
+    registry.register(handler, replace=replace)
+    return registry
