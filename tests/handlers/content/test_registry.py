@@ -114,3 +114,43 @@ def test_user_registered_handler_serves_through_the_pipeline(tmp_path):
     response = client.post("/invocations", data=b"hi", headers={
         "Content-Type": "text/x-upper", "Accept": "text/x-upper"})
     assert response.data == b"HI!" and response.headers["Content-Type"] == "text/x-upper"
+
+
+def test_a_layer_sees_its_parent_and_keeps_its_own_types_to_itself():
+    base = Registry()
+    base.register(JSONHandler())
+    first, second = base.layer(), base.layer()
+    first.register(Upper())
+    assert first.get("text/x-upper").decode(b"a") == "A" and "text/x-upper" in first
+    assert second.get("text/x-upper") is None and "text/x-upper" not in base
+    assert first.media_types == ["application/json", "text/x-upper"]
+    # The same type in a sibling layer is no clash; a parent's type needs replace=True,
+    # and then shadows it in that layer only.
+    second.register(Upper())
+    with pytest.raises(ValueError, match="already handled by <JSONHandler"):
+        first.register(JSONHandler())
+    mine = JSONHandler()
+    first.register(mine, replace=True)
+    assert first.get("application/json") is mine
+    assert second.get("application/json") is base.get("application/json") is not mine
+    assert first.media_types == ["application/json", "text/x-upper"]
+
+
+def test_the_decoded_limit_reaches_handlers_registered_later_in_a_layer():
+    base = Registry()
+    base.register(JSONHandler())
+    base.limit_decoded(1234)
+    layer = base.layer()
+    layer.register(Upper())
+    assert layer.get("text/x-upper").max_decoded_bytes == 1234
+    layer.limit_decoded(99)
+    assert layer.get("text/x-upper").max_decoded_bytes == 99
+
+
+def test_register_adds_to_the_registry_of_the_code_running_it():
+    from handlers.content import register, registering_into
+
+    layer = default_registry().layer()
+    with registering_into(layer):
+        assert register(Upper()) is layer
+    assert "text/x-upper" in layer and "text/x-upper" not in default_registry()
