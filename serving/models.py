@@ -275,7 +275,11 @@ class ModelRepository(Models):
             self._make_room(size)
             entry = Entry(name=name, url=url, bytes=size, token=os.urandom(8).hex())
             held = self._load(entry, first=True)
-            self._write(entry)
+            try:
+                self._write(entry)
+            except BaseException:
+                held.pipeline.release()
+                raise
             self._held[name] = held
             self._bump()
         log.info("model %s loaded from %s (%s)", name, url, _mib(size))

@@ -200,9 +200,9 @@ class _Namespace:
     of its own (through its ``__builtins__``) that turns a top-level name the directory
     provides into the private one: ``import helper`` binds the model's
     ``serving_model_<token>.helper``; ``from utils.text import clean`` and relative
-    imports work as they read. A name the directory does not provide is imported as
-    usual (the standard library, site-packages), so a module only another model has is
-    an ImportError, never that model's.
+    imports work as they read. A name the directory does not provide, or one of the
+    standard library's, is imported as usual, so a module only another model has is an
+    ImportError, never that model's.
 
     What this does not reach: code outside the model that imports by name on the
     model's behalf — ``importlib.import_module("helper")``, or a pickle naming
@@ -241,7 +241,9 @@ class _Namespace:
         known = self._provides.get(top)
         if known is None:
             found = None
-            if top not in sys.builtin_module_names:
+            # The standard library's names stay its own: a stray code/logging.py or
+            # code/types.py would break the model's every other import of them.
+            if top not in sys.stdlib_module_names:
                 found = importlib.machinery.PathFinder.find_spec(top, self.roots)
             if found is not None and found.origin is None:
                 # A bare directory (a namespace portion) yields to a regular module of the

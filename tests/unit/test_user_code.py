@@ -76,3 +76,14 @@ def test_the_single_model_namespace_is_the_process(tmp_path):
         sys.path.remove(str(code))
         for name in ("serving_test_single", "serving_test_helper"):
             sys.modules.pop(name, None)
+
+
+def test_the_standard_library_is_not_shadowed_by_a_models_file(tmp_path):
+    code = code_dir(tmp_path, {"inference.py": "import logging\nLOGGING = logging\n",
+                               "logging.py": "raise RuntimeError('the model file ran')\n"})
+    loaded = load_user_code(str(code / "inference.py"), default_registry(),
+                            private="serving_model_s")
+    try:
+        assert loaded.module.LOGGING is sys.modules["logging"]
+    finally:
+        loaded.release()
