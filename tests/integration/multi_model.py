@@ -3,6 +3,8 @@ share."""
 
 from __future__ import annotations
 
+import time
+
 import requests
 
 
@@ -17,17 +19,28 @@ def load(server, name, url):
                          timeout=60)
 
 
-def every_worker(ask, tries: int = 60):
+def every_worker(ask, seconds: float = 30.0):
     """Call ``ask()`` (→ a response whose JSON has ``pid``) until two workers answered;
-    new connections each time, so both workers get turns. Returns the responses."""
+    new connections each time, so both workers get turns. Returns the responses.
+
+    Bounded in time, not in tries: ``serve`` is ready once one worker answers, and gunicorn
+    forks the second after it, which on a loaded machine may come after many requests.
+    """
     answers: dict[int, requests.Response] = {}
-    for _ in range(tries):
+    deadline = time.monotonic() + seconds
+    asked = 0
+    while True:
         response = ask()
+        asked += 1
         assert response.status_code == 200, response.text
         answers.setdefault(response.json()["pid"], response)
         if len(answers) == 2:
             return list(answers.values())
-    raise AssertionError(f"only workers {sorted(answers)} answered in {tries} requests")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"only workers {sorted(answers)} answered {asked} requests "
+                                 f"in {seconds:g} s")
+        if asked >= 60:
+            time.sleep(0.05)  # the second worker is still booting: let it
 
 
 def post_fresh(url, **kwargs):
