@@ -89,6 +89,7 @@ def assemble(config: Config, metrics_dir: str | None = None,
     """
     # Imported here so that `serve --help` and setting errors stay fast.
     from handlers.content import default_registry
+    from handlers.content.json import write_float32_as
     from serving.devices import gpu_count, plan_devices
     from serving.user_code import install_requirements, load_user_code, locate_user_script
 
@@ -101,6 +102,7 @@ def assemble(config: Config, metrics_dir: str | None = None,
     log.info("devices: %s, %d worker(s), %d thread(s) each%s", plan.kind, plan.workers,
              plan.threads_per_worker, f", GPUs {list(plan.gpus)}" if plan.gpus else "")
     _set_thread_variables(plan.threads_per_worker)
+    write_float32_as(config.json_float32)  # every JSON answer: jsonlines and streams too
     base = default_registry()  # built-in handlers and installed plugins, once
     base.limit_decoded(config.max_decoded_bytes)  # and every layer's handlers too
     script = locate_user_script(config)

@@ -214,6 +214,12 @@ SETTINGS: tuple[Setting, ...] = (
             "application/json", _media_type,
             "Response type when the request has no Accept header or accepts */*.",
             metavar="TYPE"),
+    Setting("json_float32", "--json-float32", "SERVING_JSON_FLOAT32", "float64",
+            _choice("float64", "shortest"),
+            "How JSON answers write float16/float32 values. float64: widened to a double, as "
+            "AWS's containers write them (a client reading doubles gets float(np.float32(x))). "
+            "shortest: the shortest float32 form, about half the digits (the same float32 read "
+            "back as one, another double read as one).", metavar="FORM"),
     Setting("max_payload_mb", "--max-payload-mb", "SAGEMAKER_MAX_PAYLOAD_IN_MB", 6,
             _positive_number, "Largest request body, in MiB; larger ones get 413.", metavar="MB"),
     Setting("log_level", "--log-level", "SAGEMAKER_CONTAINER_LOG_LEVEL", 20, _log_level,
@@ -309,6 +315,7 @@ class Config:
     max_batch_delay_ms: float
     debug_errors: bool
     default_accept: str
+    json_float32: str
     max_payload_mb: float
     log_level: int
     log_format: str

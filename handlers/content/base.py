@@ -81,7 +81,10 @@ def to_numpy(obj: t.Any) -> np.ndarray | t.Any:
         return obj
     module = type(obj).__module__.split(".")[0]
     if module == "torch" and hasattr(obj, "detach"):
-        return obj.detach().cpu().numpy()
+        tensor = obj.detach().cpu()
+        if str(getattr(tensor, "dtype", "")) == "torch.bfloat16":  # NumPy has none: float32
+            tensor = tensor.float()
+        return tensor.numpy()
     if module == "mxnet" and hasattr(obj, "asnumpy"):
         return obj.asnumpy()
     if module == "chainer" and hasattr(obj, "array"):
