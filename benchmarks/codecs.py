@@ -1,7 +1,8 @@
 """Decode and encode throughput of every built-in content handler, small and large payloads.
 
 Run: .venv-np2/bin/python benchmarks/codecs.py   (or `make bench`, which also runs
-benchmarks/recordio_vs_sdk.py in the SDK's environment).
+benchmarks/recordio_vs_sdk.py in the SDK's environment); with ``--float32``, only the
+table of JSON float32 forms.
 
 Each row times one handler on one payload, median of interleaved repeats; MB/s is
 the encoded body size over the time. JSON also shows the standard library's
@@ -87,6 +88,38 @@ def main() -> None:
             print(f"| {label} | {step} | {t['ours'] * 1e3:.3f} | {t['stdlib'] * 1e3:.3f} | "
                   f"{t['stdlib'] / t['ours']:.1f}× |")
 
+    float32_forms()
+
+
+def float32_forms() -> None:
+    """The cost of writing float32 as AWS's containers do (SERVING_JSON_FLOAT32)."""
+    from handlers.content.json import write_float32_as
+
+    print("\nJSON float32 forms on the 50000×30 float32 answer (same payload, same run):\n")
+    print("| form | encode ms | body bytes | × shortest |")
+    print("| --- | ---: | ---: | ---: |")
+    handler = registry.get("application/json")
+    array = rng.normal(size=(50_000, 30)).astype(np.float32)
+    nested = {"predictions": [array]}  # an array inside a dict: orjson calls us for it
+
+    def form(name: str, target: object):
+        def encode() -> bytes:
+            write_float32_as(name)
+            return handler.encode(target)
+        return encode
+
+    cases = {"shortest (before)": form("shortest", array),
+             "float64 (default)": form("float64", array),
+             "float64, in a dict": form("float64", nested),
+             "json.dumps(tolist()) (AWS)": lambda: json.dumps(array.tolist()).encode()}
+    times = compare(cases)
+    sizes = {name: len(fn()) for name, fn in cases.items()}
+    write_float32_as("float64")
+    base = times["shortest (before)"]
+    for name in cases:
+        print(f"| {name} | {times[name] * 1e3:.1f} | {sizes[name]:,} | "
+              f"{times[name] / base:.2f}× |")
+
 
 if __name__ == "__main__":
-    main()
+    float32_forms() if sys.argv[1:] == ["--float32"] else main()

@@ -1,4 +1,5 @@
-"""``text/csv``: rows of numbers in, a 2-D float array out; 1-D and 2-D arrays written back."""
+"""``text/csv``: rows of numbers in, a 2-D float array out; 1-D and 2-D arrays written back
+as AWS's containers write them."""
 
 from __future__ import annotations
 
@@ -45,6 +46,9 @@ class CSVHandler(ContentHandler):
         if array.dtype.kind not in "biuf":
             raise EncodeError(f"CSV holds numbers; the prediction is {array.dtype}")
         stream = io.StringIO()
-        fmt = "%d" if array.dtype.kind in "biu" else "%.17g" if array.dtype == np.float64 else "%.9g"
-        np.savetxt(stream, array, delimiter=",", fmt=fmt)
+        # What AWS's encoder writes (sagemaker-inference's np.savetxt(fmt="%s")): each
+        # NumPy scalar's str, the shortest form of its own type (a float32 as 4.999992, a
+        # float64 as 0.1, an int as 3, a bool as True), so that the text the SDK's
+        # CSVDeserializer hands back (strings) is the migrated container's.
+        np.savetxt(stream, array, delimiter=",", fmt="%s")
         return stream.getvalue().encode("utf-8")

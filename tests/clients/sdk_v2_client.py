@@ -58,6 +58,9 @@ def run(url: str, scenario: str, payload: str | None = None) -> dict:
                       deserializers.JSONDeserializer())
         with open(spec["path"], "rb") as f:
             return {"result": p.predict(f.read())}
+    if scenario == "csv_answer":  # the JSON given, the answer read by CSVDeserializer
+        p = predictor(url, serializers.JSONSerializer(), deserializers.CSVDeserializer())
+        return {"result": p.predict(json.loads(payload))}
     if scenario == "numpy_payload":  # the JSON list given, sent as the NumpySerializer does
         p = predictor(url, serializers.NumpySerializer(), deserializers.NumpyDeserializer())
         result = p.predict(np.array(json.loads(payload)))
