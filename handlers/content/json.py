@@ -47,13 +47,15 @@ def write_float32_as(form: str) -> None:
 
 
 def _fallback(obj: t.Any) -> t.Any:
-    """What orjson cannot write itself: tensors, odd arrays, NumPy scalars."""
+    """What orjson cannot write itself: tensors, string and object arrays, NumPy scalars."""
     obj = to_numpy(obj)
     if isinstance(obj, np.ndarray):
         if obj.dtype.kind == "S":  # byte strings (scipy's save_npz "format"): as text
             obj = np.char.decode(obj, "utf-8")
-        if obj.dtype.hasobject or obj.dtype.kind in "Ubiuf":
+        if obj.dtype.hasobject or obj.dtype.kind == "U":
             return obj.tolist()  # strings, objects (their NumPy scalars come back here)
+    if isinstance(obj, np.floating):
+        return float(obj)  # a float32 widened; a long double cut to the double JSON has
     if isinstance(obj, np.generic):
         return obj.item()
     if isinstance(obj, bytes):
@@ -83,7 +85,7 @@ def _fallback_numpy(obj: t.Any) -> t.Any:
     obj = to_numpy(obj)
     if isinstance(obj, np.ndarray) and obj.dtype.kind in "biuf":
         return orjson.Fragment(_numbers(obj))
-    if isinstance(obj, np.floating) and _float32_form == "shortest":
+    if isinstance(obj, np.floating) and obj.dtype.itemsize <= 4 and _float32_form == "shortest":
         return orjson.Fragment(orjson.dumps(obj, option=_OPTIONS))
     return _fallback(obj)  # other NumPy scalars: .item(), a float32 widened
 
