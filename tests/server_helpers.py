@@ -146,3 +146,27 @@ def run_serve(*args: str, env: dict[str, str] | None = None,
     """Run ``serve`` to completion (for start-up failures)."""
     return subprocess.run([sys.executable, "-m", "serving", *args], env=server_env(env), cwd=REPO,
                           capture_output=True, text=True, timeout=timeout)
+
+
+def every_worker(ask, seconds: float = 30.0):
+    """Call ``ask()`` (→ a response whose JSON has ``pid``) until two workers answered;
+    new connections each time, so both workers get turns. Returns the responses.
+
+    Bounded in time, not in tries: ``serve`` is ready once one worker answers, and gunicorn
+    forks the second after it, which on a loaded machine may come after many requests.
+    """
+    answers: dict[int, requests.Response] = {}
+    deadline = time.monotonic() + seconds
+    asked = 0
+    while True:
+        response = ask()
+        asked += 1
+        assert response.status_code == 200, response.text
+        answers.setdefault(response.json()["pid"], response)
+        if len(answers) == 2:
+            return list(answers.values())
+        if time.monotonic() > deadline:
+            raise AssertionError(f"only workers {sorted(answers)} answered {asked} requests "
+                                 f"in {seconds:g} s")
+        if asked >= 60:
+            time.sleep(0.05)  # the second worker is still booting: let it

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import requests
 
-from tests.server_helpers import run_serve, write_model_dir
+from tests.server_helpers import every_worker, run_serve, write_model_dir
 
 import torch  # noqa: E402  (in every test environment)
 pytestmark = pytest.mark.pytorch
@@ -212,13 +212,8 @@ def test_cpu_threads_are_split_between_workers(serve, tmp_path):
                     "mxnet": os.environ.get("MXNET_CPU_WORKER_NTHREADS")}
     """)
     server = serve(model_dir, "--workers", "2")
-    seen = {}
-    for _ in range(60):
-        answer = requests.post(server.url(), json=[0], headers={"Connection": "close"}).json()
-        seen[answer["pid"]] = answer
-        if len(seen) == 2:
-            break
-    assert len(seen) == 2, "both workers answered"
+    seen = {answer["pid"]: answer for answer in (response.json() for response in every_worker(
+        lambda: requests.post(server.url(), json=[0], headers={"Connection": "close"})))}
     expected = max(1, len(os.sched_getaffinity(0)) // 2)
     for answer in seen.values():
         assert answer["device"] == "cpu"

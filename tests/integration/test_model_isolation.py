@@ -14,7 +14,8 @@ from pathlib import Path
 
 import requests
 
-from tests.integration.multi_model import every_worker, load, post_fresh, start
+from tests.integration.multi_model import load, post_fresh, start
+from tests.server_helpers import every_worker
 
 #: The same file names in every model; what they say differs by model (``{name}``).
 INFERENCE = """
