@@ -45,6 +45,9 @@ RUN set -eu; \
     find /opt/serving -name __pycache__ -prune -exec rm -rf {} +
 
 # -- the image: the environment, an unprivileged user, nothing else ------------------------
+# It starts as root, as SageMaker expects of a container; the entrypoint drops to the user
+# `serving` with setpriv before anything else runs. Started as another uid (Kubernetes'
+# runAsUser, OpenShift's arbitrary uid), it serves as that uid. See README, "The image".
 FROM ${BASE_IMAGE}
 ARG FRAMEWORK=none
 # MULTI_MODEL=true: an image for SageMaker multi-model endpoints, which SageMaker accepts only
@@ -52,14 +55,19 @@ ARG FRAMEWORK=none
 ARG MULTI_MODEL=false
 LABEL com.amazonaws.sagemaker.capabilities.multi-models=${MULTI_MODEL} \
       com.amazonaws.sagemaker.capabilities.accept-bind-to-port=true
-# MXNet links against the system's OpenMP and quad-math runtimes (torch ships its own).
+# MXNet links against the system's OpenMP and quad-math runtimes (torch ships its own);
+# the entrypoint needs setpriv (util-linux: Debian's and Ubuntu's bases have it, a CUDA
+# base may not).
 RUN set -eu; \
-    if [ "${FRAMEWORK}" = mxnet ]; then \
+    packages=""; \
+    [ "${FRAMEWORK}" != mxnet ] || packages="libgomp1 libquadmath0"; \
+    command -v setpriv >/dev/null || packages="${packages} util-linux"; \
+    if [ -n "${packages}" ]; then \
         apt-get update -qq; \
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends libgomp1 libquadmath0; \
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends ${packages}; \
         rm -rf /var/lib/apt/lists/*; \
     fi
-# The server runs as `serving`. It owns the environment (copied in with that owner, not
+# The server runs as `serving` (uid 10001). It owns the environment (copied in with that owner, not
 # chowned after, which would copy every file into one more layer) so that a model's
 # requirements.txt can be installed at start-up, and the model and code directories.
 RUN set -eu; \
@@ -72,11 +80,14 @@ ENV PATH=/opt/serving/bin:${PATH} \
     SM_MODEL_DIR=/opt/ml/model \
     SAGEMAKER_MULTI_MODEL=${MULTI_MODEL} \
     PYTHONUNBUFFERED=1 \
-    PYTHONDONTWRITEBYTECODE=1
+    PYTHONDONTWRITEBYTECODE=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
 # /opt/ml/model is where hosts mount the model. It is not a VOLUME: a VOLUME would make
 # `COPY model /opt/ml/model` in an image built FROM this one vanish (see examples/bake-model).
 WORKDIR /opt/ml/model
-USER serving
+# Root, as SageMaker runs containers; the entrypoint serves as `serving` (SERVING_RUN_AS).
+USER root
 EXPOSE 8080
 ENTRYPOINT ["/usr/local/bin/serving-entrypoint"]
 CMD ["serve"]

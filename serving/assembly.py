@@ -91,7 +91,12 @@ def assemble(config: Config, metrics_dir: str | None = None,
     from handlers.content import default_registry
     from handlers.content.json import write_float32_as
     from serving.devices import gpu_count, plan_devices
-    from serving.user_code import install_requirements, load_user_code, locate_user_script
+    from serving.user_code import (
+        install_requirements,
+        load_user_code,
+        locate_user_script,
+        requirements_target,
+    )
 
     plan = plan_devices(config, gpu_count(), cpu_count())
     # GPU serving loads per worker after fork, one worker per GPU by default; a
@@ -147,6 +152,8 @@ def assemble(config: Config, metrics_dir: str | None = None,
             pipeline.user_code = model_code
             return pipeline
 
+        if config.install_requirements:
+            requirements_target()  # on every worker's sys.path, where one is needed
         budget = (int(config.models_memory_mb * 2**20) if config.models_memory_mb is not None
                   else memory_bytes() // 2 // plan.workers)
         log.info("multi-model: models are loaded through POST /models; budget %.0f MiB",

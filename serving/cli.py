@@ -57,6 +57,12 @@ def main(argv: t.Sequence[str] | None = None) -> None:
     from serving import logs
 
     logs.configure(config.log_level, config.log_format)
+    if config.metrics and config.metrics_port == 0:  # --metrics-port auto
+        try:
+            config = dataclasses.replace(config, metrics_port=_free_port(config))
+        except OSError as exc:
+            _fail(str(exc), 1)
+        log.info("metrics: /metrics on port %d", config.metrics_port)
     # The metrics directory, before any metric exists: every process of the server counts
     # there. Ours unless the operator named one; emptied of any earlier run's files.
     metrics_dir, own_dir = None, False
@@ -99,6 +105,29 @@ def main(argv: t.Sequence[str] | None = None) -> None:
                 shutil.rmtree(metrics_dir, ignore_errors=True)  # type: ignore[arg-type]
             if models_dir is not None:
                 shutil.rmtree(models_dir, ignore_errors=True)
+
+
+def _free_port(config: Config) -> int:
+    """A port nothing listens on, besides the main one: the first free one of
+    SAGEMAKER_SAFE_PORT_RANGE when that is set, else one the kernel picks."""
+    import socket
+
+    family = socket.AF_INET6 if ":" in config.host else socket.AF_INET
+    first, last = config.safe_port_range or (0, 0)
+    for port in range(first, last + 1):
+        if port == config.port:
+            continue
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            # As gunicorn binds: a port left in TIME_WAIT by an earlier server is free.
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((config.host, port))
+            except OSError:
+                continue
+            return probe.getsockname()[1]
+    raise OSError(f"--metrics-port auto: no free port in {config.where('safe_port_range')}="
+                  f"{first}-{last}" if config.safe_port_range else
+                  "--metrics-port auto: no free port")
 
 
 def _make_shared_dir(prefix: str) -> str:

@@ -12,8 +12,10 @@ project reads ``os.environ`` for a setting.
 from __future__ import annotations
 
 import argparse
+import grp
 import logging
 import os
+import pwd
 import typing as t
 from dataclasses import dataclass, field
 
@@ -111,6 +113,22 @@ def _device(text: str) -> str:
     if kind == "cuda" and colon and index.isdigit():
         return f"cuda:{int(index)}"
     raise ValueError("must be auto, cpu, cuda or cuda:N")
+
+
+def _port_range(text: str) -> tuple[int, int]:
+    low, dash, high = text.strip().partition("-")
+    try:
+        first, last = int(low), int(high)
+    except ValueError:
+        raise ValueError("not a port range XXXX-YYYY") from None
+    if not dash or not 1 <= first <= last <= 65535:
+        raise ValueError("not a port range XXXX-YYYY (1-65535, the first no more than the last)")
+    return first, last
+
+
+def _port_or_auto(text: str) -> int:
+    """A port, or ``auto`` (0): one the server picks, free, inside the safe range if any."""
+    return 0 if text.strip().lower() == "auto" else _int_in(1, 65535)(text)
 
 
 def _text(text: str) -> str:
@@ -234,10 +252,16 @@ SETTINGS: tuple[Setting, ...] = (
             "Directory for the workers' metric files (prometheus_client's variable); emptied "
             "at start. Unset: a fresh one in /dev/shm (else the temporary directory), removed "
             "at exit.", metavar="DIR", default_help="a fresh one"),
-    Setting("metrics_port", "--metrics-port", "SERVING_METRICS_PORT", None, _int_in(1, 65535),
+    Setting("metrics_port", "--metrics-port", "SERVING_METRICS_PORT", None, _port_or_auto,
             "Serve /metrics on this port instead of the main one (which then answers 404 "
-            "there), so that a load balancer in front of the main port never exposes it.",
-            metavar="PORT", default_help="the main port"),
+            "there), so that a load balancer in front of the main port never exposes it. "
+            "auto: a free port, inside SAGEMAKER_SAFE_PORT_RANGE when that is set (the log "
+            "says which).", metavar="PORT", default_help="the main port"),
+    Setting("safe_port_range", "--safe-port-range", "SAGEMAKER_SAFE_PORT_RANGE", None,
+            _port_range,
+            "The ports (XXXX-YYYY, inclusive) this container may listen on besides the main "
+            "one: SageMaker sets it for each container of a multi-container endpoint. A "
+            "--metrics-port outside it is refused.", metavar="XXXX-YYYY"),
     Setting("multi_model", "--multi-model", "SAGEMAKER_MULTI_MODEL", False, _bool,
             "Multi-model endpoint: models are loaded, listed and unloaded at run time through "
             "/models (the SageMaker multi-model contract); the model directory may be empty "
@@ -288,6 +312,13 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("device", "--device", "SERVING_DEVICE", "auto", _device,
             "Where models run: auto (GPUs when present), cpu, cuda (worker i on GPU i mod N) "
             "or cuda:N.", metavar="DEVICE"),
+    Setting("run_as", "--run-as", "SERVING_RUN_AS", "serving", _choice("serving", "root"),
+            "The image's entrypoint, started as root (as SageMaker starts containers): "
+            "serving drops to the unprivileged user serving (uid 10001) before anything runs; "
+            "root keeps root, so that a model only root may read can be served, at the cost "
+            "that the model's code and its requirements.txt run with root's rights. Started "
+            "as another uid (Kubernetes runAsUser), the server runs as that uid either way.",
+            metavar="USER"),
     Setting("trust_pickled_models", "--trust-pickled-models", "SERVING_TRUST_PICKLED_MODELS",
             False, _bool, "Let the PyTorch handler load a pickled nn.Module (torch.save(model)); "
             "unpickling runs code from the file.", switch=True),
@@ -322,6 +353,7 @@ class Config:
     metrics: bool
     metrics_dir: str | None
     metrics_port: int | None
+    safe_port_range: tuple[int, int] | None
     multi_model: bool
     models_memory_mb: float | None
     engine: str
@@ -337,6 +369,7 @@ class Config:
     preload: bool
     framework: str
     device: str
+    run_as: str
     trust_pickled_models: bool
     #: Where each value came from: "flag", "env" or "default".
     sources: t.Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
@@ -399,14 +432,30 @@ class Config:
 
     def _check(self) -> None:
         """Checks that look at the filesystem or at several settings."""
+        _check_reachable(self.model_dir, self.where("model_dir"))
         if not os.path.isdir(self.model_dir) and not self.multi_model:
             raise ConfigError(
                 f"model directory {self.model_dir} does not exist or is not a directory "
                 f"(set --model-dir or SM_MODEL_DIR)"
             )
+        if os.path.isdir(self.model_dir):
+            _check_readable(self.model_dir, self.where("model_dir"))
         if self.metrics_port is not None and self.metrics_port == self.port:
             raise ConfigError(f"{self.where('metrics_port')}={self.metrics_port} is the main "
                               f"port; leave it unset to serve /metrics there")
+        if self.safe_port_range is not None and self.metrics_port:
+            first, last = self.safe_port_range
+            if not first <= self.metrics_port <= last:
+                raise ConfigError(
+                    f"{self.where('metrics_port')}={self.metrics_port} is outside "
+                    f"{self.where('safe_port_range')}={first}-{last}, the ports this container "
+                    f"may listen on besides the main one (set it inside, or to auto)")
+        if self.safe_port_range is not None and self.engine == "ray" and \
+                self.ray_address is None:
+            raise ConfigError(
+                f"{self.where('safe_port_range')} is set: the ray engine's local Ray instance "
+                f"listens on ports of its own (6379, its workers') that cannot be kept inside "
+                f"it; use the gunicorn engine, or RAY_ADDRESS of a cluster outside")
         if self.engine == "ray" and self.multi_model:
             raise ConfigError(f"{self.where('multi_model')}: multi-model endpoints run on the "
                               f"gunicorn engine only (a Ray replica would hold the models it "
@@ -423,6 +472,76 @@ class Config:
         """How a setting was given, for messages: ``--port``, ``SM_MODEL_DIR`` or ``default``."""
         setting, source = _BY_NAME[name], self.sources.get(name, "default")
         return {"flag": setting.flag, "env": setting.env or setting.flag}.get(source, "default")
+
+
+#: Entries of a model directory looked at for unreadable ones, at most (a model is a few
+#: files; a directory of a million images is not walked whole at every start).
+READABLE_CHECK_LIMIT = 10_000
+
+
+def _owner(path: str) -> str:
+    stat = os.stat(path)
+    try:
+        user = pwd.getpwuid(stat.st_uid).pw_name
+    except KeyError:
+        user = "?"
+    try:
+        group = grp.getgrgid(stat.st_gid).gr_name
+    except KeyError:
+        group = "?"
+    return (f"owned by uid {stat.st_uid} ({user}), gid {stat.st_gid} ({group}), "
+            f"mode {stat.st_mode & 0o7777:04o}")
+
+
+def _refuse_unreadable(path: str, what: str, where: str) -> t.NoReturn:
+    uid, gid = os.getuid(), os.getgid()
+    hint = ("make it readable by this uid (chmod -R a+rX, or chown; on Kubernetes set "
+            "fsGroup to the pod's group)")
+    if uid != 0:
+        hint += (", or, where the container is started as root (SageMaker), set "
+                 "SERVING_RUN_AS=root to serve as root: the model's code then runs with "
+                 "root's rights")
+    raise ConfigError(f"{what} {path} is not readable by uid {uid} gid {gid} (groups "
+                      f"{','.join(map(str, os.getgroups())) or 'none'}): it is "
+                      f"{_owner(path)}; {hint} [model directory from {where}]")
+
+
+def _check_reachable(model_dir: str, where: str) -> None:
+    """A model directory under a directory this process may not enter looks missing:
+    name the directory that stops it instead."""
+    try:
+        os.stat(model_dir)
+    except PermissionError:
+        parent = os.path.dirname(model_dir)
+        ancestors = []
+        while parent and parent not in ancestors:
+            ancestors.insert(0, parent)
+            parent = os.path.dirname(parent)
+        for directory in ancestors:
+            if not os.access(directory, os.X_OK):
+                _refuse_unreadable(directory, "the directory", where)
+    except OSError:
+        pass  # missing: said next
+
+
+def _check_readable(model_dir: str, where: str) -> None:
+    """Refuse a model directory this process cannot read, naming the path, its owner and
+    mode, and the ways out, instead of a PermissionError traceback from model_fn."""
+    if not os.access(model_dir, os.R_OK | os.X_OK):
+        _refuse_unreadable(model_dir, "the model directory", where)
+    seen = 0
+    for directory, subdirectories, files in os.walk(model_dir):
+        for name in subdirectories:
+            path = os.path.join(directory, name)
+            if not os.access(path, os.R_OK | os.X_OK):
+                _refuse_unreadable(path, "the directory", where)
+        for name in files:
+            path = os.path.join(directory, name)
+            if os.path.isfile(path) and not os.access(path, os.R_OK):
+                _refuse_unreadable(path, "the file", where)
+        seen += len(subdirectories) + len(files)
+        if seen > READABLE_CHECK_LIMIT:
+            return
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -110,6 +110,9 @@ def gunicorn_options(config: Config) -> dict[str, t.Any]:
         "accesslog": None,  # the app logs one line per request itself (serving.access)
         "errorlog": "-",
         "logger_class": "serving.logs.GunicornLogger",
+        # The workers' heartbeat files, touched every second: in shared memory where there
+        # is some (never a disk, nor a read-only root's /tmp), else the temporary directory.
+        "worker_tmp_dir": "/dev/shm" if os.access("/dev/shm", os.W_OK) else None,
         "control_socket_disable": True,  # no management socket, no extra master thread
         "pre_fork": _assign_worker_index,
         "post_fork": _enter_worker,

@@ -17,6 +17,7 @@ import logging
 import os
 import subprocess
 import sys
+import sysconfig
 import tarfile
 import tempfile
 import threading
@@ -29,7 +30,8 @@ from serving.errors import StartupError
 if t.TYPE_CHECKING:
     from handlers.content import Registry
 
-__all__ = ["UserCode", "install_requirements", "load_user_code", "locate_user_script"]
+__all__ = ["UserCode", "install_requirements", "load_user_code", "locate_user_script",
+           "requirements_target"]
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +100,25 @@ def locate_user_script(config: Config) -> str | None:
     return path
 
 
+def requirements_target() -> str | None:
+    """Where ``requirements.txt`` installs go when pip cannot write this environment's
+    site-packages (a read-only root filesystem; a uid that does not own the environment,
+    as Kubernetes' runAsUser or OpenShift's give): a directory in the temporary directory,
+    at the end of ``sys.path``, so that the environment's own packages still win over the
+    copies of them pip puts there too. ``None`` where pip can install in place.
+
+    Made ready in the master before workers fork, so that every worker finds what one of
+    them installs there (a multi-model server installs at a model's first load).
+    """
+    if os.access(sysconfig.get_paths()["purelib"], os.W_OK):
+        return None
+    target = os.path.join(tempfile.gettempdir(), f"serving-requirements-{os.getuid()}")
+    os.makedirs(target, exist_ok=True)  # before it is on sys.path: a missing entry is cached
+    if target not in sys.path:
+        sys.path.append(target)
+    return target
+
+
 def install_requirements(script: str) -> None:
     """pip-install the ``requirements.txt`` beside ``script``, if there is one.
 
@@ -107,16 +128,18 @@ def install_requirements(script: str) -> None:
     requirements = os.path.join(directory, "requirements.txt")
     if not os.path.isfile(requirements):
         return
-    log.info("installing %s", requirements)
+    target = requirements_target()
+    log.info("installing %s%s", requirements, f" into {target}" if target else "")
     # Relative paths in the file are taken from the script's directory.
     result = subprocess.run(
         [sys.executable, "-m", "pip", "install", "--no-input", "--disable-pip-version-check",
-         "-r", requirements],
+         *(["--target", target, "--upgrade"] if target else []), "-r", requirements],
         cwd=directory, capture_output=True, text=True, check=False,
     )
     if result.returncode != 0:
         output = (result.stderr.strip() or result.stdout.strip())
         raise StartupError(f"pip install -r {requirements} failed:\n{output}")
+    importlib.invalidate_caches()  # the target's new packages, for this process's finders
     log.debug("pip output:\n%s", result.stdout)
 
 

@@ -9,6 +9,7 @@ so that reruns only rebuild the layers the change touched. Containers run with
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import shutil
@@ -43,12 +44,37 @@ def pip_find_links() -> str | None:
     return None
 
 
+#: Where the server may write (README, "The image"): everything else of the image's
+#: filesystem must be as the image had it after start-up, requests and shutdown.
+WRITABLE = ("tmp", "dev/shm")
+
+
 class Running:
-    """A started container: its process, and how to send it SIGTERM."""
+    """A started container: its process, how to send it SIGTERM, the processes in it and,
+    when asked for at start, what it wrote outside :data:`WRITABLE`."""
 
     def __init__(self, process: subprocess.Popen, stop: t.Callable[[], None],
-                 cleanup: t.Callable[[], None], log: Path) -> None:
+                 cleanup: t.Callable[[], None], log: Path,
+                 processes: t.Callable[[], list[dict]],
+                 written: t.Callable[[], list[str]] | None = None) -> None:
         self.process, self._stop, self._cleanup, self.log_path = process, stop, cleanup, log
+        self._processes, self._written = processes, written
+        self._written_at_exit: list[str] | None = None
+
+    def processes(self) -> list[dict]:
+        """The container's processes, each as /proc/<pid>/status tells: ``pid``, ``uids``
+        and ``gids`` (real, effective, saved, filesystem), ``groups``, ``cap_eff``,
+        ``no_new_privs`` and ``command``."""
+        return self._processes()
+
+    def written(self) -> list[str]:
+        """Paths of the image's filesystem created, changed or removed since the start,
+        outside :data:`WRITABLE` (start with ``watch_writes=True``); after
+        :meth:`terminate`, as the server left them."""
+        assert self._written is not None, "started without watch_writes"
+        if self._written_at_exit is not None:
+            return self._written_at_exit
+        return self._written()
 
     @property
     def log(self) -> str:
@@ -58,7 +84,10 @@ class Running:
         """SIGTERM to the server, as a host scaling down sends it; the exit code."""
         self._stop()
         try:
-            return self.process.wait(timeout)
+            code = self.process.wait(timeout)
+            if self._written is not None:  # before the container and its files are removed
+                self._written_at_exit = self._written()
+            return code
         finally:
             self._cleanup()
 
@@ -76,7 +105,12 @@ class Engine:
               args: t.Mapping[str, str] | None = None) -> None:
         raise NotImplementedError
 
-    def start(self, image: str, model_dir: Path, command: list[str], log: Path) -> Running:
+    def start(self, image: str, model_dir: Path | None, command: list[str], log: Path, *,
+              user: str | None = None, env: t.Mapping[str, str] | None = None,
+              watch_writes: bool = False) -> Running:
+        """Run ``command`` in a new container of ``image`` through its entrypoint, as
+        ``user`` (the image's own by default), with ``model_dir`` mounted read-only at
+        /opt/ml/model."""
         raise NotImplementedError
 
     def run(self, image: str, command: list[str]) -> subprocess.CompletedProcess:
@@ -113,19 +147,31 @@ class Docker(Engine):
         return {"FRAMEWORK": framework,
                 "PIP_OPTIONS": "--extra-index-url https://download.pytorch.org/whl/cpu"}
 
-    def start(self, image, model_dir, command, log):
+    def start(self, image, model_dir, command, log, *, user=None, env=None,
+              watch_writes=False):
         name = f"serving-test-{uuid.uuid4().hex[:12]}"
-        mounts = ["-v", f"{model_dir}:/opt/ml/model:ro"] if model_dir else []
+        options = ["-v", f"{model_dir}:/opt/ml/model:ro"] if model_dir else []
+        if user:
+            options += ["--user", user]
+        for key, value in (env or {}).items():
+            options += ["-e", f"{key}={value}"]
+        if watch_writes:  # a read-only root: a write outside /tmp and /dev/shm fails there
+            options += ["--read-only", "--tmpfs", "/tmp"]
         with open(log, "wb") as out:
             process = subprocess.Popen(
-                ["docker", "run", "--rm", "--name", name, "--network", "host", *mounts,
+                ["docker", "run", "--rm", "--name", name, "--network", "host", *options,
                  image, *command],
                 stdout=out, stderr=subprocess.STDOUT)
+
+        def processes() -> list[dict]:
+            listing = _check(["docker", "exec", name, "python3", "-c", _processes_script()])
+            return json.loads(listing.stdout)
+
         return Running(process,
                        lambda: subprocess.run(["docker", "kill", "--signal", "TERM", name],
                                               capture_output=True),
                        lambda: subprocess.run(["docker", "rm", "-f", name], capture_output=True),
-                       log)
+                       log, processes, (lambda: []) if watch_writes else None)
 
     def run(self, image, command):
         return subprocess.run(["docker", "run", "--rm", image, *command], capture_output=True,
@@ -215,17 +261,28 @@ class Buildah(Engine):
             # The layer cache lost a layer (pruned under a build): build without it.
             _check([*command, "--no-cache", str(context)])
 
-    def start(self, image, model_dir, command, log):
+    def start(self, image, model_dir, command, log, *, user=None, env=None,
+              watch_writes=False):
         container = _check([*self.base, "from", "-q", "--name",
                             f"serving-test-{uuid.uuid4().hex[:12]}", image]).stdout.strip()
-        mounts = ["-v", f"{model_dir}:/opt/ml/model:ro"] if model_dir else []
+        options = ["-v", f"{model_dir}:/opt/ml/model:ro"] if model_dir else []
+        for key, value in (env or {}).items():
+            options += ["--env", f"{key}={value}"]
+        written = None
+        if watch_writes:
+            # buildah run has no read-only root: compare the container's own filesystem
+            # (vfs: a plain directory) after the run with what it was before.
+            root = Path(_check([*self.base, "mount", container]).stdout.strip())
+            before = _snapshot(root)
+
+            def written() -> list[str]:
+                return _changes(before, _snapshot(root))
         # buildah run does not use the image's entrypoint or user: name both, as docker does.
-        user = self.user_of(image)
         with open(log, "wb") as out:
             process = subprocess.Popen(
                 [*self.base, "run", "--isolation", "chroot", "--network", "host",
-                 "--user", user, *mounts, container, "--", "/usr/local/bin/serving-entrypoint",
-                 *command],
+                 "--user", user or self.user_of(image), *options, container, "--",
+                 "/usr/local/bin/serving-entrypoint", *command],
                 stdout=out, stderr=subprocess.STDOUT)
 
         def stop() -> None:
@@ -238,7 +295,20 @@ class Buildah(Engine):
         def cleanup() -> None:
             subprocess.run([*self.base, "rm", container], capture_output=True)
 
-        return Running(process, stop, cleanup, log)
+        def processes() -> list[dict]:
+            # Chroot isolation shares the host's process table: the container's processes
+            # are those under buildah's (buildah's own, buildah-chroot-runtime and
+            # buildah-chroot-exec, which stay root outside the container, left out).
+            found, queue = [], _children(process.pid)
+            while queue:
+                pid = queue.pop(0)
+                queue.extend(_children(pid))
+                entry = _process(pid)
+                if entry and not os.path.basename(entry["command"][0]).startswith("buildah"):
+                    found.append(entry)
+            return found
+
+        return Running(process, stop, cleanup, log, processes, written)
 
     def run(self, image, command):
         container = _check([*self.base, "from", "-q", image]).stdout.strip()
@@ -258,6 +328,57 @@ class Buildah(Engine):
         # buildah's --format templates have no json function: read the whole description.
         return json.loads(_check([*self.base, "inspect", image]).stdout)["OCIv1"]["config"] \
             .get("Labels") or {}
+
+
+def _process(pid: int) -> dict | None:
+    """What /proc says of one process; ``None`` once it is gone."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+        command = Path(f"/proc/{pid}/cmdline").read_bytes().rstrip(b"\0").split(b"\0")
+    except OSError:
+        return None
+    fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+    return {"pid": pid,
+            "uids": [int(v) for v in fields["Uid"].split()],
+            "gids": [int(v) for v in fields["Gid"].split()],
+            "groups": [int(v) for v in fields["Groups"].split()],
+            "cap_eff": int(fields["CapEff"], 16),
+            "no_new_privs": int(fields.get("NoNewPrivs", "0")),
+            "command": [part.decode(errors="replace") for part in command]}
+
+
+def _processes_script() -> str:
+    """A Python program printing :func:`_process` of every process but its own, as JSON:
+    run inside a container, it sees the container's processes."""
+    return "\n".join([
+        "import json, os", "from pathlib import Path", inspect.getsource(_process),
+        "found = [_process(int(p.name)) for p in Path('/proc').iterdir()",
+        "         if p.name.isdigit() and int(p.name) != os.getpid()]",
+        "print(json.dumps([f for f in found if f]))"])
+
+
+def _snapshot(root: Path) -> dict[str, tuple[int, int, int]]:
+    """Every path under ``root`` but /proc, /sys and /dev: (mtime, size, mode)."""
+    found = {}
+    for directory, subdirectories, files in os.walk(root):
+        if directory == str(root):
+            subdirectories[:] = [d for d in subdirectories if d not in ("proc", "sys", "dev")]
+        for name in subdirectories + files:
+            path = os.path.join(directory, name)
+            try:
+                info = os.lstat(path)
+            except OSError:
+                continue
+            found[os.path.relpath(path, root)] = (info.st_mtime_ns, info.st_size, info.st_mode)
+    return found
+
+
+def _changes(before: dict, after: dict) -> list[str]:
+    """Paths created, changed or removed, outside :data:`WRITABLE`. The /run directory's
+    own times are left out: buildah run touches it at every start."""
+    changed = {path for path in before.keys() | after.keys() if before.get(path) != after.get(path)}
+    return sorted(path for path in changed if path != "run" and not any(
+        path == place or path.startswith(place + "/") for place in WRITABLE))
 
 
 def _children(pid: int) -> list[int]:

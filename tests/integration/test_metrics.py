@@ -8,10 +8,11 @@ import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.server_helpers import REPO, free_port, wait_for
+from tests.server_helpers import REPO, free_port, run_serve, wait_for
 
 EXAMPLE = REPO / "examples" / "numpy-linear" / "model"
 
@@ -162,6 +163,36 @@ def test_metrics_on_their_own_port(serve):
     assert hidden.status_code == 404 and hidden.json()["code"] == 404
     assert requests.post(f"http://127.0.0.1:{port}/invocations", json=[[1, 2, 3]]).status_code \
         == 404
+
+
+def test_metrics_port_auto_is_chosen_inside_the_safe_port_range(serve):
+    """A SageMaker multi-container endpoint gives each container SAGEMAKER_SAFE_PORT_RANGE
+    for its other ports: --metrics-port auto takes a free one inside it (here the range's
+    first port is busy); a port outside it is refused before anything starts."""
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        first = busy.getsockname()[1]
+        with socket.socket() as probe:  # is the port after it free? then the range is both
+            try:
+                probe.bind(("127.0.0.1", first + 1))
+            except OSError:
+                pytest.skip(f"port {first + 1} is taken on this machine")
+        server = serve(EXAMPLE, "--workers", "1", "--metrics-port", "auto",
+                       env={"SAGEMAKER_SAFE_PORT_RANGE": f"{first}-{first + 1}"})
+        chosen = first + 1
+        assert f"metrics: /metrics on port {chosen}" in server.log, server.log
+        assert requests.post(server.url(), json=[[1, 2, 3]]).status_code == 200
+        assert value(scrape(f"http://127.0.0.1:{chosen}/metrics"), "serving_requests_total",
+                     route="/invocations", status="200", content_type="application/json") == 1
+        assert requests.get(server.url("/metrics")).status_code == 404
+    outside = run_serve("--model-dir", str(EXAMPLE), "--metrics-port", str(chosen),
+                        env={"SAGEMAKER_SAFE_PORT_RANGE": "20000-20009"})
+    assert outside.returncode == 2
+    assert (f"--metrics-port={chosen} is outside SAGEMAKER_SAFE_PORT_RANGE=20000-20009"
+            in outside.stderr), outside.stderr
 
 
 def test_metrics_can_be_turned_off(serve):

@@ -1,4 +1,7 @@
 import argparse
+import shutil
+import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -90,6 +93,13 @@ def test_default_accept_drops_parameters(model_dir):
          "--ray-max-replicas=2 is fewer than the 4 replicas"),
         (["--engine", "ray", "--multi-model"], {}, "multi-model endpoints run on the gunicorn"),
         (["--engine", "ray", "--metrics-port", "9100"], {}, "--metrics-port: the ray engine"),
+        ([], {"SAGEMAKER_SAFE_PORT_RANGE": "9000"}, "not a port range XXXX-YYYY"),
+        ([], {"SAGEMAKER_SAFE_PORT_RANGE": "9100-9000"}, "the first no more than the last"),
+        (["--metrics-port", "9100"], {"SAGEMAKER_SAFE_PORT_RANGE": "10000-10999"},
+         "--metrics-port=9100 is outside SAGEMAKER_SAFE_PORT_RANGE=10000-10999"),
+        (["--engine", "ray"], {"SAGEMAKER_SAFE_PORT_RANGE": "10000-10999"},
+         "the ray engine's local Ray instance listens on ports of its own"),
+        ([], {"SERVING_RUN_AS": "nobody"}, "SERVING_RUN_AS='nobody': must be one of serving"),
     ],
 )
 def test_bad_values_name_the_setting(model_dir, argv, env, says):
@@ -97,6 +107,79 @@ def test_bad_values_name_the_setting(model_dir, argv, env, says):
         load(model_dir, argv, env)
     assert says in str(caught.value)
     assert "\n" not in str(caught.value)
+
+
+def test_safe_port_range_and_metrics_port_auto(model_dir):
+    config = load(model_dir, ["--metrics-port", "auto"], {"SAGEMAKER_SAFE_PORT_RANGE": "10000-10999"})
+    assert config.metrics_port == 0 and config.safe_port_range == (10000, 10999)
+    assert load(model_dir, ["--metrics-port", "10999"],
+                {"SAGEMAKER_SAFE_PORT_RANGE": "10000-10999"}).metrics_port == 10999
+    # A cluster elsewhere opens no port here: the ray engine may join one.
+    assert load(model_dir, ["--engine", "ray"], {"SAGEMAKER_SAFE_PORT_RANGE": "10000-10999",
+                                                 "RAY_ADDRESS": "10.0.0.5:6379"}).engine == "ray"
+    assert load(model_dir).run_as == "serving"
+    assert load(model_dir, env={"SERVING_RUN_AS": "root"}).run_as == "root"
+
+
+def load_as(uid: int, argv: list[str]) -> str:
+    """Config.load in a child process that runs as ``uid`` (this one must be root): the
+    ConfigError's message, or "loaded"."""
+    import os
+
+    read, write = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover - the child
+        try:
+            os.setgroups([])
+            os.setgid(uid)
+            os.setuid(uid)
+            try:
+                Config.load(argv, {})
+                message = "loaded"
+            except ConfigError as exc:
+                message = str(exc)
+            except Exception as exc:  # shown by the test's assertion
+                message = f"unexpected {type(exc).__name__}: {exc}"
+            os.write(write, message.encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as answer:
+        message = answer.read()
+    os.waitpid(child, 0)
+    return message
+
+
+@pytest.mark.skipif(__import__("os").getuid() != 0, reason="needs root to act as another uid")
+def test_unreadable_model_is_refused_naming_path_owner_mode_and_the_way_out(tmp_path):
+    import os
+
+    tmp_path.chmod(0o755)
+    model = tmp_path / "model"
+    (model / "code").mkdir(parents=True)
+    # pytest's own directories are root's, mode 0700: named, not "does not exist".
+    says = load_as(65534, ["--model-dir", str(model)])
+    assert "is not readable by uid 65534" in says and "mode 0700" in says, says
+    tmp_path = Path(tempfile.mkdtemp(dir="/tmp"))
+    tmp_path.chmod(0o755)
+    model = tmp_path / "model"
+    (model / "code").mkdir(parents=True)
+    (model / "weights.bin").write_bytes(b"x")
+    for path in (model, model / "code"):
+        path.chmod(0o755)
+    (model / "weights.bin").chmod(0o644)
+    assert load_as(65534, ["--model-dir", str(model)]) == "loaded"
+    (model / "weights.bin").chmod(0o600)  # one file only its owner may read
+    says = load_as(65534, ["--model-dir", str(model)])
+    assert says.startswith(f"the file {model}/weights.bin is not readable by uid 65534"), says
+    assert "owned by uid 0 (root), gid 0 (root), mode 0600" in says
+    assert "SERVING_RUN_AS=root" in says and "fsGroup" in says and "[model directory from --model-dir]" in says
+    model.chmod(0o700)  # the whole directory, as a root-only model.tar.gz unpacks
+    says = load_as(65534, ["--model-dir", str(model)])
+    assert says.startswith(f"the model directory {model} is not readable"), says
+    assert "mode 0700" in says and "\n" not in says
+    assert load_as(0, ["--model-dir", str(model)]) == "loaded"  # root reads anything
+    shutil.rmtree(tmp_path)
 
 
 def test_missing_model_dir(tmp_path):
