@@ -19,7 +19,13 @@ ARG PIP_OPTIONS=""
 ARG TORCH="torch==2.13.0"
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1 PIP_ROOT_USER_ACTION=ignore
 # The framework first, in a layer of its own: it outlives changes to the server's code.
+# A base without Python's venv (a CUDA runtime image) gets it from its own apt sources.
 RUN set -eu; \
+    if ! python3 -c "import venv, ensurepip" 2>/dev/null; then \
+        apt-get update -qq; \
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3 python3-venv; \
+        rm -rf /var/lib/apt/lists/*; \
+    fi; \
     python3 -m venv /opt/serving; \
     pip="/opt/serving/bin/pip install ${PIP_OPTIONS}"; \
     $pip --upgrade pip; \
@@ -56,12 +62,13 @@ ARG MULTI_MODEL=false
 LABEL com.amazonaws.sagemaker.capabilities.multi-models=${MULTI_MODEL} \
       com.amazonaws.sagemaker.capabilities.accept-bind-to-port=true
 # MXNet links against the system's OpenMP and quad-math runtimes (torch ships its own);
-# the entrypoint needs setpriv (util-linux: Debian's and Ubuntu's bases have it, a CUDA
-# base may not).
+# the entrypoint needs setpriv (util-linux: Debian's and Ubuntu's bases have it, a slim
+# one may not); the environment needs the base's python3 (a CUDA base has none).
 RUN set -eu; \
     packages=""; \
     [ "${FRAMEWORK}" != mxnet ] || packages="libgomp1 libquadmath0"; \
     command -v setpriv >/dev/null || packages="${packages} util-linux"; \
+    command -v python3 >/dev/null || packages="${packages} python3"; \
     if [ -n "${packages}" ]; then \
         apt-get update -qq; \
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends ${packages}; \

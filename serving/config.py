@@ -529,6 +529,8 @@ def _check_readable(model_dir: str, where: str) -> None:
     mode, and the ways out, instead of a PermissionError traceback from model_fn."""
     if not os.access(model_dir, os.R_OK | os.X_OK):
         _refuse_unreadable(model_dir, "the model directory", where)
+    if os.getuid() == 0:  # root reads every file; only pseudo-files (/proc) say otherwise
+        return
     seen = 0
     for directory, subdirectories, files in os.walk(model_dir):
         for name in subdirectories:

@@ -4,6 +4,7 @@ its routes, its port, its settings."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import pytest
 import yaml
 
 from serving.config import SETTINGS, Config
+from tests.container.engine import WRITABLE
 from tests.server_helpers import REPO
 
 DEPLOY = REPO / "deploy"
@@ -52,13 +54,33 @@ def test_kserve_inference_service(name, tmp_path):
     assert set(env) <= SETTING_VARIABLES | PLATFORM_VARIABLES, set(env) - SETTING_VARIABLES
     workers = int(env["SAGEMAKER_MODEL_SERVER_WORKERS"])
     assert settings_of(env, tmp_path).workers == workers
+    mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in predictor["volumes"]}
+    assert {m["name"] for m in mounts.values()} <= set(volumes)
     if "STORAGE_URI" in env:  # KServe's storage initializer unpacks into /mnt/models
         assert env["SM_MODEL_DIR"] == "/mnt/models"
-    else:  # the claim is mounted where the server reads the model
-        [mount] = container["volumeMounts"]
-        assert mount["mountPath"] == env.get("SM_MODEL_DIR", "/opt/ml/model")
-        [volume] = predictor["volumes"]
-        assert volume["name"] == mount["name"] and volume["persistentVolumeClaim"]["claimName"]
+    else:  # the claim is mounted where the server reads the model, read-only
+        mount = mounts[env.get("SM_MODEL_DIR", "/opt/ml/model")]
+        assert mount["readOnly"] and volumes[mount["name"]]["persistentVolumeClaim"]["claimName"]
+    # Run as the image's unprivileged user, on a read-only root: the places the server
+    # writes (those the container tests watch) are volumes of their own.
+    pod = predictor["securityContext"]
+    assert pod["runAsNonRoot"] is True and pod["runAsUser"] == image_uid()
+    assert pod["fsGroup"] == pod["runAsGroup"] == image_uid()
+    assert pod["seccompProfile"]["type"] == "RuntimeDefault"
+    security = container["securityContext"]
+    assert security["readOnlyRootFilesystem"] is True
+    assert security["allowPrivilegeEscalation"] is False
+    assert security["capabilities"]["drop"] == ["ALL"]
+    for place in WRITABLE:
+        assert "emptyDir" in volumes[mounts[f"/{place}"]["name"]], place
+    assert volumes[mounts["/dev/shm"]["name"]]["emptyDir"]["medium"] == "Memory"
+
+
+def image_uid() -> int:
+    """The uid of the image's user `serving`, as the Dockerfile makes it."""
+    [uid] = re.findall(r"useradd --uid (\d+)[^;]* serving;", (REPO / "Dockerfile").read_text())
+    return int(uid)
 
 
 def test_ray_serve_config_builds_our_application(tmp_path):
