@@ -53,7 +53,7 @@ RUN set -eu; \
 # -- the image: the environment, an unprivileged user, nothing else ------------------------
 # It starts as root, as SageMaker expects of a container; the entrypoint drops to the user
 # `serving` with setpriv before anything else runs. Started as another uid (Kubernetes'
-# runAsUser, OpenShift's arbitrary uid), it serves as that uid. See README, "Who it runs as".
+# runAsUser, OpenShift's arbitrary uid), it serves as that uid. See docs/operating.md.
 FROM ${BASE_IMAGE}
 ARG FRAMEWORK=none
 # MULTI_MODEL=true: an image for SageMaker multi-model endpoints, which SageMaker accepts only

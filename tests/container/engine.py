@@ -44,7 +44,7 @@ def pip_find_links() -> str | None:
     return None
 
 
-#: Where the server may write (README, "Where it writes"): everything else of the image's
+#: Where the server may write (docs/operating.md, "Where it writes"): everything else of the image's
 #: filesystem must be as the image had it after start-up, requests and shutdown.
 WRITABLE = ("tmp", "dev/shm")
 

@@ -193,13 +193,14 @@ def test_help_documents_every_setting_and_its_variable():
         assert setting.flag in text and setting.env in text
 
 
-def test_readme_options_table_is_generated():
-    # Regenerate with `python -m serving.config --write README.md` if this fails.
+def test_settings_table_is_generated():
+    # Regenerate with `python -m serving.config --write docs/reference/settings.md` if this
+    # fails.
     import pathlib
 
     from serving.config import TABLE_END, TABLE_START
 
-    readme = (pathlib.Path(__file__).parents[2] / "README.md").read_text()
+    readme = (pathlib.Path(__file__).parents[2] / "docs" / "reference" / "settings.md").read_text()
     assert f"{TABLE_START}\n{settings_table()}\n{TABLE_END}" in readme
 
 
