@@ -8,7 +8,9 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["serving", "serving.*", "handlers", "handlers.*"]),
-    package_data={"handlers.content": ["README.md"], "serving": ["openapi.json"]},
+    # py.typed: the annotations are part of the API (PEP 561), for user code and plugins.
+    package_data={"handlers": ["py.typed"], "handlers.content": ["README.md"],
+                  "serving": ["openapi.json", "py.typed"]},
     install_requires=[
         "flask>=3.0,<4",
         "gunicorn>=23.0",

@@ -1,8 +1,8 @@
 """Assembly: from the settings to the parts of a server, with no HTTP.
 
-``serve`` (the gunicorn host) builds from here, and so will every other host
-(a Ray Serve deployment, batch transform): the device plan, the content
-handlers, the user's code, the models by name, the metrics. What each host
+Every host builds from here (``serve`` on gunicorn, the Ray Serve replicas,
+batch transform): the device plan, the content handlers, the user's code, the
+models by name, the metrics. What each host
 adds is how requests reach :meth:`serving.pipeline.Pipeline.invoke`.
 """
 

@@ -20,7 +20,7 @@ import binascii
 import json
 import struct
 
-__all__ = ["CONTENT_TYPE", "decode_messages", "encode_message", "model_stream_error",
+__all__ = ["CONTENT_TYPE", "encode_message", "model_stream_error",
            "payload_part"]
 
 CONTENT_TYPE = "application/vnd.amazon.eventstream"
@@ -60,34 +60,3 @@ def model_stream_error(message: str, code: str) -> bytes:
     return encode_message({":exception-type": "ModelStreamError",
                            ":content-type": "application/json",
                            ":message-type": "exception"}, body)
-
-
-def decode_messages(data: bytes) -> list[tuple[dict[str, str], bytes]]:
-    """Split ``data`` into ``(headers, payload)`` messages, checking lengths and CRCs
-    (for tests and clients of our own; string headers only)."""
-    messages = []
-    offset = 0
-    while offset < len(data):
-        total, head_length = _PRELUDE.unpack_from(data, offset)
-        (prelude_crc,) = struct.unpack_from(">I", data, offset + 8)
-        if binascii.crc32(data[offset:offset + 8]) != prelude_crc:
-            raise ValueError(f"bad prelude CRC at byte {offset}")
-        message = data[offset:offset + total]
-        if len(message) < total:
-            raise ValueError(f"message at byte {offset} is cut short")
-        (crc,) = struct.unpack_from(">I", message, total - 4)
-        if binascii.crc32(message[:-4]) != crc:
-            raise ValueError(f"bad message CRC at byte {offset}")
-        headers, at = {}, 12
-        while at < 12 + head_length:
-            name_length = message[at]
-            name = message[at + 1:at + 1 + name_length].decode("utf-8")
-            at += 1 + name_length
-            kind, value_length = struct.unpack_from(">BH", message, at)
-            if kind != _STRING:
-                raise ValueError(f"header {name}: type {kind} is not a string")
-            headers[name] = message[at + 3:at + 3 + value_length].decode("utf-8")
-            at += 3 + value_length
-        messages.append((headers, message[12 + head_length:total - 4]))
-        offset += total
-    return messages

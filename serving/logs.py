@@ -3,10 +3,10 @@
 A request's id lives in a context variable. The HTTP thread sets it, the
 runtime runs the request's job in a copy of that context (so the prediction
 thread has it), and the batcher sets the ids of every request in a batch
-around the joined call. A log record factory stamps each record with the id
-and the worker index when the record is made, so every line a request causes
-carries its id: ours, gunicorn's, and the user's own ``logging`` calls, through
-any handler.
+around the joined call. A filter on our handlers (:func:`_add_fields`) stamps
+each record with the id and the worker index as the line is written, so every
+line a request causes carries its id: ours, gunicorn's, and the user's own
+``logging`` calls.
 """
 
 from __future__ import annotations

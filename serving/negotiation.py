@@ -1,7 +1,9 @@
 """Media types: parsing Content-Type and choosing a response type from Accept.
 
-:func:`negotiate` is the one place a request's Content-Type and Accept are
-decided (415 and 406 are raised there and nowhere else).
+:func:`negotiate` decides a request's Content-Type and Accept before the model
+runs: 415 and 406 for what no handler reads or writes. One 406 comes later, from
+the pipeline: when no acceptable encoder can write this prediction (an encoder
+may refuse a value, and the next acceptable one is tried).
 
 Matching ignores parameters (``application/json; charset=utf-8`` is
 ``application/json``), and the response Content-Type is always the bare

@@ -8,9 +8,9 @@ be killed, so the runtime asks for the worker to retire: the worker stops
 accepting, answers what else it holds, and exits; the master forks a fresh one
 from the preloaded model.
 
-This is the seam dynamic batching plugs into: a batching runtime collects the
-calls that arrive within a window and runs them as one, behind the same
-:meth:`Runtime.call`.
+Dynamic batching runs in the model's pipeline (:mod:`serving.batching`): its
+batcher joins the calls that arrive within a window into one predict, behind the
+same :meth:`Runtime.call`.
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import requests
 
-from serving import eventstream
+from tests.eventstream_reader import read_messages
 from tests.integration.test_content_types import SDK_CLIENT, SDK_PYTHON
 from tests.server_helpers import write_model_dir
 
@@ -103,7 +103,7 @@ def test_json_lines_and_streams_widen_too(numbers):
     response = requests.post(numbers.url("/endpoints/e/invocations-response-stream"),
                              json={"kind": "stream"}, timeout=30)
     assert response.status_code == 200
-    parts = b"".join(payload for _, payload in eventstream.decode_messages(response.content))
+    parts = b"".join(payload for _, payload in read_messages(response.content))
     assert [json.loads(line) for line in parts.splitlines()] == \
         [wide(AWS_ANSWER, i / 3) for i in range(3)]
 

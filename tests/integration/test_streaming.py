@@ -11,6 +11,7 @@ import pytest
 import requests
 
 from serving import eventstream
+from tests.eventstream_reader import read_messages
 from tests.examples.conftest import SDK_PYTHON
 from tests.server_helpers import REPO, write_model_dir
 
@@ -129,7 +130,7 @@ def test_event_stream_framing_over_plain_http(serve, model_dir):
     assert response.status_code == 200
     assert response.headers["Content-Type"] == eventstream.CONTENT_TYPE
     assert response.headers["X-Amzn-SageMaker-Content-Type"].startswith("text/plain")
-    messages = eventstream.decode_messages(response.content)
+    messages = read_messages(response.content)
     assert [h[":event-type"] for h, _ in messages[:-1]] == ["PayloadPart", "PayloadPart"]
     assert b"".join(p for _, p in messages[:-1]) == b"the quick "
     headers, payload = messages[-1]

@@ -1,4 +1,5 @@
-"""The AWS event-stream framing (boto3 reads it for real in tests/integration/test_streaming.py)."""
+"""The AWS event-stream framing, read back with botocore's own parser (boto3 reads it over
+HTTP in tests/integration/test_streaming.py)."""
 
 from __future__ import annotations
 
@@ -8,13 +9,16 @@ import struct
 
 import pytest
 
+from botocore.eventstream import ChecksumMismatch
+
 from serving import eventstream
+from tests.eventstream_reader import read_messages
 
 
 def test_payload_parts_and_errors_round_trip():
     data = (eventstream.payload_part(b"hello ") + eventstream.payload_part(b"")
             + eventstream.model_stream_error("it broke", "ModelError"))
-    messages = eventstream.decode_messages(data)
+    messages = read_messages(data)
     assert [payload for _, payload in messages[:2]] == [b"hello ", b""]
     assert messages[0][0] == {":event-type": "PayloadPart",
                               ":content-type": "application/octet-stream",
@@ -37,5 +41,7 @@ def test_lengths_and_crcs_are_the_wire_formats():
 def test_corruption_is_caught():
     message = bytearray(eventstream.payload_part(b"hello"))
     message[-6] ^= 1  # a payload byte
-    with pytest.raises(ValueError, match="CRC"):
-        eventstream.decode_messages(bytes(message))
+    with pytest.raises(ChecksumMismatch):
+        read_messages(bytes(message))
+    with pytest.raises(AssertionError, match="after the last whole message"):
+        read_messages(eventstream.payload_part(b"hello")[:-1])  # cut short
