@@ -1,8 +1,9 @@
 """The server's settings: declared once here, read once at start-up.
 
-Each :class:`Setting` carries its attribute name, CLI flag, environment
-variable, default, parser and help text. ``serve --help`` and the options
-table in docs/reference/settings.md are both generated from :data:`SETTINGS`
+Each setting is a field of :class:`Config`, declared there once with its CLI
+flag, environment variable, default, parser and help text (:func:`setting`).
+:data:`SETTINGS` lists them as :class:`Setting` records, and ``serve --help`` and
+the table in docs/reference/settings.md are both generated from it
 (``python -m serving.config`` prints the table), so they cannot drift.
 
 Precedence: CLI flag > environment variable > default. Nothing else in the
@@ -17,6 +18,7 @@ import logging
 import os
 import pwd
 import typing as t
+import dataclasses
 from dataclasses import dataclass, field
 
 from serving.negotiation import parse_media_type
@@ -183,194 +185,197 @@ class Setting:
         return str(self.default)
 
 
-SETTINGS: tuple[Setting, ...] = (
-    Setting("model_dir", "--model-dir", "SM_MODEL_DIR", "/opt/ml/model", _path,
-            "Directory holding the model artifacts (an unpacked model.tar.gz).", metavar="DIR"),
-    Setting("host", "--host", "SERVING_HOST", "0.0.0.0", _text,
-            "Address to listen on.", metavar="ADDR"),
-    Setting("port", "--port", "SAGEMAKER_BIND_TO_PORT", 8080, _int_in(1, 65535),
-            "TCP port to listen on.", metavar="PORT"),
-    Setting("workers", "--workers", "SAGEMAKER_MODEL_SERVER_WORKERS", cpu_count, _int_in(1),
-            "Worker processes. Unset on GPUs: one per GPU.", metavar="N"),
-    Setting("threads", "--threads", "SERVING_THREADS", 4, _int_in(1),
-            "Threads per worker: connections one worker serves at once.", metavar="N"),
-    Setting("timeout", "--timeout", "SAGEMAKER_MODEL_SERVER_TIMEOUT", 60, _int_in(1),
-            "Seconds a worker may go silent before it is restarted, and the grace "
-            "period for in-flight requests on SIGTERM.", metavar="SECONDS"),
-    Setting("request_timeout", "--request-timeout", "SERVING_REQUEST_TIMEOUT", None, _seconds,
-            "Deadline of one /invocations, in seconds: past it the client gets 504 at once, and "
-            "a worker whose prediction is stuck is replaced once it has answered what else it "
-            "holds.", metavar="SECONDS", default_help="--timeout"),
-    Setting("header_timeout", "--header-timeout", "SERVING_HEADER_TIMEOUT", 10, _seconds,
-            "Seconds a client has to send a request's headers; past it: 408 and the "
-            "connection closed. Also how long a client that does not read may hold up its "
-            "answer (plus its size at the minimum body rate).", metavar="SECONDS"),
-    Setting("min_body_rate_kb", "--min-body-rate-kb", "SERVING_MIN_BODY_RATE_KB", 64,
-            _positive_number, "Slowest request body accepted after its first second, in "
-            "KiB/s; a slower client gets 408 and its connection closed.", metavar="KB"),
-    Setting("max_connections", "--max-connections", "SERVING_MAX_CONNECTIONS", 1000,
-            _int_in(1), "Connections one worker holds open at once (idle, sending or being "
-            "answered); past it the worker stops accepting.", metavar="N"),
-    Setting("max_decoded_mb", "--max-decoded-mb", "SERVING_MAX_DECODED_MB", 128,
-            _positive_number, "Most memory a request body may decode to, in MiB (image pixels, "
-            "NPZ members, CSV cells, JSON elements, recordio records); over it: 413, checked "
-            "before the memory is spent.", metavar="MB"),
-    Setting("max_batch_size", "--max-batch-size", "SERVING_MAX_BATCH_SIZE", 1, _int_in(1, 512),
-            "Dynamic batching: most rows one predict call joins from concurrent requests of a "
-            "worker (1: off; at most 512, as each worker then serves up to max(--threads, "
-            "2 x this) requests at once, a thread each). Joins NumPy inputs of 2+ dimensions "
-            "for the framework's default predict, or for a predict_fn marked @serving.batched.",
-            metavar="N"),
-    Setting("max_batch_delay_ms", "--max-batch-delay-ms", "SERVING_MAX_BATCH_DELAY_MS", 5,
-            _non_negative_number, "Dynamic batching: longest a request waits for others to "
-            "join its batch, in ms. A batch runs at once when full, or when no other request is on its way (none decoding, no other "
-            "client connected to the worker): a lone client never waits.", metavar="MS"),
-    Setting("debug_errors", "--debug-errors", "SERVING_DEBUG_ERRORS", False, _bool,
-            "Put the exception's text in 500 bodies (it may hold paths or data: for "
-            "development only). The traceback is always logged.", switch=True),
-    Setting("default_accept", "--default-accept", "SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT",
-            "application/json", _media_type,
-            "Response type when the request has no Accept header or accepts */*.",
-            metavar="TYPE"),
-    Setting("json_float32", "--json-float32", "SERVING_JSON_FLOAT32", "float64",
-            _choice("float64", "shortest"),
-            "How JSON answers write float16/float32 values. float64: widened to a double, as "
-            "AWS's containers write them (a client reading doubles gets float(np.float32(x))). "
-            "shortest: the shortest float32 form, about half the digits (the same float32 read "
-            "back as one, another double read as one).", metavar="FORM"),
-    Setting("max_payload_mb", "--max-payload-mb", "SAGEMAKER_MAX_PAYLOAD_IN_MB", 6,
-            _positive_number, "Largest request body, in MiB; larger ones get 413.", metavar="MB"),
-    Setting("log_level", "--log-level", "SAGEMAKER_CONTAINER_LOG_LEVEL", 20, _log_level,
-            "Python log level, as a number (20) or a name (INFO).", metavar="LEVEL"),
-    Setting("log_format", "--log-format", "SERVING_LOG_FORMAT", "text", _choice("text", "json"),
-            "text: gunicorn's layout with the request id; json: one JSON object a line (time, "
-            "level, logger, message, request_id, worker, and status and latency_ms on access "
-            "lines).", metavar="FORMAT"),
-    Setting("metrics", "--metrics", "SERVING_METRICS", True, _bool,
-            "Serve Prometheus metrics at GET /metrics, added up across workers.", switch=True),
-    Setting("metrics_dir", "--metrics-dir", "PROMETHEUS_MULTIPROC_DIR", None, _path,
-            "Directory for the workers' metric files (prometheus_client's variable); emptied "
-            "at start. Unset: a fresh one in /dev/shm (else the temporary directory), removed "
-            "at exit.", metavar="DIR", default_help="a fresh one"),
-    Setting("metrics_port", "--metrics-port", "SERVING_METRICS_PORT", None, _port_or_auto,
-            "Serve /metrics on this port instead of the main one (which then answers 404 "
-            "there), so that a load balancer in front of the main port never exposes it. "
-            "auto: a free port, inside SAGEMAKER_SAFE_PORT_RANGE when that is set (the log "
-            "says which).", metavar="PORT", default_help="the main port"),
-    Setting("safe_port_range", "--safe-port-range", "SAGEMAKER_SAFE_PORT_RANGE", None,
-            _port_range,
-            "The ports (XXXX-YYYY, inclusive) this container may listen on besides the main "
-            "one: SageMaker sets it for each container of a multi-container endpoint. A "
-            "--metrics-port outside it is refused.", metavar="XXXX-YYYY"),
-    Setting("multi_model", "--multi-model", "SAGEMAKER_MULTI_MODEL", False, _bool,
-            "Multi-model endpoint: models are loaded, listed and unloaded at run time through "
-            "/models (the SageMaker multi-model contract); the model directory may be empty "
-            "or absent.", switch=True),
-    Setting("models_memory_mb", "--models-memory-mb", "SERVING_MODELS_MEMORY_MB", None,
-            _positive_number, "Multi-model: the most the loaded models may take, in MiB (a "
-            "model counts the size of its files; every worker holds every model). Loading past "
-            "it unloads the least recently used; a model larger than it alone gets 507.",
-            metavar="MB", default_help="half the memory / workers"),
-    Setting("engine", "--engine", "SERVING_ENGINE", "gunicorn", _choice("gunicorn", "ray"),
-            "What serves the model: gunicorn (worker processes on this machine) or ray (Ray "
-            "Serve replicas, on this machine's Ray or the cluster at --ray-address; needs "
-            "serving-toolkit[ray]). Same routes, answers and errors.", metavar="ENGINE"),
-    Setting("ray_address", "--ray-address", "RAY_ADDRESS", None, _text,
-            "Ray engine: the cluster to serve on. Unset: a local Ray instance, started and "
-            "stopped by serve.", metavar="ADDR", default_help="a local one"),
-    Setting("ray_replicas", "--ray-replicas", "SERVING_RAY_REPLICAS", 1, _int_in(1),
-            "Ray engine: replicas of the model, each a process holding it; with "
-            "--ray-max-replicas, the fewest autoscaling keeps.", metavar="N"),
-    Setting("ray_max_replicas", "--ray-max-replicas", "SERVING_RAY_MAX_REPLICAS", None,
-            _int_in(1), "Ray engine: autoscale between --ray-replicas and this many replicas, "
-            "aiming at --ray-target-ongoing-requests per replica.", metavar="N",
-            default_help="no autoscaling"),
-    Setting("ray_target_ongoing_requests", "--ray-target-ongoing-requests",
-            "SERVING_RAY_TARGET_ONGOING_REQUESTS", 2, _positive_number,
-            "Ray engine, autoscaling: requests per replica it aims at.", metavar="N"),
-    Setting("ray_num_cpus", "--ray-num-cpus", "SERVING_RAY_NUM_CPUS", 1, _positive_number,
-            "Ray engine: CPUs each replica reserves (and its math libraries' threads).",
-            metavar="N"),
-    Setting("ray_num_gpus", "--ray-num-gpus", "SERVING_RAY_NUM_GPUS", 0, _non_negative_number,
-            "Ray engine: GPUs each replica reserves (fractions share one); more than 0 puts the "
-            "model on the replica's GPU.", metavar="N"),
-    Setting("program", "--program", "SAGEMAKER_PROGRAM", None, _text,
-            "The user's script, in the submit directory. Unset: "
-            "<model-dir>/code/inference.py when it exists.", metavar="FILE"),
-    Setting("submit_dir", "--submit-dir", "SAGEMAKER_SUBMIT_DIRECTORY", "/opt/ml/code", _path,
-            "Where --program lives: a directory or a .tar.gz.", metavar="PATH"),
-    Setting("install_requirements", "--install-requirements", "SERVING_INSTALL_REQUIREMENTS",
-            True, _bool, "pip-install the requirements.txt beside the user's script at start-up.",
-            switch=True),
-    Setting("preload", "--preload", "SERVING_PRELOAD", True, _bool,
-            "Load the model once before forking workers, which then share it copy-on-write. "
-            "Off: each worker loads its own; always off on GPUs.", switch=True),
-    Setting("framework", "--framework", "SERVING_FRAMEWORK", "auto",
-            _choice("auto", "pytorch", "chainer", "mxnet", "none"),
-            "Framework handler for the default model_fn and predict_fn. auto: from the model "
-            "directory's files, else from the type model_fn returns.", metavar="NAME"),
-    Setting("device", "--device", "SERVING_DEVICE", "auto", _device,
-            "Where models run: auto (GPUs when present), cpu, cuda (worker i on GPU i mod N) "
-            "or cuda:N.", metavar="DEVICE"),
-    Setting("run_as", "--run-as", "SERVING_RUN_AS", "serving", _choice("serving", "root"),
-            "The image's entrypoint, started as root (as SageMaker starts containers): "
-            "serving drops to the unprivileged user serving (uid 10001) before anything runs; "
-            "root keeps root, so that a model only root may read can be served, at the cost "
-            "that the model's code and its requirements.txt run with root's rights. Started "
-            "as another uid (Kubernetes runAsUser), the server runs as that uid either way.",
-            metavar="USER"),
-    Setting("trust_pickled_models", "--trust-pickled-models", "SERVING_TRUST_PICKLED_MODELS",
-            False, _bool, "Let the PyTorch handler load a pickled nn.Module (torch.save(model)); "
-            "unpickling runs code from the file.", switch=True),
-)
-
-_BY_NAME = {s.name: s for s in SETTINGS}
+def setting(flag: str, env: str | None, default: t.Any, parse: t.Callable[[str], t.Any],
+            help: str, **more: t.Any) -> t.Any:
+    """A :class:`Config` field that is a setting: everything of it but its name, which is
+    the field's (:data:`SETTINGS` is made from the fields)."""
+    return field(metadata={"setting": {"flag": flag, "env": env, "default": default,
+                                       "parse": parse, "help": help, **more}})
 
 
 @dataclass(frozen=True)
 class Config:
-    """The validated settings of one ``serve``."""
+    """The validated settings of one ``serve``: each field is a setting, declared here once
+    with its flag, variable, default, parser and help."""
 
-    model_dir: str
-    host: str
-    port: int
-    workers: int
-    threads: int
-    timeout: int
-    request_timeout: float | None
-    header_timeout: float
-    min_body_rate_kb: float
-    max_connections: int
-    max_decoded_mb: float
-    max_batch_size: int
-    max_batch_delay_ms: float
-    debug_errors: bool
-    default_accept: str
-    json_float32: str
-    max_payload_mb: float
-    log_level: int
-    log_format: str
-    metrics: bool
-    metrics_dir: str | None
-    metrics_port: int | None
-    safe_port_range: tuple[int, int] | None
-    multi_model: bool
-    models_memory_mb: float | None
-    engine: str
-    ray_address: str | None
-    ray_replicas: int
-    ray_max_replicas: int | None
-    ray_target_ongoing_requests: float
-    ray_num_cpus: float
-    ray_num_gpus: float
-    program: str | None
-    submit_dir: str
-    install_requirements: bool
-    preload: bool
-    framework: str
-    device: str
-    run_as: str
-    trust_pickled_models: bool
+    model_dir: str = setting(
+        "--model-dir", "SM_MODEL_DIR", "/opt/ml/model", _path,
+        "Directory holding the model artifacts (an unpacked model.tar.gz).", metavar="DIR")
+    host: str = setting(
+        "--host", "SERVING_HOST", "0.0.0.0", _text,
+        "Address to listen on.", metavar="ADDR")
+    port: int = setting(
+        "--port", "SAGEMAKER_BIND_TO_PORT", 8080, _int_in(1, 65535),
+        "TCP port to listen on.", metavar="PORT")
+    workers: int = setting(
+        "--workers", "SAGEMAKER_MODEL_SERVER_WORKERS", cpu_count, _int_in(1),
+        "Worker processes. Unset on GPUs: one per GPU.", metavar="N")
+    threads: int = setting(
+        "--threads", "SERVING_THREADS", 4, _int_in(1),
+        "Threads per worker: connections one worker serves at once.", metavar="N")
+    timeout: int = setting(
+        "--timeout", "SAGEMAKER_MODEL_SERVER_TIMEOUT", 60, _int_in(1),
+        "Seconds a worker may go silent before it is restarted, and the grace "
+        "period for in-flight requests on SIGTERM.", metavar="SECONDS")
+    request_timeout: float | None = setting(
+        "--request-timeout", "SERVING_REQUEST_TIMEOUT", None, _seconds,
+        "Deadline of one /invocations, in seconds: past it the client gets 504 at once, and "
+        "a worker whose prediction is stuck is replaced once it has answered what else it "
+        "holds.", metavar="SECONDS", default_help="--timeout")
+    header_timeout: float = setting(
+        "--header-timeout", "SERVING_HEADER_TIMEOUT", 10, _seconds,
+        "Seconds a client has to send a request's headers; past it: 408 and the "
+        "connection closed. Also how long a client that does not read may hold up its "
+        "answer (plus its size at the minimum body rate).", metavar="SECONDS")
+    min_body_rate_kb: float = setting(
+        "--min-body-rate-kb", "SERVING_MIN_BODY_RATE_KB", 64,
+        _positive_number, "Slowest request body accepted after its first second, in "
+        "KiB/s; a slower client gets 408 and its connection closed.", metavar="KB")
+    max_connections: int = setting(
+        "--max-connections", "SERVING_MAX_CONNECTIONS", 1000,
+        _int_in(1), "Connections one worker holds open at once (idle, sending or being "
+        "answered); past it the worker stops accepting.", metavar="N")
+    max_decoded_mb: float = setting(
+        "--max-decoded-mb", "SERVING_MAX_DECODED_MB", 128,
+        _positive_number, "Most memory a request body may decode to, in MiB (image pixels, "
+        "NPZ members, CSV cells, JSON elements, recordio records); over it: 413, checked "
+        "before the memory is spent.", metavar="MB")
+    max_batch_size: int = setting(
+        "--max-batch-size", "SERVING_MAX_BATCH_SIZE", 1, _int_in(1, 512),
+        "Dynamic batching: most rows one predict call joins from concurrent requests of a "
+        "worker (1: off; at most 512, as each worker then serves up to max(--threads, "
+        "2 x this) requests at once, a thread each). Joins NumPy inputs of 2+ dimensions "
+        "for the framework's default predict, or for a predict_fn marked @serving.batched.",
+        metavar="N")
+    max_batch_delay_ms: float = setting(
+        "--max-batch-delay-ms", "SERVING_MAX_BATCH_DELAY_MS", 5,
+        _non_negative_number, "Dynamic batching: longest a request waits for others to "
+        "join its batch, in ms. A batch runs at once when full, or when no other request is on its way (none decoding, no other "
+        "client connected to the worker): a lone client never waits.", metavar="MS")
+    debug_errors: bool = setting(
+        "--debug-errors", "SERVING_DEBUG_ERRORS", False, _bool,
+        "Put the exception's text in 500 bodies (it may hold paths or data: for "
+        "development only). The traceback is always logged.", switch=True)
+    default_accept: str = setting(
+        "--default-accept", "SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT",
+        "application/json", _media_type,
+        "Response type when the request has no Accept header or accepts */*.",
+        metavar="TYPE")
+    json_float32: str = setting(
+        "--json-float32", "SERVING_JSON_FLOAT32", "float64",
+        _choice("float64", "shortest"),
+        "How JSON answers write float16/float32 values. float64: widened to a double, as "
+        "AWS's containers write them (a client reading doubles gets float(np.float32(x))). "
+        "shortest: the shortest float32 form, about half the digits (the same float32 read "
+        "back as one, another double read as one).", metavar="FORM")
+    max_payload_mb: float = setting(
+        "--max-payload-mb", "SAGEMAKER_MAX_PAYLOAD_IN_MB", 6,
+        _positive_number, "Largest request body, in MiB; larger ones get 413.", metavar="MB")
+    log_level: int = setting(
+        "--log-level", "SAGEMAKER_CONTAINER_LOG_LEVEL", 20, _log_level,
+        "Python log level, as a number (20) or a name (INFO).", metavar="LEVEL")
+    log_format: str = setting(
+        "--log-format", "SERVING_LOG_FORMAT", "text", _choice("text", "json"),
+        "text: gunicorn's layout with the request id; json: one JSON object a line (time, "
+        "level, logger, message, request_id, worker, and status and latency_ms on access "
+        "lines).", metavar="FORMAT")
+    metrics: bool = setting(
+        "--metrics", "SERVING_METRICS", True, _bool,
+        "Serve Prometheus metrics at GET /metrics, added up across workers.", switch=True)
+    metrics_dir: str | None = setting(
+        "--metrics-dir", "PROMETHEUS_MULTIPROC_DIR", None, _path,
+        "Directory for the workers' metric files (prometheus_client's variable); emptied "
+        "at start. Unset: a fresh one in /dev/shm (else the temporary directory), removed "
+        "at exit.", metavar="DIR", default_help="a fresh one")
+    metrics_port: int | None = setting(
+        "--metrics-port", "SERVING_METRICS_PORT", None, _port_or_auto,
+        "Serve /metrics on this port instead of the main one (which then answers 404 "
+        "there), so that a load balancer in front of the main port never exposes it. "
+        "auto: a free port, inside SAGEMAKER_SAFE_PORT_RANGE when that is set (the log "
+        "says which).", metavar="PORT", default_help="the main port")
+    safe_port_range: tuple[int, int] | None = setting(
+        "--safe-port-range", "SAGEMAKER_SAFE_PORT_RANGE", None,
+        _port_range,
+        "The ports (XXXX-YYYY, inclusive) this container may listen on besides the main "
+        "one: SageMaker sets it for each container of a multi-container endpoint. A "
+        "--metrics-port outside it is refused.", metavar="XXXX-YYYY")
+    multi_model: bool = setting(
+        "--multi-model", "SAGEMAKER_MULTI_MODEL", False, _bool,
+        "Multi-model endpoint: models are loaded, listed and unloaded at run time through "
+        "/models (the SageMaker multi-model contract); the model directory may be empty "
+        "or absent.", switch=True)
+    models_memory_mb: float | None = setting(
+        "--models-memory-mb", "SERVING_MODELS_MEMORY_MB", None,
+        _positive_number, "Multi-model: the most the loaded models may take, in MiB (a "
+        "model counts the size of its files; every worker holds every model). Loading past "
+        "it unloads the least recently used; a model larger than it alone gets 507.",
+        metavar="MB", default_help="half the memory / workers")
+    engine: str = setting(
+        "--engine", "SERVING_ENGINE", "gunicorn", _choice("gunicorn", "ray"),
+        "What serves the model: gunicorn (worker processes on this machine) or ray (Ray "
+        "Serve replicas, on this machine's Ray or the cluster at --ray-address; needs "
+        "serving-toolkit[ray]). Same routes, answers and errors.", metavar="ENGINE")
+    ray_address: str | None = setting(
+        "--ray-address", "RAY_ADDRESS", None, _text,
+        "Ray engine: the cluster to serve on. Unset: a local Ray instance, started and "
+        "stopped by serve.", metavar="ADDR", default_help="a local one")
+    ray_replicas: int = setting(
+        "--ray-replicas", "SERVING_RAY_REPLICAS", 1, _int_in(1),
+        "Ray engine: replicas of the model, each a process holding it; with "
+        "--ray-max-replicas, the fewest autoscaling keeps.", metavar="N")
+    ray_max_replicas: int | None = setting(
+        "--ray-max-replicas", "SERVING_RAY_MAX_REPLICAS", None,
+        _int_in(1), "Ray engine: autoscale between --ray-replicas and this many replicas, "
+        "aiming at --ray-target-ongoing-requests per replica.", metavar="N",
+        default_help="no autoscaling")
+    ray_target_ongoing_requests: float = setting(
+        "--ray-target-ongoing-requests",
+        "SERVING_RAY_TARGET_ONGOING_REQUESTS", 2, _positive_number,
+        "Ray engine, autoscaling: requests per replica it aims at.", metavar="N")
+    ray_num_cpus: float = setting(
+        "--ray-num-cpus", "SERVING_RAY_NUM_CPUS", 1, _positive_number,
+        "Ray engine: CPUs each replica reserves (and its math libraries' threads).",
+        metavar="N")
+    ray_num_gpus: float = setting(
+        "--ray-num-gpus", "SERVING_RAY_NUM_GPUS", 0, _non_negative_number,
+        "Ray engine: GPUs each replica reserves (fractions share one); more than 0 puts the "
+        "model on the replica's GPU.", metavar="N")
+    program: str | None = setting(
+        "--program", "SAGEMAKER_PROGRAM", None, _text,
+        "The user's script, in the submit directory. Unset: "
+        "<model-dir>/code/inference.py when it exists.", metavar="FILE")
+    submit_dir: str = setting(
+        "--submit-dir", "SAGEMAKER_SUBMIT_DIRECTORY", "/opt/ml/code", _path,
+        "Where --program lives: a directory or a .tar.gz.", metavar="PATH")
+    install_requirements: bool = setting(
+        "--install-requirements", "SERVING_INSTALL_REQUIREMENTS",
+        True, _bool, "pip-install the requirements.txt beside the user's script at start-up.",
+        switch=True)
+    preload: bool = setting(
+        "--preload", "SERVING_PRELOAD", True, _bool,
+        "Load the model once before forking workers, which then share it copy-on-write. "
+        "Off: each worker loads its own; always off on GPUs.", switch=True)
+    framework: str = setting(
+        "--framework", "SERVING_FRAMEWORK", "auto",
+        _choice("auto", "pytorch", "chainer", "mxnet", "none"),
+        "Framework handler for the default model_fn and predict_fn. auto: from the model "
+        "directory's files, else from the type model_fn returns.", metavar="NAME")
+    device: str = setting(
+        "--device", "SERVING_DEVICE", "auto", _device,
+        "Where models run: auto (GPUs when present), cpu, cuda (worker i on GPU i mod N) "
+        "or cuda:N.", metavar="DEVICE")
+    run_as: str = setting(
+        "--run-as", "SERVING_RUN_AS", "serving", _choice("serving", "root"),
+        "The image's entrypoint, started as root (as SageMaker starts containers): "
+        "serving drops to the unprivileged user serving (uid 10001) before anything runs; "
+        "root keeps root, so that a model only root may read can be served, at the cost "
+        "that the model's code and its requirements.txt run with root's rights. Started "
+        "as another uid (Kubernetes runAsUser), the server runs as that uid either way.",
+        metavar="USER")
+    trust_pickled_models: bool = setting(
+        "--trust-pickled-models", "SERVING_TRUST_PICKLED_MODELS",
+        False, _bool, "Let the PyTorch handler load a pickled nn.Module (torch.save(model)); "
+        "unpickling runs code from the file.", switch=True)
     #: Where each value came from: "flag", "env" or "default".
     sources: t.Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
 
@@ -472,6 +477,13 @@ class Config:
         """How a setting was given, for messages: ``--port``, ``SM_MODEL_DIR`` or ``default``."""
         setting, source = _BY_NAME[name], self.sources.get(name, "default")
         return {"flag": setting.flag, "env": setting.env or setting.flag}.get(source, "default")
+
+
+#: Every setting, in the order of the fields: ``serve --help`` and the settings table.
+SETTINGS: tuple[Setting, ...] = tuple(
+    Setting(name=f.name, **f.metadata["setting"]) for f in dataclasses.fields(Config)
+    if "setting" in f.metadata)
+_BY_NAME = {s.name: s for s in SETTINGS}
 
 
 #: Entries of a model directory looked at for unreadable ones, at most (a model is a few
