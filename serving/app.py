@@ -263,9 +263,8 @@ def create_app(config: Config, models: Models | Pipeline, runtime: Runtime | Non
             raise errors.ServiceUnavailable("the model is still loading")
         req = request._get_current_object()  # type: ignore[attr-defined]
         environ = req.environ
-        content_type, accepts = negotiate(environ.get("CONTENT_TYPE"), environ.get("HTTP_ACCEPT"),
-                                          pipeline.input_types, pipeline.encodable,
-                                          config.default_accept)
+        negotiated = negotiate(environ.get("CONTENT_TYPE"), environ.get("HTTP_ACCEPT"),
+                               pipeline.decoders, pipeline.encoders, config.default_accept)
         attributes = environ.get("HTTP_X_AMZN_SAGEMAKER_CUSTOM_ATTRIBUTES")
         if attributes is not None and not valid_custom_attributes(attributes):
             raise errors.BadRequest(f"{CUSTOM_ATTRIBUTES_HEADER} must be 1-1024 visible ASCII "
@@ -281,7 +280,7 @@ def create_app(config: Config, models: Models | Pipeline, runtime: Runtime | Non
         }
         arrived = environ[ARRIVED_KEY]
         payload, media_type = runtime.call(
-            pipeline.invoke, body, content_type, accepts, req.headers,
+            pipeline.invoke, body, negotiated, req.headers,
             arrived + runtime.deadline_seconds, details, started=arrived,
         )
         if event_stream:

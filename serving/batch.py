@@ -131,7 +131,7 @@ class FileTransformer:
         self.deadline = config.deadline_seconds
         pipeline = self.pipeline
         self._negotiated = lambda: negotiate(transform.content_type, transform.accept,
-                                             pipeline.input_types, pipeline.encodable,
+                                             pipeline.decoders, pipeline.encoders,
                                              config.default_accept)
 
     def __call__(self, batch: dict[str, t.Any]) -> dict[str, list[t.Any]]:
@@ -160,11 +160,11 @@ class FileTransformer:
             records = len(chunks)
             bodies = requests_of(chunks, self.transform)
             requests = len(bodies)
-            content_type, accepts = self._negotiated()
+            negotiated = self._negotiated()
             headers = {"Content-Type": self.transform.content_type}
             out = bytearray()
             for body in bodies:
-                payload, _ = self.pipeline.invoke(body, content_type, accepts, headers,
+                payload, _ = self.pipeline.invoke(body, negotiated, headers,
                                                   time.monotonic() + self.deadline)
                 if isinstance(payload, Stream):
                     payload = b"".join(_drain(payload))

@@ -1,9 +1,11 @@
 """Media types: parsing Content-Type and choosing a response type from Accept.
 
 :func:`negotiate` decides a request's Content-Type and Accept before the model
-runs: 415 and 406 for what no handler reads or writes. One 406 comes later, from
-the pipeline: when no acceptable encoder can write this prediction (an encoder
-may refuse a value, and the next acceptable one is tried).
+runs (:class:`Negotiated`): 415 and 406 for what no handler reads or writes, and
+the handlers that will. Two 406s can only be known later, and :class:`Negotiated`
+raises them too when the pipeline tells it: no acceptable encoder could write the
+prediction (each refused it in turn), or a streamed answer's type, known at its
+first item, is not acceptable.
 
 Matching ignores parameters (``application/json; charset=utf-8`` is
 ``application/json``), and the response Content-Type is always the bare
@@ -18,7 +20,7 @@ from dataclasses import dataclass, field
 
 from serving import errors
 
-__all__ = ["DEFAULT_CONTENT_TYPE", "MediaRange", "MediaType", "acceptable_types",
+__all__ = ["DEFAULT_CONTENT_TYPE", "MediaRange", "MediaType", "Negotiated", "acceptable_types",
            "choose_accept", "content_type_of", "negotiate", "parse_accept", "parse_media_type"]
 
 
@@ -182,28 +184,64 @@ def _acceptable(header: str | None, offered: tuple[str, ...] | None,
     return acceptable_types(header, offered, default)
 
 
+@dataclass(frozen=True)
+class Negotiated:
+    """What a request's Content-Type and Accept decided, before the model runs: the types,
+    and the handlers that decode and encode them. The pipeline takes these as they are."""
+
+    #: The request's bare media type.
+    content_type: str
+    #: The acceptable answer types, most preferred first (never empty; do not change it:
+    #: it is cached).
+    accepts: t.Sequence[str]
+    #: The handler that decodes the body; ``None`` where user code decodes.
+    decoder: t.Any = None
+    #: ``(media type, handler)`` for each of :attr:`accepts`, in order, where the server
+    #: encodes: the first that can write the prediction answers. Empty where user code
+    #: encodes.
+    encoders: tuple[tuple[str, t.Any], ...] = ()
+    #: The Accept header as sent: a streamed answer's type is known only at its first item.
+    accept_header: str | None = None
+
+    def require(self, media_type: str, why: str) -> None:
+        """406 unless the Accept header allows an answer of ``media_type``."""
+        essence = media_type.partition(";")[0]
+        if not _acceptable(self.accept_header, (essence,), essence):
+            raise errors.NotAcceptable(self.accept_header or "", [essence], detail=why)
+
+    def none_could_write(self, refusals: t.Sequence[str]) -> t.NoReturn:
+        """406: every encoder of :attr:`encoders` refused the prediction."""
+        raise errors.NotAcceptable(", ".join(self.accepts), list(self.accepts),
+                                   detail=f"the prediction cannot be written as any "
+                                          f"acceptable type: {'; '.join(refusals)}")
+
+
 def negotiate(
     content_type_header: str | None, accept_header: str | None,
-    decodable: t.Sequence[str] | None, encodable: tuple[str, ...] | None, default_accept: str,
-) -> tuple[str, list[str]]:
+    decoders: t.Mapping[str, t.Any] | None, encoders: t.Mapping[str, t.Any] | None,
+    default_accept: str,
+) -> Negotiated:
     """Everything a request's two media-type headers decide, in one place.
 
-    :param decodable: the request types the pipeline decodes (``None``: user code takes
-        any); ``encodable``: the answer types it encodes (``None``: user code writes any).
-    :returns: the request's bare media type, and the acceptable answer types, most
-        preferred first (callers must not change the list: it is cached).
+    :param decoders: media type → the handler that decodes it (``None``: user code takes
+        any type); ``encoders``: the same for answers (``None``: user code writes any).
     :raises UnsupportedMediaType: 415, a Content-Type that is not one, or not decodable.
     :raises NotAcceptable: 406, no encodable type that the Accept header allows.
     """
+    decodable = list(decoders) if decoders is not None else None
     try:
         content_type = (content_type_of(content_type_header) if content_type_header
                         else DEFAULT_CONTENT_TYPE)
     except ValueError:
         raise errors.UnsupportedMediaType(content_type_header or "", decodable or []) from None
-    if decodable is not None and content_type not in decodable:
-        raise errors.UnsupportedMediaType(content_type, decodable)
+    if decoders is not None and content_type not in decoders:
+        raise errors.UnsupportedMediaType(content_type, decodable or [])
+    encodable = tuple(encoders) if encoders is not None else None
     accepts = _acceptable(accept_header, encodable, default_accept)
     if not accepts:
         raise errors.NotAcceptable(accept_header or "", encodable or [])
-    return content_type, accepts
-
+    return Negotiated(
+        content_type, accepts,
+        decoder=decoders[content_type] if decoders is not None else None,
+        encoders=tuple((m, encoders[m]) for m in accepts) if encoders is not None else (),
+        accept_header=accept_header)

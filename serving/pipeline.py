@@ -37,7 +37,7 @@ from handlers.frameworks import FrameworkHandler, SelectionError
 from serving import errors
 from serving.batching import Batcher, batch_key
 from serving.errors import BadRequest, ModelError, NotAcceptable, ServingError, StartupError
-from serving.negotiation import acceptable_types
+from serving.negotiation import Negotiated
 
 if t.TYPE_CHECKING:
     from serving.user_code import UserCode
@@ -212,9 +212,9 @@ class Pipeline:
         #: A multi-model server's model: its own modules, released when it is unloaded.
         self.user_code: UserCode | None = None
         # The three stages, chosen when the model is loaded (see _choose_stages).
-        self.decode: t.Callable[[bytes, str, Context], t.Any]
+        self.decode: t.Callable[[bytes, Negotiated, Context], t.Any]
         self.predict: t.Callable[[t.Any, Context, float], t.Any]
-        self.encode: t.Callable[[t.Any, list[str], Context], tuple[bytes, str]]
+        self.encode: t.Callable[[t.Any, Negotiated, Context], tuple[bytes, str]]
         self._predict_one: t.Callable[[t.Any, Context], t.Any]
 
     @classmethod
@@ -288,10 +288,25 @@ class Pipeline:
         return self.registry.media_types
 
     @functools.cached_property
-    def encodable(self) -> tuple[str, ...] | None:
-        """:attr:`output_types` as negotiation takes them (a tuple, made once)."""
+    def decoders(self) -> dict[str, t.Any] | None:
+        """Media type → its decoder, as negotiation takes them (made once, at the first
+        request: the model's own registrations are in by then); ``None`` when user code
+        decodes."""
+        types_ = self.input_types
+        return {m: self.registry.get(m) for m in types_} if types_ is not None else None
+
+    @functools.cached_property
+    def encoders(self) -> dict[str, t.Any] | None:
+        """Media type → its encoder, as negotiation takes them; ``None`` when user code
+        encodes."""
         types_ = self.output_types
-        return tuple(types_) if types_ is not None else None
+        return {m: self.registry.get(m) for m in types_} if types_ is not None else None
+
+    @functools.cached_property
+    def _json_encoder(self) -> t.Callable[[t.Any], bytes]:
+        """How a streamed item that is neither bytes nor text is written: JSON, a line."""
+        handler = self.registry.get("application/json")
+        return handler.encode if handler is not None else _json_line
 
     def enable_batching(self, max_size: int, max_delay: float,
                         batcher_class: type[Batcher] = Batcher) -> None:
@@ -436,29 +451,27 @@ class Pipeline:
         return result
 
     def invoke(
-        self, body: bytes, content_type: str, accept: str | t.Sequence[str],
-        headers: t.Mapping[str, str], deadline: float = float("inf"),
-        details: t.Mapping[str, t.Any] | None = None,
+        self, body: bytes, negotiated: Negotiated, headers: t.Mapping[str, str],
+        deadline: float = float("inf"), details: t.Mapping[str, t.Any] | None = None,
     ) -> tuple[bytes | Stream, str]:
         """Answer one request: ``(response body, response media type)``, as
         ``encode(predict(decode(body)))`` with the stages chosen at load time.
 
-        :param content_type: the bare request media type (parameters are in ``headers``).
-        :param accept: the negotiated response media types, most preferred first
-            (or one). When the pipeline encodes, an encoder that cannot write this
-            prediction passes to the next; none left is a 406.
+        :param negotiated: what the request's Content-Type and Accept decided
+            (:func:`serving.negotiation.negotiate` with :attr:`decoders` and
+            :attr:`encoders`): its decoder, and its encoders in the order they are tried.
         :param deadline: when the request's client stops waiting (``time.monotonic()``);
             a batch still to run leaves the request out past it.
         :param details: more :class:`Context` fields: the request id, the SageMaker
             headers, and ``reply``, the dict user code's answer headers go to.
         """
-        accepts = [accept] if isinstance(accept, str) else list(accept)
-        context = dataclasses.replace(self.context, headers=headers, content_type=content_type,
-                                      accept=accepts[0], **(details or {}))
+        context = dataclasses.replace(self.context, headers=headers,
+                                      content_type=negotiated.content_type,
+                                      accept=negotiated.accepts[0], **(details or {}))
         timed = self._timed
-        data = timed("decode", self.decode, body, content_type, context)
+        data = timed("decode", self.decode, body, negotiated, context)
         prediction = timed("predict", self.predict, data, context, deadline)
-        return timed("encode", self.encode, prediction, accepts, context)
+        return timed("encode", self.encode, prediction, negotiated, context)
 
     # -- the three stages, chosen once --------------------------------------------
 
@@ -467,9 +480,9 @@ class Pipeline:
         the content handlers and the framework handler (known once the model is loaded),
         and the batcher: requests then run with no question of who does what.
 
-        - ``decode(body, content_type, context)`` → data;
+        - ``decode(body, negotiated, context)`` → data;
         - ``predict(data, context, deadline)`` → prediction;
-        - ``encode(prediction, accepts, context)`` → (body, media type).
+        - ``encode(prediction, negotiated, context)`` → (body, media type).
 
         ``transform_fn`` is the predict stage; decode passes the body on, and encode
         checks what it returned.
@@ -502,10 +515,10 @@ class Pipeline:
         batcher = self.batcher
         assert batcher is not None
 
-        def decode_announced(body: bytes, content_type: str, context: Context) -> t.Any:
+        def decode_announced(body: bytes, negotiated: Negotiated, context: Context) -> t.Any:
             batcher.expect()
             try:
-                return decode(body, content_type, context)
+                return decode(body, negotiated, context)
             except BaseException:
                 batcher.unexpect()
                 raise
@@ -519,13 +532,12 @@ class Pipeline:
 
         return decode_announced, predict_batched
 
-    def _user_decode(self, body: bytes, content_type: str, context: Context) -> t.Any:
-        return self._user("decode", "input_fn", body, content_type, context=context)
+    def _user_decode(self, body: bytes, negotiated: Negotiated, context: Context) -> t.Any:
+        return self._user("decode", "input_fn", body, negotiated.content_type, context=context)
 
-    def _handler_decode(self, body: bytes, content_type: str, context: Context) -> t.Any:
-        decoder = self.registry.get(content_type)
-        assert decoder is not None, "negotiation checks the Content-Type against input_types"
-        return self._run("decode", f"the {content_type} decoder", decoder.decode, body)
+    def _handler_decode(self, body: bytes, negotiated: Negotiated, context: Context) -> t.Any:
+        return self._run("decode", f"the {negotiated.content_type} decoder",
+                         negotiated.decoder.decode, body)
 
     def _user_predict(self, data: t.Any, context: Context) -> t.Any:
         return self._user("predict", "predict_fn", data, self.model, context=context)
@@ -543,25 +555,24 @@ class Pipeline:
         return self._user("predict", "transform_fn", self.model, body, context.content_type,
                           context.accept, context=context)
 
-    def _transform_answer(self, result: t.Any, accepts: list[str],
+    def _transform_answer(self, result: t.Any, negotiated: Negotiated,
                           context: Context) -> tuple[bytes | Stream, str]:
         """transform_fn's encode stage: what it returned, checked."""
-        return self._answer(result, accepts[0], "transform_fn", context)
+        return self._answer(result, negotiated.accepts[0], "transform_fn")
 
-    def _user_encode(self, prediction: t.Any, accepts: list[str],
+    def _user_encode(self, prediction: t.Any, negotiated: Negotiated,
                      context: Context) -> tuple[bytes, str]:
-        result = self._user("encode", "output_fn", prediction, accepts[0], context=context)
-        return self._answer(result, accepts[0], "output_fn", context)
+        accept = negotiated.accepts[0]
+        result = self._user("encode", "output_fn", prediction, accept, context=context)
+        return self._answer(result, accept, "output_fn")
 
-    def _handler_encode(self, prediction: t.Any, accepts: list[str],
+    def _handler_encode(self, prediction: t.Any, negotiated: Negotiated,
                         context: Context) -> tuple[bytes, str]:
         """The first acceptable type whose encoder can write ``prediction``."""
         if is_stream(prediction):
-            return self._stream(prediction, None, context)
+            return self._stream(prediction, None, negotiated)
         refusals = []
-        for media_type in accepts:
-            encoder = self.registry.get(media_type)
-            assert encoder is not None, "negotiation checks Accept against output_types"
+        for media_type, encoder in negotiated.encoders:
 
             def attempt(encoder: t.Any = encoder) -> t.Any:
                 try:
@@ -574,30 +585,26 @@ class Pipeline:
                 return body, media_type
             log.info("%s cannot hold this prediction: %s", media_type, body)
             refusals.append(f"{media_type}: {body}")
-        raise NotAcceptable(", ".join(accepts), accepts,
-                            detail=f"the prediction cannot be written as any acceptable type: "
-                                   f"{'; '.join(refusals)}")
+        negotiated.none_could_write(refusals)
 
-    def _answer(self, result: t.Any, accept: str, name: str,
-                context: Context) -> tuple[bytes | Stream, str]:
+    def _answer(self, result: t.Any, accept: str, name: str) -> tuple[bytes | Stream, str]:
         """What ``output_fn`` / ``transform_fn`` returned: a body or an iterator of chunks,
         or ``(that, content_type)``."""
         content_type = accept
         if isinstance(result, tuple) and len(result) == 2 and isinstance(result[1], str):
             result, content_type = result
         if is_stream(result):
-            return self._stream(result, content_type, context)
+            return self._stream(result, content_type, None)
         return self._response(result, content_type, name)
 
     def _stream(self, items: t.Iterator[t.Any], media_type: str | None,
-                context: Context) -> tuple[Stream, str]:
+                negotiated: Negotiated | None) -> tuple[Stream, str]:
         """A :class:`Stream` of ``items``, its first chunk made now.
 
         :param media_type: the answer's type (from output_fn or transform_fn); ``None``:
-            from the first item (:data:`STREAM_TYPES`), which the Accept header must allow.
+            from the first item (:data:`STREAM_TYPES`), which ``negotiated`` must allow.
         """
-        json_encoder = self.registry.get("application/json")
-        encode_json = json_encoder.encode if json_encoder is not None else _json_line
+        encode_json = self._json_encoder
 
         def chunk(item: t.Any) -> bytes:
             if isinstance(item, (bytes, bytearray, memoryview)):
@@ -619,12 +626,13 @@ class Pipeline:
             kind = bytes if isinstance(first, (bytes, bytearray, memoryview)) \
                 else str if isinstance(first, str) else object
             media_type = STREAM_TYPES[kind]
-            header = context.headers.get("Accept") if context.headers else None
-            essence = media_type.partition(";")[0]
-            if not acceptable_types(header, (essence,), essence):
+            assert negotiated is not None
+            try:
+                negotiated.require(media_type, f"the model streams its answer as "
+                                               f"{media_type.partition(';')[0]}")
+            except NotAcceptable:
                 _close(items)
-                raise NotAcceptable(header or "", [essence],
-                                    detail=f"the model streams its answer as {essence}")
+                raise
         if first is _END:
             return Stream(b"", iter(()), items), media_type
         return Stream(self._run("encode", "the stream's encoder", chunk, first), rest(), items), \
@@ -643,7 +651,7 @@ class Pipeline:
         )
 
 
-def _pass_body(body: bytes, content_type: str, context: Context) -> bytes:
+def _pass_body(body: bytes, negotiated: Negotiated, context: Context) -> bytes:
     """transform_fn's decode stage: it takes the body as it came."""
     return body
 

@@ -67,25 +67,47 @@ def test_choose_accept_when_user_code_encodes():
     assert choose_accept(None, None, "text/csv") == "text/csv"
 
 
-def test_negotiate_decides_both_headers_or_raises_415_406():
+def test_negotiate_decides_both_headers_and_their_handlers_or_raises_415_406():
     import pytest
 
     from serving.errors import NotAcceptable, UnsupportedMediaType
     from serving.negotiation import negotiate
 
-    decodable, encodable = ["application/json", "text/csv"], ("application/json", "text/csv")
-    assert negotiate(None, None, decodable, encodable, "application/json") \
-        == ("application/json", ["application/json"])
-    assert negotiate("text/csv; charset=utf-8", "text/csv, */*;q=0.1", decodable, encodable,
-                     "application/json") == ("text/csv", ["text/csv", "application/json"])
+    json_handler, csv_handler = object(), object()
+    handlers = {"application/json": json_handler, "text/csv": csv_handler}
+    decided = negotiate(None, None, handlers, handlers, "application/json")
+    assert (decided.content_type, list(decided.accepts)) == ("application/json", ["application/json"])
+    assert decided.decoder is json_handler and decided.encoders == (("application/json", json_handler),)
+    decided = negotiate("text/csv; charset=utf-8", "text/csv, */*;q=0.1", handlers, handlers,
+                        "application/json")
+    assert (decided.content_type, list(decided.accepts)) == ("text/csv", ["text/csv", "application/json"])
+    # The encoders in the order they are tried: the first that can write the prediction answers.
+    assert decided.decoder is csv_handler
+    assert decided.encoders == (("text/csv", csv_handler), ("application/json", json_handler))
     with pytest.raises(UnsupportedMediaType) as refused:
-        negotiate("image/gif", None, decodable, encodable, "application/json")
-    assert refused.value.status_code == 415 and refused.value.supported == decodable
+        negotiate("image/gif", None, handlers, handlers, "application/json")
+    assert refused.value.status_code == 415 and refused.value.supported == list(handlers)
     with pytest.raises(UnsupportedMediaType):
-        negotiate("not a type", None, decodable, encodable, "application/json")
+        negotiate("not a type", None, handlers, handlers, "application/json")
     with pytest.raises(NotAcceptable) as refused:
-        negotiate(None, "image/png", decodable, encodable, "application/json")
+        negotiate(None, "image/png", handlers, handlers, "application/json")
     assert refused.value.status_code == 406
-    # User code decodes and encodes: any well-formed type passes both ways.
-    assert negotiate("image/gif", "text/html", None, None, "application/json") \
-        == ("image/gif", ["text/html"])
+    # User code decodes and encodes: any well-formed type passes both ways, no handlers.
+    decided = negotiate("image/gif", "text/html", None, None, "application/json")
+    assert (decided.content_type, list(decided.accepts)) == ("image/gif", ["text/html"])
+    assert decided.decoder is None and decided.encoders == ()
+
+
+def test_what_only_the_answer_tells_is_refused_by_negotiation_too():
+    import pytest
+
+    from serving.errors import NotAcceptable
+    from serving.negotiation import negotiate
+
+    decided = negotiate(None, "application/json", None, None, "application/json")
+    decided.require("application/json", "fine")  # allowed: nothing raised
+    with pytest.raises(NotAcceptable) as refused:
+        decided.require("text/plain; charset=utf-8", "the model streams its answer as text/plain")
+    assert refused.value.status_code == 406
+    with pytest.raises(NotAcceptable, match="cannot be written as any acceptable type"):
+        decided.none_could_write(["application/json: a set"])
