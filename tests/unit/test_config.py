@@ -202,6 +202,7 @@ def test_settings_table_is_generated():
 
     readme = (pathlib.Path(__file__).parents[2] / "docs" / "reference" / "settings.md").read_text()
     assert f"{TABLE_START}\n{settings_table()}\n{TABLE_END}" in readme
+    assert readme.count("<!-- options table") == 1, "a second, stale table"
 
 
 def test_unknown_flag_exits_like_argparse(model_dir):
