@@ -597,6 +597,8 @@ def write_table(path: str) -> None:
     (docs/reference/settings.md)."""
     with open(path, encoding="utf-8") as f:
         text = f.read()
+    if TABLE_START not in text or TABLE_END not in text:  # else it would add a second table
+        raise SystemExit(f"{path} has no options table markers ({TABLE_START} … {TABLE_END})")
     head, _, rest = text.partition(TABLE_START)
     _, _, tail = rest.partition(TABLE_END)
     with open(path, "w", encoding="utf-8") as f:
