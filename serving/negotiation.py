@@ -228,14 +228,14 @@ def negotiate(
     :raises UnsupportedMediaType: 415, a Content-Type that is not one, or not decodable.
     :raises NotAcceptable: 406, no encodable type that the Accept header allows.
     """
-    decodable = list(decoders) if decoders is not None else None
     try:
         content_type = (content_type_of(content_type_header) if content_type_header
                         else DEFAULT_CONTENT_TYPE)
     except ValueError:
-        raise errors.UnsupportedMediaType(content_type_header or "", decodable or []) from None
+        raise errors.UnsupportedMediaType(content_type_header or "", list(decoders or ())) \
+            from None
     if decoders is not None and content_type not in decoders:
-        raise errors.UnsupportedMediaType(content_type, decodable or [])
+        raise errors.UnsupportedMediaType(content_type, list(decoders))
     encodable = tuple(encoders) if encoders is not None else None
     accepts = _acceptable(accept_header, encodable, default_accept)
     if not accepts:
