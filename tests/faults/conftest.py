@@ -7,6 +7,7 @@ and time.
 from __future__ import annotations
 
 import socket
+import weakref
 from pathlib import Path
 
 import pytest
@@ -79,10 +80,16 @@ def memory_kib(pid: int, field: str = "VmRSS") -> int:
     raise AssertionError(f"no {field} for {pid}")
 
 
+#: Bytes read off a socket past the response asked for: the start of the next one, when
+#: pipelined answers arrive in one read (as they do on a busy machine).
+_UNREAD: weakref.WeakKeyDictionary[socket.socket, bytes] = weakref.WeakKeyDictionary()
+
+
 def read_response(sock: socket.socket, timeout: float = 10) -> tuple[int, dict[str, str], bytes]:
-    """One HTTP/1.1 response with a Content-Length, read off a raw socket."""
+    """One HTTP/1.1 response with a Content-Length, read off a raw socket; what was read
+    past it is kept for the next call on the same socket."""
     sock.settimeout(timeout)
-    data = b""
+    data = _UNREAD.pop(sock, b"")
     while b"\r\n\r\n" not in data:
         chunk = sock.recv(65536)
         if not chunk:
@@ -98,6 +105,8 @@ def read_response(sock: socket.socket, timeout: float = 10) -> tuple[int, dict[s
         if not chunk:
             break
         body += chunk
+    if body[length:]:
+        _UNREAD[sock] = body[length:]
     return status, headers, body[:length]
 
 
