@@ -250,8 +250,9 @@ class Config:
     max_batch_delay_ms: float = setting(
         "--max-batch-delay-ms", "SERVING_MAX_BATCH_DELAY_MS", 5,
         _non_negative_number, "Dynamic batching: longest a request waits for others to "
-        "join its batch, in ms. A batch runs at once when full, or when no other request is on its way (none decoding, no other "
-        "client connected to the worker): a lone client never waits.", metavar="MS")
+        "join its batch, in ms. A batch runs at once when full, or when no other request "
+        "is on its way (none decoding, no other client connected to the worker): a lone "
+        "client never waits.", metavar="MS")
     debug_errors: bool = setting(
         "--debug-errors", "SERVING_DEBUG_ERRORS", False, _bool,
         "Put the exception's text in 500 bodies (it may hold paths or data: for "
