@@ -113,7 +113,7 @@ serve-ray: $(RAY_STAMP)
 test: install container-tools
 	SETUPTOOLS_USE_DISTUTILS=stdlib $(BIN)/python -m pytest -q tests --ignore=tests/ray
 	$(NP2_VENV)/bin/python -m pytest -q -m "not chainer and not mxnet and not container" tests \
-		--ignore=tests/frameworks/test_chainer.py --ignore=tests/frameworks/test_mxnet.py \
+		--ignore=tests/handlers/frameworks/test_chainer.py --ignore=tests/handlers/frameworks/test_mxnet.py \
 		--ignore=tests/ray
 	$(MAKE) test-ray
 
@@ -121,7 +121,7 @@ RAY_TEST_SECONDS ?= 900
 
 test-ray: $(RAY_STAMP) $(SDK_STAMP)
 	timeout --signal=INT --kill-after=30 $(RAY_TEST_SECONDS) $(RAY_VENV)/bin/python -m pytest -q tests/ray \
-		tests/integration/test_batch_transform.py tests/unit/test_deploy_manifests.py
+		tests/integration/test_batch_transform.py tests/deploy/test_manifests.py
 
 USERS ?= 8
 DURATION ?= 30

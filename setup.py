@@ -10,11 +10,11 @@ setup(
     packages=find_packages(include=["serving", "serving.*", "handlers", "handlers.*"]),
     # py.typed: the annotations are part of the API (PEP 561), for user code and plugins.
     package_data={"handlers": ["py.typed"], "handlers.content": ["README.md"],
-                  "serving": ["openapi.json", "py.typed"]},
+                  "serving": ["py.typed"], "serving.http": ["openapi.json"]},
     install_requires=[
         "flask>=3.0,<4",
         "gunicorn>=23.0",
-        # llhttp, the HTTP/1.1 parser of the gunicorn worker (serving.http1); 0.7 and newer
+        # llhttp, the HTTP/1.1 parser of the gunicorn worker (serving.hosts.gunicorn.http1); 0.7 and newer
         # bundle llhttp 9.3, which refuses the chunk-extension desyncs of 2025.
         "httptools>=0.7,<1",
         "numpy>=1.23",

@@ -4,7 +4,7 @@
 
 1. Parser cost: one typical request (``POST /invocations``, five fields, 64 floats of JSON)
    parsed and its answer head framed, in µs, by the hand-written parser of ``REV``
-   (``serving/worker.py``'s ``parse_head`` and body framing), by ``serving.http1``
+   (``serving/worker.py``'s ``parse_head`` and body framing), by ``serving.hosts.gunicorn.http1``
    (llhttp through httptools, with our checks), and by h11 (a pure-Python candidate).
 2. Servers: ``serve --workers 2`` from the tree at ``REV`` and from this tree, same
    environment, on numpy-linear and the peers' TorchScript MLP (64 → 256 → 256 → 10,
@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import io
 import json
 import statistics
 import subprocess
 import sys
 import tarfile
-import io
 import time
 from pathlib import Path
 
@@ -32,7 +32,15 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE / "peers"))
 sys.path.insert(0, str(REPO))
 
-from loadgen import ServerProcess, free_port, machine, measure, post, table, write_section  # noqa: E402
+from loadgen import (  # noqa: E402
+    ServerProcess,
+    free_port,
+    machine,
+    measure,
+    post,
+    table,
+    write_section,
+)
 
 BUILD = REPO / "build" / "bench" / "http"
 VENV = REPO / ".venv-np2"
@@ -71,9 +79,17 @@ def per_request_us(function, count: int = 20000) -> float:
 
 
 def parser_costs(tree: Path) -> list[list[str]]:
-    spec = importlib.util.spec_from_file_location("old_worker", tree / "serving" / "worker.py")
-    old = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(old)  # its imports resolve to this tree's serving: fine for parse_head
+    # The old worker imports the old tree's modules (this tree's serving has other
+    # paths): the old tree first on sys.path while it loads, then forgotten again.
+    sys.path.insert(0, str(tree))
+    try:
+        spec = importlib.util.spec_from_file_location("old_worker", tree / "serving" / "worker.py")
+        old = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(old)
+    finally:
+        sys.path.remove(str(tree))
+        for name in [n for n in sys.modules if n.split(".")[0] in ("serving", "handlers")]:
+            del sys.modules[name]
 
     def old_parse() -> None:
         buf = bytearray(REQUEST)
@@ -87,7 +103,7 @@ def parser_costs(tree: Path) -> list[list[str]]:
             lines.append("Date: Tue, 01 Dec 2026 10:00:00 GMT")
         ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body[:0]
 
-    from serving.http1 import RequestReader, frame_response
+    from serving.hosts.gunicorn.http1 import RequestReader, frame_response
 
     def new_parse() -> None:
         reader = RequestReader(6 << 20)

@@ -6,9 +6,9 @@ argument of every hosting function; and :func:`batched`, to mark a
 ``predict_fn`` that takes batches (dynamic batching).
 """
 
-from serving.batching import batched
+from serving.contract.pipeline import Context
 from serving.errors import ClientError
-from serving.pipeline import Context
+from serving.runtime.batching import batched
 
 __all__ = ["ClientError", "Context", "batched", "__version__"]
 

@@ -1,5 +1,5 @@
 """``serve``: read the settings, set up logs and metrics, assemble the server
-(:mod:`serving.assembly`) and hand it to gunicorn (:mod:`serving.server`)."""
+(:mod:`serving.assembly.build`) and hand it to gunicorn (:mod:`serving.hosts.gunicorn.application`)."""
 
 from __future__ import annotations
 
@@ -9,11 +9,10 @@ import logging
 import os
 import shutil
 import sys
-import tempfile
 import typing as t
 
 from serving.config import Config, ConfigError
-from serving.errors import StartupError
+from serving.hosts import host_for, make_shared_dir
 
 __all__ = ["main"]
 
@@ -47,14 +46,14 @@ def main(argv: t.Sequence[str] | None = None) -> None:
     _reexec_for_chainer(argv)
     args = list(sys.argv[1:] if argv is None else argv)
     if args[:1] == ["batch"]:  # serve batch INPUT_DIR OUTPUT_DIR: a batch transform job
-        from serving.batch import main as batch_main
+        from serving.hosts.batch import main as batch_main
 
         raise SystemExit(batch_main(args[1:]))
     try:
         config = Config.load(argv)
     except ConfigError as exc:
         _fail(str(exc), 2)
-    from serving import logs
+    from serving.runtime import logs
 
     logs.configure(config.log_level, config.log_format)
     if config.metrics and config.metrics_port == 0:  # --metrics-port auto
@@ -70,8 +69,8 @@ def main(argv: t.Sequence[str] | None = None) -> None:
         metrics_dir = config.metrics_dir
         own_dir = not metrics_dir
         try:
-            metrics_dir = metrics_dir or _make_shared_dir("serving-metrics-")
-            from serving.metrics import prepare_directory
+            metrics_dir = metrics_dir or make_shared_dir("serving-metrics-")
+            from serving.runtime.metrics import prepare_directory
 
             prepare_directory(metrics_dir)
         except OSError as exc:  # a read-only filesystem: serve, without metrics
@@ -79,32 +78,14 @@ def main(argv: t.Sequence[str] | None = None) -> None:
                         "PROMETHEUS_MULTIPROC_DIR to a writable directory", exc)
             config = dataclasses.replace(config, metrics=False)
             metrics_dir, own_dir = None, False
-    if config.engine == "ray":
-        from serving import rayserve
-
-        try:
-            raise SystemExit(rayserve.run(config, metrics_dir))
-        finally:
-            if own_dir:
-                shutil.rmtree(metrics_dir, ignore_errors=True)  # type: ignore[arg-type]
-    # Multi-model: the records of the loaded models, which every worker reads.
-    models_dir = None
-    if config.multi_model:
-        try:
-            models_dir = _make_shared_dir("serving-models-")
-        except OSError as exc:
-            _fail(f"multi-model: no directory for the models' records: {exc}", 1)
     master = os.getpid()
     try:
-        _serve(config, metrics_dir, models_dir)
+        raise SystemExit(host_for(config.engine).run(config, metrics_dir))
     finally:
-        # Workers leave through here too (gunicorn's forked children raise SystemExit up
-        # the stack they were forked in): only the master removes the directories.
-        if os.getpid() == master:
-            if own_dir:
-                shutil.rmtree(metrics_dir, ignore_errors=True)  # type: ignore[arg-type]
-            if models_dir is not None:
-                shutil.rmtree(models_dir, ignore_errors=True)
+        # gunicorn's forked workers leave through here too (they raise SystemExit up the
+        # stack they were forked in): only the process that made the directory removes it.
+        if own_dir and os.getpid() == master:
+            shutil.rmtree(metrics_dir, ignore_errors=True)  # type: ignore[arg-type]
 
 
 def _free_port(config: Config) -> int:
@@ -128,31 +109,3 @@ def _free_port(config: Config) -> int:
     raise OSError(f"--metrics-port auto: no free port in {config.where('safe_port_range')}="
                   f"{first}-{last}" if config.safe_port_range else
                   "--metrics-port auto: no free port")
-
-
-def _make_shared_dir(prefix: str) -> str:
-    """A fresh directory the workers share files in: in shared memory when there is some
-    (writes to its memory maps never reach a disk), else the temporary directory."""
-    for parent in ("/dev/shm", None):
-        if parent is None or os.access(parent, os.W_OK):
-            try:
-                return tempfile.mkdtemp(prefix=prefix, dir=parent)
-            except OSError:
-                continue
-    raise OSError("no writable temporary directory")
-
-
-def _serve(config: Config, metrics_dir: str | None, models_dir: str | None) -> None:
-    # Imported here so that `serve --help` and setting errors stay fast.
-    from handlers.content import PluginError
-    from serving.assembly import assemble
-    from serving.server import ServingApplication
-
-    try:
-        assembly = assemble(config, metrics_dir, models_dir)
-    except (StartupError, PluginError) as exc:
-        _fail(str(exc), 1)
-    except Exception as exc:  # model_fn failed: the traceback is the user's best clue
-        log.exception("loading the model failed")
-        _fail(f"loading the model failed: {type(exc).__name__}: {exc}", 1)
-    ServingApplication(assembly).run()

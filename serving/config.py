@@ -13,15 +13,15 @@ project reads ``os.environ`` for a setting.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import grp
 import logging
 import os
 import pwd
 import typing as t
-import dataclasses
 from dataclasses import dataclass, field
 
-from serving.negotiation import parse_media_type
+from serving.http.negotiation import parse_media_type
 
 __all__ = ["Config", "ConfigError", "SETTINGS", "Setting", "settings_table"]
 

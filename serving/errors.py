@@ -2,7 +2,7 @@
 
 Every error a request can end in is a :class:`ServingError`; the app turns
 any of them into a JSON body ``{"code", "type", "message", ...}`` in one
-place (``serving/app.py``)::
+place (``serving/http/app.py``)::
 
     ServingError (500)
      ├── ClientError (4xx; users raise it, status chosen by them, default 400)

@@ -1,5 +1,5 @@
 """The worker's HTTP/1.1 front door against a real ``serve``: pipelining, hostile bytes,
-answer framing. (The parser's own cases are in tests/unit/test_http1.py, the gunicorn
+answer framing. (The parser's own cases are in tests/serving/hosts/gunicorn/test_http1.py, the gunicorn
 corpus in tests/integration/test_http_corpus.py.)"""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import requests
 from tests.faults.conftest import NUMPY_LINEAR, worker_pids
 from tests.http_corpus import exchange
 from tests.server_helpers import wait_for
-from tests.unit.test_http1 import REFUSED
+from tests.serving.hosts.gunicorn.test_http1 import REFUSED
 
 
 @pytest.fixture

@@ -95,7 +95,7 @@ def test_exception_text_stays_out_of_500_bodies(serve, faulty_model):
                     "stage": "predict", "exception": "FileNotFoundError"}
     assert "secret" not in response.text
     # For the operator, on the line of that request: the text and the traceback.
-    assert f"[{request_id}] serving.pipeline: predict_fn raised" in server.log
+    assert f"[{request_id}] serving.contract.pipeline: predict_fn raised" in server.log
     assert "secret-weights.bin" in server.log and "Traceback" in server.log
 
 

@@ -157,7 +157,7 @@ def test_the_deadline_applies_per_request_in_a_batch(model_dir):
             waited = time.monotonic() - started
             assert stuck.result().status_code == 504
         # Stuck behind a predict past their deadline: 504 at the deadline, not after it.
-        # (That the batcher then leaves them out is checked in tests/unit/test_batching.py:
+        # (That the batcher then leaves them out is checked in tests/serving/runtime/test_batching.py:
         # here the worker retires first, its prediction being stuck.)
         assert [a.status_code for a in answers] == [504, 504]
         assert waited < 2.5, f"answered after {waited:.1f} s: the deadline is 1 s"

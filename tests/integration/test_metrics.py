@@ -254,7 +254,7 @@ def test_batch_sizes_are_counted(serve, tmp_path):
             range(40)))
     assert statuses == [200] * 40
     # The batcher's lines carry the ids of the requests in the batch.
-    tagged = re.findall(r"\[([^\]]*)\] serving\.batching: batch of (\d+) requests", server.log)
+    tagged = re.findall(r"\[([^\]]*)\] serving\.runtime\.batching: batch of (\d+) requests", server.log)
     assert tagged and all(len(ids.split(",")) == int(n) for ids, n in tagged), tagged
     assert sorted(i for ids, _ in tagged for i in ids.split(",")) \
         == sorted(f"b-{i}" for i in range(40))

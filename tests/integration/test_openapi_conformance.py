@@ -29,7 +29,7 @@ def test_served_description_is_the_repo_file(serve):
     response = requests.get(server.url("/openapi.json"))
     assert response.status_code == 200
     assert response.headers["Content-Type"] == "application/json"
-    with open(REPO / "serving" / "openapi.json", encoding="utf-8") as f:
+    with open(REPO / "serving" / "http" / "openapi.json", encoding="utf-8") as f:
         spec = json.load(f)
     # A single-model server leaves out what only multi-model servers do.
     assert spec["paths"]["/models"]["post"]["x-multi-model"] is True

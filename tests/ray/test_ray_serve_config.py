@@ -7,8 +7,8 @@ import yaml
 from ray import serve
 from ray.serve.schema import ServeDeploySchema
 
-from serving.rayserve import app_builder, deployment_options
 from serving.config import Config
+from serving.hosts.ray import app_builder, deployment_options
 from tests.server_helpers import REPO
 
 

@@ -97,9 +97,9 @@ def test_bad_plugins_fail_loudly(monkeypatch, point, says):
 def test_user_registered_handler_serves_through_the_pipeline(tmp_path):
     import types
 
-    from serving.app import create_app
     from serving.config import Config
-    from serving.pipeline import Pipeline
+    from serving.contract.pipeline import Pipeline
+    from serving.http.app import create_app
 
     registry = Registry()
     registry.register(JSONHandler())

@@ -20,12 +20,12 @@ import os
 import threading
 
 import mxnet as mx
-
 from attention import UNK, Translator
+
 from handlers.content import default_registry
 from handlers.content.recordio import Record
 from serving import ClientError
-from serving.negotiation import acceptable_types
+from serving.http.negotiation import acceptable_types
 
 MAX_WORDS = 100
 

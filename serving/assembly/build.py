@@ -1,0 +1,195 @@
+"""Assembly: from the settings to the parts of a server, with no HTTP.
+
+Every host builds from here (``serve`` on gunicorn, the Ray Serve replicas,
+batch transform): the device plan, the content handlers, the user's code, the
+models by name, the metrics. What each host
+adds is how requests reach :meth:`serving.contract.pipeline.Pipeline.invoke`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import typing as t
+
+from serving.assembly.devices import DevicePlan
+from serving.config import Config, cpu_count
+from serving.contract.models import DEFAULT_MODEL, ModelRepository, Models
+from serving.contract.pipeline import Pipeline
+from serving.runtime.batching import Batcher
+from serving.runtime.metrics import Metrics
+
+if t.TYPE_CHECKING:
+    from serving.assembly.user_code import UserCode
+
+__all__ = ["Assembly", "DEFAULT_MODEL", "THREAD_VARIABLES", "assemble", "assemble_loaded"]
+
+log = logging.getLogger("serving")
+
+#: Thread-count variables of the math libraries frameworks use, read when each starts.
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS",
+                    "MXNET_CPU_WORKER_NTHREADS")
+
+
+@dataclasses.dataclass
+class Assembly:
+    """A server's parts, ready for a host."""
+
+    #: The settings as the device plan left them (workers, preload).
+    config: Config
+    plan: DevicePlan
+    #: The models the server holds, by name: :data:`DEFAULT_MODEL` alone, or (multi-model)
+    #: those loaded at run time.
+    models: Models
+    #: ``None`` when metrics are off.
+    metrics: Metrics | None
+
+    @property
+    def default(self) -> Pipeline:
+        return self.models.default
+
+
+def _set_thread_variables(threads_per_worker: int) -> None:
+    """Workers share the CPUs: each math library gets about cores / workers threads.
+
+    Set before any framework is imported (they read these when they start), unless
+    the user set them.
+    """
+    for name in THREAD_VARIABLES:
+        os.environ.setdefault(name, str(threads_per_worker))
+
+
+def memory_bytes() -> int:
+    """This machine's memory, or the container's limit when it has a lower one (cgroup v2)."""
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    try:
+        with open("/sys/fs/cgroup/memory.max") as f:
+            limit = f.read().strip()
+        if limit.isdigit():
+            total = min(total, int(limit))
+    except OSError:
+        pass
+    return total
+
+
+def assemble(config: Config, metrics_dir: str | None = None,
+             models_dir: str | None = None,
+             batcher_class: type[Batcher] = Batcher) -> Assembly:
+    """Plan the devices, import the user's code, resolve the hosting functions, and (with
+    ``config.preload``) load the model.
+
+    :param metrics_dir: the multiprocess metrics directory, made ready by the caller.
+    :param models_dir: multi-model: an empty directory for the loaded models' records,
+        made (and removed) by the caller.
+    :param batcher_class: what gathers requests into batches, when batching is on.
+    :raises serving.errors.StartupError: settings or user code that cannot serve.
+    :raises handlers.content.PluginError: a content-handler plugin that cannot load.
+    Any other exception comes from loading the model (``model_fn``).
+    """
+    # Imported here so that `serve --help` and setting errors stay fast.
+    from handlers.content import default_registry
+    from handlers.content.json import write_float32_as
+    from serving.assembly.devices import gpu_count, plan_devices
+    from serving.assembly.user_code import (
+        install_requirements,
+        load_user_code,
+        locate_user_script,
+        requirements_target,
+    )
+
+    plan = plan_devices(config, gpu_count(), cpu_count())
+    # GPU serving loads per worker after fork, one worker per GPU by default; a
+    # multi-model server loads in its workers, at run time.
+    config = dataclasses.replace(config, workers=plan.workers,
+                                 preload=config.preload and plan.kind == "cpu"
+                                 and not config.multi_model)
+    log.info("devices: %s, %d worker(s), %d thread(s) each%s", plan.kind, plan.workers,
+             plan.threads_per_worker, f", GPUs {list(plan.gpus)}" if plan.gpus else "")
+    _set_thread_variables(plan.threads_per_worker)
+    write_float32_as(config.json_float32)  # every JSON answer: jsonlines and streams too
+    base = default_registry()  # built-in handlers and installed plugins, once
+    base.limit_decoded(config.max_decoded_bytes)  # and every layer's handlers too
+    script = locate_user_script(config)
+    code = None
+    if script is not None:
+        if config.install_requirements:
+            install_requirements(script)
+        code = load_user_code(script, base)
+    elif not config.multi_model:
+        log.info("no user script found; serving with the default handlers")
+
+    def build(model_dir: str, code: UserCode | None = code) -> Pipeline:
+        return Pipeline.from_module(
+            code.module if code is not None else None,
+            code.registry if code is not None else base, model_dir=model_dir,
+            default_accept=config.default_accept, framework=config.framework,
+            trust_pickled_models=config.trust_pickled_models, debug_errors=config.debug_errors,
+        )
+
+    if config.multi_model:
+        if models_dir is None:
+            raise ValueError("a multi-model server needs a directory for its models' records")
+        if config.batching:
+            log.warning("SERVING_MAX_BATCH_SIZE is set, but a multi-model server does not "
+                        "batch: requests are not batched")
+
+        def build_model(model_dir: str, token: str, first: bool) -> Pipeline:
+            """The model's own code/inference.py in a namespace of its own, else the
+            container's script. ``first``: the load POST /models asked for; the other
+            workers' loads of it find its requirements installed."""
+            own = os.path.join(model_dir, "code", "inference.py")
+            if not os.path.isfile(own):
+                return build(model_dir)
+            if config.install_requirements and first:
+                install_requirements(own)
+            model_code = load_user_code(own, base, private=f"serving_model_{token}")
+            try:
+                pipeline = build(model_dir, model_code)
+            except BaseException:
+                model_code.release()
+                raise
+            pipeline.user_code = model_code
+            return pipeline
+
+        if config.install_requirements:
+            requirements_target()  # on every worker's sys.path, where one is needed
+        budget = (int(config.models_memory_mb * 2**20) if config.models_memory_mb is not None
+                  else memory_bytes() // 2 // plan.workers)
+        log.info("multi-model: models are loaded through POST /models; budget %.0f MiB",
+                 budget / 2**20)
+        # Models may bring their own input_fn: the first few content types seen are labelled.
+        metrics = Metrics(metrics_dir) if config.metrics else None
+        return Assembly(config=config, plan=plan, metrics=metrics,
+                        models=ModelRepository(models_dir, build_model, budget,
+                                               lock_timeout=config.deadline_seconds))
+    pipeline = build(config.model_dir)
+    metrics = Metrics(metrics_dir, content_types=pipeline.input_types) if config.metrics \
+        else None
+    if config.batching:
+        pipeline.enable_batching(config.max_batch_size, config.max_batch_delay_ms / 1000,
+                                 batcher_class)
+    if config.preload:
+        pipeline.load_model()
+        if metrics is not None and pipeline.load_seconds is not None:
+            metrics.model_load_seconds.set(pipeline.load_seconds)
+    return Assembly(config=config, plan=plan, models=Models({DEFAULT_MODEL: pipeline}),
+                    metrics=metrics)
+
+
+def assemble_loaded(config: Config, threads: int, metrics_dir: str | None = None,
+                    batcher_class: type[Batcher] = Batcher) -> Assembly:
+    """A server of one process that never forks (a Ray Serve replica, a batch transform):
+    assembled, placed on its device, its model loaded.
+
+    ``config.device`` decides the device as for ``serve`` (a Ray replica sees only the GPUs
+    Ray gave it); ``threads``: the CPU threads its math libraries use.
+    """
+    config = dataclasses.replace(config, workers=1, preload=False, multi_model=False)
+    assembly = assemble(config, metrics_dir, batcher_class=batcher_class)
+    pipeline = assembly.default
+    assembly.models.enter_worker(0, assembly.plan.device_for(0), threads)
+    pipeline.load_model()
+    if assembly.metrics is not None and pipeline.load_seconds is not None:
+        assembly.metrics.model_load_seconds.set(pipeline.load_seconds)
+    return assembly

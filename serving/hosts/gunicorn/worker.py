@@ -1,0 +1,681 @@
+"""The gunicorn worker: an event loop reads each request whole before a thread sees it.
+
+Why a worker of our own: gunicorn's gthread worker hands a connection to a
+thread as soon as its first byte arrives, and the thread then blocks reading
+headers and body. Eight clients sending a byte a second hold every thread, and
+nothing ever times them out. Here one loop per worker (``selectors``) reads
+every connection without blocking and under deadlines:
+
+- the head (request line and headers) within ``SERVING_HEADER_TIMEOUT``;
+- the body at ``SERVING_MIN_BODY_RATE_KB`` or faster after its first second;
+- the bytes parsed as they arrive by llhttp with our limits and RFC 9112 checks
+  on top (``serving.hosts.gunicorn.http1``): a malformed, ambiguous or oversized request is
+  refused before its body is kept, and requests pipelined behind one another
+  are answered in order.
+
+A client past these limits gets our JSON error (400, 408, 413, 414, 417, 431,
+501, 505) and its connection is closed. Only a complete request goes to one of the
+worker's HTTP threads, which runs the Flask app and writes the answer. A slow
+client costs a socket and its buffer, never a thread, and each worker holds at
+most ``SERVING_MAX_CONNECTIONS``.
+
+The worker listens only while it can serve: its model is loaded (with
+``--no-preload`` a loading worker takes no connection, so a restart after a
+crash is invisible when another worker is ready), and it has a free HTTP
+thread (else the other workers take the connection). It stops listening at
+once on SIGTERM, and when its runtime asks it to retire (a prediction stuck
+past its deadline). It then answers what it holds and exits. On SIGTERM,
+whatever is still unanswered at the end of the grace period gets a 503 and
+counts as dropped, and ``serve`` exits non-zero.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import queue
+import selectors
+import socket
+import sys
+import threading
+import time
+import typing as t
+from email.utils import formatdate
+from http import HTTPStatus
+
+import orjson
+from gunicorn.workers.base import Worker
+
+from serving import errors
+from serving.hosts.gunicorn.http1 import Request, RequestReader, frame_response
+from serving.http.app import (
+    REQUEST_ID_HEADERS,
+    RESPONSE_ID_HEADER,
+    request_id_of,
+    route_of,
+)
+from serving.http.bridge import build_environ, call_app
+from serving.http.negotiation import content_type_of
+from serving.runtime import logs
+from serving.runtime.metrics import NO_ROUTE
+
+__all__ = ["ServingWorker", "request_environ"]
+
+log = logging.getLogger(__name__)
+access_log = logging.getLogger("serving.access")
+
+#: The body's first second is free of the rate check (a client starting up).
+BODY_GRACE_SECONDS = 1.0
+#: After an error answer, unread input is discarded this long before closing, so that the
+#: client reads the answer instead of a reset.
+LINGER_SECONDS = 1.0
+#: How often the loop looks at deadlines and tells the master it is alive.
+TICK_SECONDS = 0.25
+#: How long a retiring worker waits for requests still being sent.
+RETIRE_SECONDS = 10.0
+#: How often a worker whose threads are all busy still takes one waiting connection, so
+#: that nothing starves in the listen backlog while every worker is saturated. A worker
+#: with a free thread waits on the listener and takes new connections first. Only while
+#: the worker is finishing requests, two or more in the last SATURATED_PROGRESS_SECONDS:
+#: one whose threads are stuck takes nothing more. (With one, a worker whose last free
+#: thread had just answered a request and then taken a request that hangs took the next
+#: connection too, which waited there for its 504 instead of for a fresh worker.)
+#: The loop tries when it wakes anyway (a request finishing wakes it), at most this often.
+#: At 50 ms, the 32 connections wrk opens at once took up to 0.7 s to be accepted by two
+#: saturated workers, and p99 at 32 clients was 50-130 ms; at 5 ms it is about 20 ms.
+SATURATED_ACCEPT_SECONDS = 0.005
+SATURATED_PROGRESS_SECONDS = 0.1
+#: A connection accepted this recently that has sent nothing yet counts as wanting a
+#: thread: clients such as wrk open all their connections at once, and one worker must
+#: not take them all before their first requests arrive. Short, so that idle connections
+#: cannot keep a worker from listening.
+UNSTARTED_SECONDS = 0.05
+
+# Connection states: waiting for a request, receiving its head or its body, answering
+# (an HTTP thread holds it), discarding input after an error answer.
+_IDLE, _HEAD, _BODY, _BUSY, _LINGER = "idle", "head", "body", "busy", "linger"
+
+
+
+class _Connection:
+    """One client connection: its parser, and where its current request stands."""
+
+    __slots__ = ("sock", "addr", "state", "reader", "request", "deadline", "received",
+                 "served", "fd", "answering", "port", "accepted", "got")
+
+    def __init__(self, sock: socket.socket, addr: t.Any, now: float, header_timeout: float,
+                 port: str, max_body: int) -> None:
+        self.sock, self.addr = sock, addr
+        self.port = port  # of the listener it came in on: the main port or the metrics one
+        self.fd = sock.fileno()
+        self.reader = RequestReader(max_body)
+        self.request: Request | None = None  # the one being answered
+        self.served = 0
+        self.accepted = now
+        self.got = 0  # bytes read, ever
+        self.state = _HEAD
+        self.deadline = now + header_timeout
+        self.received = 0  # bytes read since the current request's body began
+        #: Whether bytes of the answer went out (after that, a failure can only close).
+        self.answering = False
+
+    @property
+    def peer(self) -> str:
+        return self.addr[0] if isinstance(self.addr, tuple) else str(self.addr)
+
+
+_date_cache: tuple[int, str] = (0, "")
+
+
+def http_date() -> str:
+    """The Date header's value, formatted once a second rather than once an answer."""
+    global _date_cache
+    now = int(time.time())
+    second, text = _date_cache
+    if second != now:
+        text = formatdate(now, usegmt=True)
+        _date_cache = (now, text)  # one assignment: threads see the old pair or the new
+    return text
+
+
+def _response_bytes(error: errors.ServingError, close: bool, request_id: str) -> bytes:
+    """A whole HTTP answer carrying ``error`` as our JSON body: the app's bytes, its
+    closing line break included (Flask's JSON answers end with one)."""
+    body = orjson.dumps({**error.to_dict(), "request_id": request_id},
+                        option=orjson.OPT_APPEND_NEWLINE)
+    lines = [f"HTTP/1.1 {error.status_code} {HTTPStatus(error.status_code).phrase}",
+             "Content-Type: application/json",
+             f"Content-Length: {len(body)}", f"Date: {http_date()}",
+             f"{RESPONSE_ID_HEADER}: {request_id}"]
+    lines += [f"{k}: {v}" for k, v in error.headers.items()]
+    if close:
+        lines.append("Connection: close")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
+
+
+def _port_of(listener: t.Any) -> int | str:
+    try:
+        address = listener.getsockname()
+    except OSError:
+        return ""
+    return address[1] if isinstance(address, tuple) else ""
+
+
+def request_environ(request: Request, body: bytes, *, server: t.Any, port: str, peer: str,
+                    addr: t.Any) -> dict[str, t.Any]:
+    """The WSGI environ of a request llhttp read whole (:mod:`serving.http.bridge`).
+
+    :param server: the listener's address; ``port``: its port as text.
+    :param peer: the client's address as logged; ``addr``: the socket's peer address.
+    """
+    framed = request.chunked or request.length or body or request.header("content-length")
+    return build_environ(
+        method=request.method, path=request.path, query=request.query,
+        raw_uri=request.target.decode("ascii"), protocol=request.version,
+        headers=request.headers, body=body,
+        content_length=str(len(body)) if framed else None,
+        server_name=str(server[0]) if isinstance(server, tuple) else "localhost",
+        server_port=port, remote_addr=peer,
+        remote_port=str(addr[1]) if isinstance(addr, tuple) else "",
+        url_scheme="http", multiprocess=True, arrived=request.arrived)
+
+
+class ServingWorker(Worker):
+    """gunicorn worker class ``serving.hosts.gunicorn.worker.ServingWorker``; see the module's text."""
+
+    def init_process(self) -> None:
+        application = self.app
+        config = application.config
+        self.config = config
+        self.runtime = application.runtime
+        self.models = application.models
+        self.metrics = application.metrics
+        for pipeline in self.models.loaded():
+            if pipeline.batcher is not None:
+                pipeline.batcher.clients = lambda: len(self.conns)
+        self.header_timeout = float(config.header_timeout)
+        self.min_body_rate = config.min_body_rate_kb * 1024
+        self.max_body = config.max_payload_bytes
+        self.max_connections = config.max_connections
+        self.threads = config.concurrency
+        self.grace = float(config.timeout)
+        self.selector = selectors.DefaultSelector()
+        self.conns: dict[int, _Connection] = {}
+        self.busy = 0
+        self.recent: list[_Connection] = []  # accepted within UNSTARTED_SECONDS
+        self.last_finished = self.previous_finished = 0.0  # the two latest answers' times
+        self.listening = False
+        self.stopping_at: float | None = None
+        self.retiring = False
+        self.dropped = 0
+        self.server_addr = self.sockets[0].getsockname() if self.sockets else ("", 0)
+        # Each listener's port, for SERVER_PORT: /metrics may have a port of its own.
+        self.ports = {id(listener): str(_port_of(listener)) for listener in self.sockets}
+        self.tasks: queue.SimpleQueue[t.Any] = queue.SimpleQueue()
+        self.finished: queue.SimpleQueue[tuple[_Connection, bool]] = queue.SimpleQueue()
+        self.wake_r, self.wake_w = os.pipe()
+        os.set_blocking(self.wake_r, False)
+        os.set_blocking(self.wake_w, False)
+        for index in range(self.threads):
+            threading.Thread(target=self._http_thread, name=f"http-{index}", daemon=True).start()
+        super().init_process()  # loads the app (post_fork ran already), then calls run()
+
+    # -- the loop ----------------------------------------------------------------------
+
+    def run(self) -> None:
+        self.selector.register(self.wake_r, selectors.EVENT_READ, "wake")
+        self.selector.register(self.PIPE[0], selectors.EVENT_READ, "wake")  # signals
+        for listener in self.sockets:  # accept() must never block the loop
+            listener.setblocking(False)
+        next_tick = next_saturated_accept = 0.0
+        while True:
+            now = time.monotonic()
+            if now >= next_tick:
+                # Once a tick, not once per event: under load the loop turns thousands of
+                # times a second, and these are a syscall and a walk over every connection.
+                next_tick = now + TICK_SECONDS
+                self.notify()
+                self._expire(now)
+                if self.metrics is not None:
+                    self.metrics.in_flight.set(self.busy)
+                    self.metrics.flush()
+            if self.stopping_at is None and (not self.alive or self.runtime.retire_reason):
+                self._begin_stop(now)
+            if self.stopping_at is not None and self._stop_done(now):
+                break
+            if self.ppid != os.getppid():
+                log.info("worker %s: the master is gone; exiting", self.pid)
+                break
+            can_take = (self.stopping_at is None and self.models.ready
+                        and len(self.conns) < self.max_connections)
+            self._set_listening(can_take and self.busy + self._unstarted(now) < self.threads)
+            timeout = TICK_SECONDS
+            if can_take and not self.listening:  # saturated
+                if now >= next_saturated_accept \
+                        and now - self.previous_finished < SATURATED_PROGRESS_SECONDS:
+                    next_saturated_accept = now + SATURATED_ACCEPT_SECONDS
+                    for listener in self.sockets:
+                        self._accept(listener, 1)
+            try:
+                events = self.selector.select(timeout)
+            except InterruptedError:
+                continue
+            for key, _ in events:
+                if key.data == "wake":
+                    self._drain_pipe(key.fd)
+                elif key.data == "listen":
+                    self._accept(key.fileobj)
+                else:
+                    self._on_readable(key.data)
+            self._collect_finished()
+        self._exit()
+
+    def _drain_pipe(self, fd: int) -> None:
+        try:
+            while os.read(fd, 4096):
+                pass
+        except (BlockingIOError, InterruptedError):
+            pass
+
+    def _set_listening(self, want: bool) -> None:
+        if want == self.listening:
+            return
+        for listener in self.sockets:
+            if want:
+                self.selector.register(listener, selectors.EVENT_READ, "listen")
+            else:
+                self.selector.unregister(listener)
+        self.listening = want
+
+    def _unstarted(self, now: float) -> int:
+        """Connections accepted in the last UNSTARTED_SECONDS that have sent nothing yet."""
+        return sum(1 for conn in self.recent
+                   if now - conn.accepted < UNSTARTED_SECONDS and not conn.got)
+
+    def _accept(self, listener: t.Any, count: int | None = None) -> None:
+        # A few at a time: connections a worker cannot serve soon are better left to others.
+        now = time.monotonic()
+        self.recent = [c for c in self.recent if now - c.accepted < UNSTARTED_SECONDS]
+        for _ in range(count or max(1, self.threads - self.busy - self._unstarted(now))):
+            try:
+                sock, addr = listener.accept()
+            except (BlockingIOError, InterruptedError, ConnectionAbortedError):
+                return
+            except OSError as exc:
+                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    log.warning("worker %s cannot accept: %s", self.pid, exc)
+                    return
+                raise
+            self._add(sock, addr, listener)
+
+    def _add(self, sock: socket.socket, addr: t.Any, listener: t.Any) -> None:
+        sock.setblocking(False)
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass  # a Unix socket
+        conn = _Connection(sock, addr, time.monotonic(), self.header_timeout,
+                           self.ports.get(id(listener), ""), self.max_body)
+        self.conns[conn.fd] = conn
+        self.recent.append(conn)
+        self.selector.register(sock, selectors.EVENT_READ, conn)
+
+    # -- reading a request -------------------------------------------------------------
+
+    def _on_readable(self, conn: _Connection) -> None:
+        try:
+            data = conn.sock.recv(256 * 1024)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self._close(conn)
+            return
+        if conn.state == _LINGER:
+            if not data:
+                self._close(conn)
+            return
+        now = time.monotonic()
+        reader = conn.reader
+        if not data:  # the client closed its side: a request it left unfinished is a 400
+            reader.end_of_input()
+            if not reader.ready:
+                self._close(conn)
+                return
+        else:
+            conn.got += len(data)
+            if conn.state == _IDLE:
+                conn.state = _HEAD
+                conn.deadline = now + self.header_timeout
+            elif conn.state == _BODY:
+                conn.received += len(data)
+            reader.feed(data, now)
+        self._advance(conn, now)
+
+    def _advance(self, conn: _Connection, now: float) -> None:
+        """Answer the next complete request (or the error that ends the connection), or
+        note where the one being received stands."""
+        reader = conn.reader
+        if reader.ready:
+            item = reader.ready.popleft()
+            if isinstance(item, Request):
+                self._dispatch(conn, item)
+            else:
+                self._refuse(conn, item)
+            return
+        if reader.closed:  # nothing more will be parsed (a full pipeline, an upgrade)
+            self._close(conn)
+            return
+        current = reader.current
+        if current is None:
+            return  # still _HEAD (before a first byte) or _IDLE
+        if current.headers_done:
+            if conn.state != _BODY:
+                conn.state = _BODY
+                conn.received = 0
+                # Its rate counts from now: a head read behind a request being answered
+                # waited on us, not on the client.
+                current.body_started = now
+            if current.expect_continue and not current.continued:
+                current.continued = True
+                self._send_now(conn, b"HTTP/1.1 100 Continue\r\n\r\n")
+        elif conn.state == _IDLE:
+            conn.state = _HEAD
+            conn.deadline = now + self.header_timeout
+
+    def _expire(self, now: float) -> None:
+        """Apply the deadlines: idle, head, body rate, linger."""
+        for conn in list(self.conns.values()):
+            state = conn.state
+            if state == _BUSY:
+                continue
+            if state in (_LINGER, _IDLE):
+                if now > conn.deadline:
+                    self._close(conn)
+            elif state == _HEAD and now > conn.deadline:
+                if conn.served and conn.reader.current is None:
+                    self._close(conn)  # a kept-alive connection that sent nothing more
+                else:
+                    self._refuse(conn, errors.RequestTimeout(
+                        f"the request headers did not arrive within {self.header_timeout:g} s "
+                        f"(SERVING_HEADER_TIMEOUT)"), slow_phase="headers")
+            elif state == _BODY:
+                current = conn.reader.current
+                started = current.body_started if current is not None else now
+                elapsed = now - started - BODY_GRACE_SECONDS
+                if elapsed > 0 and conn.received < self.min_body_rate * elapsed:
+                    self._refuse(conn, errors.RequestTimeout(
+                        f"the request body came slower than {self.min_body_rate / 1024:g} KiB/s "
+                        f"(SERVING_MIN_BODY_RATE_KB): {conn.received} bytes in "
+                        f"{now - started:.1f} s"), slow_phase="body")
+
+    # -- answering ---------------------------------------------------------------------
+
+    def _dispatch(self, conn: _Connection, request: Request) -> None:
+        if conn.state != _BUSY:
+            self.selector.unregister(conn.sock)
+            conn.state = _BUSY
+            self.busy += 1
+        conn.request = request
+        self.tasks.put(conn)
+
+    def _http_thread(self) -> None:
+        while True:
+            conn = self.tasks.get()
+            keep = False
+            try:
+                keep = self._respond(conn)
+            except BaseException:  # SystemExit from user code too: the thread must live on
+                log.exception("answering %s %s failed", conn.request.method,
+                              conn.request.target_text)
+                if not conn.answering:
+                    try:
+                        self._write(conn, _response_bytes(
+                            errors.ServingError("internal error: the server failed to answer"),
+                            close=True, request_id=self._request_id(conn)))
+                    except OSError:
+                        pass
+            self.finished.put((conn, keep))
+            try:
+                os.write(self.wake_w, b"\0")
+            except BlockingIOError:
+                pass  # the pipe is full, so the loop is awake anyway
+
+
+    def _collect_finished(self) -> None:
+        while True:
+            try:
+                conn, keep = self.finished.get_nowait()
+            except queue.Empty:
+                return
+            self.previous_finished, self.last_finished = self.last_finished, time.monotonic()
+            conn.served += 1
+            conn.request = None
+            reader = conn.reader
+            if not keep or self.stopping_at is not None:
+                self.busy -= 1
+                self._close(conn)
+                continue
+            if reader.ready and isinstance(reader.ready[0], Request):
+                # Pipelined: the next request is here already; answer it at once.
+                self._dispatch(conn, reader.ready.popleft())
+                continue
+            self.busy -= 1
+            try:
+                if conn.sock.gettimeout() != 0.0:  # a slow write set a timeout
+                    conn.sock.setblocking(False)
+                self.selector.register(conn.sock, selectors.EVENT_READ, conn)
+            except (OSError, ValueError):
+                self._close(conn)
+                continue
+            now = time.monotonic()
+            conn.state = _IDLE
+            conn.deadline = now + self.cfg.keepalive
+            self._advance(conn, now)  # an error queued behind it, or a request half-read
+
+    def _environ(self, conn: _Connection) -> dict[str, t.Any]:
+        request = conn.request
+        body, request.body = request.body, b""  # the environ's input holds it, no one else
+        return request_environ(request, body, server=self.server_addr, port=conn.port,
+                               peer=conn.peer, addr=conn.addr)
+
+    def _respond(self, conn: _Connection) -> bool:
+        """Run the app on a complete request and write its answer; True to keep the connection."""
+        request = conn.request
+        reader = conn.reader
+        # The last answer before the parser stopped taking requests says it closes.
+        keep = (request.keep_alive and self.stopping_at is None
+                and not (reader.closed and not reader.ready))
+        answer = call_app(self.wsgi, self._environ(conn))
+        try:
+            out, framing, length, keep = frame_response(request.version, request.method,
+                                                        answer.status, answer.headers, keep,
+                                                        http_date())
+            sent_head = False
+            sent = 0
+            for data in answer:
+                if not data or framing == "none":
+                    continue
+                if framing == "length":
+                    if sent + len(data) > length:
+                        log.error("%s %s: the answer is longer than its Content-Length %d; "
+                                  "cut there, and the connection closed", request.method,
+                                  request.target_text, length)
+                        data = data[:length - sent]
+                        keep = False
+                    sent += len(data)
+                elif framing == "chunked":
+                    data = b"%x\r\n%s\r\n" % (len(data), data)
+                if not sent_head:
+                    data, sent_head = out + data, True
+                self._write(conn, data)
+                if not keep and framing == "length" and sent == length:
+                    break
+            if not sent_head:
+                self._write(conn, out)
+            if framing == "chunked":
+                self._write(conn, b"0\r\n\r\n")
+            elif framing == "length" and sent < length:
+                log.error("%s %s: the answer ended %d bytes short of its Content-Length; the "
+                          "connection is closed", request.method, request.target_text,
+                          length - sent)
+                keep = False
+        except OSError:
+            return False
+        except errors.StreamAborted:  # logged by the app: close, leaving the body unended
+            return False
+        finally:
+            answer.close()
+        return keep
+
+    def _write(self, conn: _Connection, data: bytes) -> None:
+        """Write from an HTTP thread. A client that does not read cannot hold the thread:
+        the write may take the header timeout plus its size at the minimum body rate."""
+        conn.answering = True
+        sock = conn.sock
+        if sock.gettimeout() == 0.0:  # still non-blocking from the loop: try without waiting
+            try:
+                sent = sock.send(data)
+            except BlockingIOError:
+                sent = 0
+            if sent == len(data):  # most answers fit the socket buffer: no timeout to set
+                return
+            data = data[sent:]
+        sock.settimeout(self.header_timeout + len(data) / self.min_body_rate)
+        sock.sendall(data)
+
+    def _send_now(self, conn: _Connection, data: bytes) -> None:
+        """Best-effort write from the loop: small answers fit in a fresh socket buffer."""
+        try:
+            conn.sock.send(data)
+        except OSError:
+            pass
+
+    def _request_id(self, conn: _Connection) -> str:
+        """The id of the request ``conn`` holds: the client's when its head was read."""
+        request = conn.request
+        if request is None:
+            return request_id_of(())
+        return request_id_of(next(iter(request.header(name.lower())), None)
+                             for name in REQUEST_ID_HEADERS)
+
+    def _route(self, request: Request | None) -> str:
+        """The route rule the request would have reached, for the metrics' label."""
+        if request is None or not request.method:
+            return NO_ROUTE
+        return route_of(self.wsgi, request.method, request.path)
+
+    def _refuse(self, conn: _Connection, error: errors.ServingError,
+                slow_phase: str | None = None) -> None:
+        """Answer ``error`` from the loop and close, after a short linger.
+
+        :param slow_phase: ``headers`` or ``body`` for a client refused as too slow.
+        """
+        request = conn.reader.failed or conn.reader.current
+        conn.request = request if request is not None and request.headers_done else None
+        what = f"{request.method} {request.target_text}" \
+            if request is not None and request.method else "-"
+        request_id = self._request_id(conn)
+        token = logs.request_id.set(request_id)
+        try:
+            access_log.info('%s "%s" %d (refused: %s)', conn.peer, what, error.status_code,
+                            error.message, extra={"status": error.status_code,
+                                                  "remote": conn.peer})
+        finally:
+            logs.request_id.reset(token)
+        if self.metrics is not None:
+            content_type = None
+            if conn.request is not None and conn.request.header("content-type"):
+                try:
+                    content_type = content_type_of(conn.request.header("content-type")[0])
+                except ValueError:
+                    content_type = "invalid"
+            self.metrics.request_refused(self._route(conn.request), error.status_code,
+                                         content_type, slow_phase)
+        self._send_now(conn, _response_bytes(error, close=True, request_id=request_id))
+        try:
+            conn.sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+        conn.state = _LINGER
+        conn.deadline = time.monotonic() + LINGER_SECONDS
+        conn.request = None
+        conn.reader.closed = True
+        conn.reader.ready.clear()
+        conn.reader.current = None
+
+    def _close(self, conn: _Connection) -> None:
+        self.conns.pop(conn.fd, None)
+        try:
+            self.selector.unregister(conn.sock)
+        except (KeyError, ValueError, OSError):
+            pass
+        try:
+            conn.sock.close()
+        except OSError:
+            pass
+
+    # -- stopping ----------------------------------------------------------------------
+
+    def _begin_stop(self, now: float) -> None:
+        reason = self.runtime.retire_reason
+        if self.alive and reason:
+            self.retiring = True
+            log.warning("worker %s retires: %s; it answers what it holds, then a fresh one "
+                        "takes its place", self.pid, reason)
+            self.alive = False
+            self.stopping_grace = min(self.grace, RETIRE_SECONDS)
+        else:
+            self.stopping_grace = self.grace
+        self.stopping_at = now + self.stopping_grace
+        if not self.retiring and self.models.ready:
+            # Take what is already queued on the listening socket, so that nothing in the
+            # backlog is reset; then stop listening: new connections are refused.
+            for listener in self.sockets:
+                self._accept_all(listener)
+        self._set_listening(False)
+        for listener in self.sockets:
+            listener.close()
+        for conn in list(self.conns.values()):
+            if conn.state == _IDLE or (conn.state == _HEAD and conn.reader.current is None
+                                       and conn.served):
+                self._close(conn)
+
+    def _accept_all(self, listener: t.Any) -> None:
+        while len(self.conns) < self.max_connections:
+            try:
+                sock, addr = listener.accept()
+            except OSError:
+                return
+            self._add(sock, addr, listener)
+
+    def _stop_done(self, now: float) -> bool:
+        """Whether a stopping worker may exit: nothing left to answer, or no time left."""
+        pending = [c for c in self.conns.values() if c.state not in (_IDLE, _LINGER)]
+        if not pending:
+            return True
+        if now < self.stopping_at:
+            return False
+        # Out of time. Requests waiting on a prediction are answered 503 by their threads;
+        # requests still being sent get nothing. Both count as dropped.
+        self.dropped = self.runtime.close() + sum(1 for c in pending if c.state != _BUSY)
+        deadline = time.monotonic() + 2.0
+        while self.busy and time.monotonic() < deadline:
+            time.sleep(0.05)
+            self._collect_finished()
+        self.dropped += self.busy  # answers that could not even be written in time
+        return True
+
+    def _exit(self) -> None:
+        for conn in list(self.conns.values()):
+            self._close(conn)
+        if self.metrics is not None:
+            self.metrics.in_flight.set(0)
+            self.metrics.flush()
+        if self.dropped:
+            log.error("worker %s: %d request(s) unanswered at the end of the %g s %s were "
+                      "dropped", self.pid, self.dropped, self.stopping_grace,
+                      "retirement" if self.retiring else "grace period")
+            if not self.retiring:
+                self.app.note_dropped()  # serve exits non-zero
+            sys.exit(1)

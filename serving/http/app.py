@@ -1,0 +1,414 @@
+"""The Flask app: routes, request limits, request ids, metrics and error rendering. No
+decoding, no model logic."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+import typing as t
+
+from flask import Flask, Response, request
+from werkzeug.exceptions import HTTPException
+
+from serving import errors
+from serving.config import Config
+from serving.contract.models import (
+    DEFAULT_MODEL,
+    MAX_PAGE_SIZE,
+    PAGE_SIZE,
+    ModelRepository,
+    Models,
+    valid_model_name,
+)
+from serving.contract.pipeline import Pipeline, Stream, valid_custom_attributes
+from serving.http import eventstream
+from serving.http.negotiation import content_type_of, negotiate
+from serving.runtime import logs
+from serving.runtime.executor import Runtime
+from serving.runtime.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from serving.runtime.metrics import NO_ROUTE, Metrics
+
+__all__ = ["create_app", "route_of"]
+
+log = logging.getLogger(__name__)
+access_log = logging.getLogger("serving.access")
+
+#: ``BatchStrategy`` reported to batch transform: it may pack many records into one request.
+BATCH_STRATEGY = "MultiRecord"
+#: WSGI environ key where the server puts when a request arrived (``time.monotonic()``):
+#: the request deadline counts from there, not from when a thread got to it.
+ARRIVED_KEY = "serving.arrived"
+#: Where a request's id comes from: the first of these headers the client sent (SageMaker
+#: sends the first with every invocation), else one is made up. Answers carry it in
+#: ``X-Request-Id``.
+REQUEST_ID_HEADERS = ("X-Amzn-SageMaker-Inference-Id", "X-Request-Id", "X-Amzn-RequestId")
+_ID_ENVIRON_KEYS = tuple("HTTP_" + h.upper().replace("-", "_") for h in REQUEST_ID_HEADERS)
+RESPONSE_ID_HEADER = "X-Request-Id"
+CUSTOM_ATTRIBUTES_HEADER = "X-Amzn-SageMaker-Custom-Attributes"
+#: Multi-model: the model an /invocations request is for (boto3's ``TargetModel``).
+TARGET_MODEL_HEADER = "X-Amzn-SageMaker-Target-Model"
+#: WSGI environ keys of a request's state: its id, and what teardown undoes.
+REQUEST_ID_KEY = "serving.request_id"
+_TOKEN_KEY = "serving.id_token"
+#: The OpenAPI description of every route, kept beside this module and served as it is.
+OPENAPI_PATH = os.path.join(os.path.dirname(__file__), "openapi.json")
+
+
+def request_id_of(values: t.Iterable[str | None]) -> str:
+    """The id of a request, given the values of its :data:`REQUEST_ID_HEADERS` (``None``
+    for those it lacks): the caller's, when it is short visible ASCII, else a new one."""
+    for value in values:
+        if value is not None:
+            if logs.valid_request_id(value):
+                return value
+            break  # a bad id is replaced, never echoed into logs and headers
+    return logs.new_request_id()
+
+
+def route_of(app: Flask, method: str, path: str) -> str:
+    """The route rule ``method path`` would reach, as the metrics label it; ``none`` for
+    none (for requests a host refuses before the app sees them)."""
+    try:
+        rule, _ = app.url_map.bind("localhost").match(path, method, return_rule=True)
+        return rule.rule
+    except Exception:  # no such route or method, an odd target: none
+        return NO_ROUTE
+
+
+def create_app(config: Config, models: Models | Pipeline, runtime: Runtime | None = None,
+               metrics: Metrics | None = None) -> Flask:
+    """Build the app serving ``models`` (or one pipeline, as the model ``default``).
+
+    :param runtime: runs each request under its deadline; by default one made
+        from ``config`` (threads start in the process that first uses it).
+    :param metrics: where requests are counted (``serve`` makes it for all its
+        workers); by default, with ``config.metrics``, metrics of this process only.
+    """
+    if isinstance(models, Pipeline):
+        models = Models({DEFAULT_MODEL: models})
+    runtime = runtime or Runtime(config.concurrency, config.deadline_seconds)
+    if metrics is None and config.metrics:
+        metrics = Metrics(content_types=None if models.multi else models.default.input_types)
+    if metrics is not None:
+        observe = metrics.stage
+        batch = metrics.batch
+
+        def watch(pipeline: Pipeline) -> None:
+            pipeline.observe_stage = observe
+            if pipeline.batcher is not None:
+                pipeline.batcher.on_batch = batch
+
+        for pipeline in models.loaded():
+            watch(pipeline)
+        models.on_build = watch
+    app = Flask("serving", static_folder=None)  # no static files: no /static route
+    app.json.sort_keys = False
+    limit = config.max_payload_bytes
+    metrics_port = str(config.metrics_port) if config.metrics_port is not None else None
+    openapi = openapi_description(models.multi)
+
+    def render(error: errors.ServingError) -> Response:
+        body = error.to_dict()
+        body["request_id"] = request.environ.get(REQUEST_ID_KEY) or logs.request_id.get() or None
+        response = app.json.response(body)
+        response.status_code = error.status_code
+        response.headers.update(error.headers)
+        return response
+
+    @app.errorhandler(errors.ServingError)
+    def on_serving_error(error: errors.ServingError) -> Response:
+        return render(error)
+
+    @app.errorhandler(HTTPException)
+    def on_http_exception(error: HTTPException) -> Response:
+        if error.code == 405:
+            allowed = error.valid_methods or []  # type: ignore[attr-defined]
+            return render(errors.MethodNotAllowed(request.method, request.path, allowed))
+        if error.code == 404:
+            return render(errors.NotFound(f"no route {request.method} {request.path}"))
+        code = error.code or 500
+        kind = errors.ClientError if 400 <= code < 500 else errors.ServingError
+        return render(kind(error.description, status_code=code))
+
+    @app.errorhandler(Exception)
+    def on_bug(error: Exception) -> Response:
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        message = f"internal error: {type(error).__name__}"
+        if config.debug_errors:
+            message += f": {error}"
+        return render(errors.ServingError(message))
+
+    # The hooks below run on every request: each reads Flask's request proxy once (every
+    # `request.x` is a context lookup) and keeps its state in the WSGI environ.
+    @app.before_request
+    def start_request() -> None:
+        environ = request.environ
+        environ.setdefault(ARRIVED_KEY, time.monotonic())
+        rid = environ[REQUEST_ID_KEY] = request_id_of(environ.get(k) for k in _ID_ENVIRON_KEYS)
+        # Reset in teardown: the HTTP thread serves other requests next.
+        environ[_TOKEN_KEY] = logs.request_id.set(rid)
+        if metrics_port is not None:
+            path = environ.get("PATH_INFO")
+            if (path == "/metrics") != (environ.get("SERVER_PORT") == metrics_port):
+                # /metrics only on its own port, and nothing else there.
+                raise errors.NotFound(f"no route {environ.get('REQUEST_METHOD')} {path}")
+
+    @app.after_request
+    def finish_request(response: Response) -> Response:
+        req = request._get_current_object()  # type: ignore[attr-defined]
+        environ = req.environ
+        response.headers[RESPONSE_ID_HEADER] = environ.get(REQUEST_ID_KEY, "")
+        elapsed = time.monotonic() - environ.get(ARRIVED_KEY, time.monotonic())
+        rule = req.url_rule
+        route = rule.rule if rule is not None else NO_ROUTE
+        status = response.status_code
+        if metrics is not None:
+            header = environ.get("CONTENT_TYPE")
+            try:
+                content_type = content_type_of(header) if header else None
+            except ValueError:
+                content_type = "invalid"
+            metrics.request_done(route, status, content_type, elapsed)
+            if route.endswith(("/invocations", "/invoke")):
+                metrics.bodies(req.content_length or 0, response.content_length)
+        # /ping comes every few seconds from the host: keep it out of INFO logs.
+        path = environ.get("PATH_INFO", "")
+        level = logging.DEBUG if path == "/ping" else logging.INFO
+        if access_log.isEnabledFor(level):
+            method, remote = environ.get("REQUEST_METHOD"), environ.get("REMOTE_ADDR")
+            # The target as sent (the worker checked it has no spaces or line breaks), or
+            # rebuilt quoted; anything unprintable is escaped, so it cannot forge a line.
+            target = environ.get("RAW_URI") or req.full_path.rstrip("?")
+            if not (target.isascii() and target.isprintable()):
+                target = ascii(target)
+            log_access_line(level, '%s "%s %s" %d %.1fms', remote, method, target, status,
+                            elapsed * 1000,
+                            fields={"status": status, "latency_ms": round(elapsed * 1000, 3),
+                                    "method": method, "path": path, "remote": remote})
+        return response
+
+    @app.teardown_request
+    def end_request(_: BaseException | None) -> None:
+        token = request.environ.pop(_TOKEN_KEY, None)
+        if token is not None:
+            logs.request_id.reset(token)
+
+    @app.get("/ping")
+    def ping() -> Response:
+        if not models.ready:
+            raise errors.ServiceUnavailable("the model is still loading")
+        return Response(status=200)
+
+    @app.get("/execution-parameters")
+    def execution_parameters() -> Response:
+        return app.json.response({
+            "MaxConcurrentTransforms": config.workers,
+            "BatchStrategy": BATCH_STRATEGY,
+            "MaxPayloadInMB": config.max_payload_mb if config.max_payload_mb % 1
+            else int(config.max_payload_mb),
+        })
+
+    def target_model() -> Pipeline:
+        if not models.multi:
+            return models.default
+        target = request.environ.get("HTTP_X_AMZN_SAGEMAKER_TARGET_MODEL")
+        if target is None:
+            raise errors.BadRequest(f"a multi-model endpoint needs the model's name: in "
+                                    f"{TARGET_MODEL_HEADER}, or POST /models/<name>/invoke")
+        return models.get(target)
+
+    @app.post("/invocations")
+    @app.post("/endpoints/<name>/invocations")
+    def invocations(name: str | None = None) -> Response:
+        return invoke(target_model())
+
+    @app.post("/endpoints/<name>/invocations-response-stream")
+    def invocations_response_stream(name: str) -> Response:
+        """boto3's invoke_endpoint_with_response_stream: the answer in event-stream
+        messages, streamed when the model streams, else in one part."""
+        return invoke(target_model(), event_stream=True)
+
+    @app.post("/models/<name>/invoke")
+    def invoke_model(name: str) -> Response:
+        return invoke(models.get(name))
+
+    @app.get("/models")
+    def list_models() -> Response:
+        args = request.args
+        try:
+            size = int(args.get("page_size", PAGE_SIZE))
+        except ValueError:
+            size = 0
+        if not 1 <= size <= MAX_PAGE_SIZE:
+            raise errors.BadRequest(f"page_size must be 1-{MAX_PAGE_SIZE}")
+        return app.json.response(models.page(args.get("next_page_token"), size))
+
+    @app.get("/models/<name>")
+    def describe_model(name: str) -> Response:
+        return app.json.response(models.describe(name))
+
+    if isinstance(models, ModelRepository):  # loading and unloading: multi-model only
+        repository = models
+
+        @app.post("/models")
+        def load_model() -> Response:
+            body = request.get_json(silent=True)
+            if not isinstance(body, dict):
+                raise errors.BadRequest('the body must be a JSON object: {"model_name": ..., '
+                                        '"url": ...}')
+            name, url = body.get("model_name"), body.get("url")
+            if not valid_model_name(name):
+                raise errors.BadRequest("model_name must be 1-255 characters: letters, digits "
+                                        "and ._+=- (not starting with one of those)")
+            if not isinstance(url, str) or not url.startswith("/"):
+                raise errors.BadRequest("url must be the model's directory, an absolute path")
+            entry = repository.load(name, url)
+            return app.json.response({"status": f"model {entry.name} loaded", **entry.describe()})
+
+        @app.delete("/models/<name>")
+        def unload_model(name: str) -> Response:
+            repository.unload(name)
+            return app.json.response({"status": f"model {name} unloaded"})
+
+    def invoke(pipeline: Pipeline, event_stream: bool = False) -> Response:
+        """Answer one invocation with ``pipeline``.
+
+        :param event_stream: frame the answer as AWS event-stream messages.
+        """
+        if not pipeline.ready:
+            raise errors.ServiceUnavailable("the model is still loading")
+        req = request._get_current_object()  # type: ignore[attr-defined]
+        environ = req.environ
+        negotiated = negotiate(environ.get("CONTENT_TYPE"), environ.get("HTTP_ACCEPT"),
+                               pipeline.decoders, pipeline.encoders, config.default_accept)
+        attributes = environ.get("HTTP_X_AMZN_SAGEMAKER_CUSTOM_ATTRIBUTES")
+        if attributes is not None and not valid_custom_attributes(attributes):
+            raise errors.BadRequest(f"{CUSTOM_ATTRIBUTES_HEADER} must be 1-1024 visible ASCII "
+                                    f"characters")
+        body = read_body(req, limit)
+        reply: dict[str, str] = {}
+        details = {
+            "request_id": environ[REQUEST_ID_KEY],
+            "custom_attributes": attributes,
+            "target_variant": environ.get("HTTP_X_AMZN_SAGEMAKER_TARGET_VARIANT"),
+            "inference_id": environ.get(_ID_ENVIRON_KEYS[0]),
+            "reply": reply,
+        }
+        arrived = environ[ARRIVED_KEY]
+        payload, media_type = runtime.call(
+            pipeline.invoke, body, negotiated, req.headers,
+            arrived + runtime.deadline_seconds, details, started=arrived,
+        )
+        if event_stream:
+            chunks = payload if isinstance(payload, Stream) else Stream(payload, iter(()), None)
+            response = Response(streamed(chunks, details["request_id"], framed=True), status=200,
+                                content_type=eventstream.CONTENT_TYPE)
+            response.headers["X-Amzn-SageMaker-Content-Type"] = media_type
+        elif isinstance(payload, Stream):
+            response = Response(streamed(payload, details["request_id"]), status=200,
+                                content_type=media_type)
+        else:
+            response = Response(payload, status=200, content_type=media_type)
+        if "custom_attributes" in reply:
+            response.headers[CUSTOM_ATTRIBUTES_HEADER] = reply["custom_attributes"]
+        return response
+
+    def streamed(stream: Stream, request_id: str, framed: bool = False) -> t.Iterator[bytes]:
+        """The chunks of a streamed answer, each pulled on a prediction thread under a
+        deadline of its own (the request deadline, from when the chunk was asked for).
+
+        A failure after the first chunk cannot change the status: in event-stream framing
+        it is a ModelStreamError message; otherwise the connection closes without the
+        chunked body's end, so the client sees the answer cut short.
+        """
+        part = eventstream.payload_part if framed else bytes
+        sent = 0
+        try:
+            if stream.first:
+                yield part(stream.first)
+            sent = 1
+            while True:
+                token = logs.request_id.set(request_id)  # the request context is gone
+                try:
+                    chunk = runtime.call(next, stream.rest, None)
+                except Exception as exc:
+                    code = ("ModelInvocationTimeExceeded"
+                            if isinstance(exc, errors.DeadlineExceeded) else "ModelError")
+                    log.error("the streamed answer broke off after %d chunk(s): %s", sent,
+                              exc if isinstance(exc, errors.ServingError)
+                              else f"{type(exc).__name__}: {exc}",
+                              exc_info=not isinstance(exc, errors.ServingError))
+                    if framed:
+                        message = exc.message if isinstance(exc, errors.ServingError) \
+                            else f"the model raised {type(exc).__name__}"
+                        yield eventstream.model_stream_error(message, code)
+                        return
+                    raise errors.StreamAborted(code) from exc
+                finally:
+                    logs.request_id.reset(token)
+                if chunk is None:
+                    return
+                if chunk:
+                    yield part(chunk)
+                    sent += 1
+        finally:
+            stream.close()
+
+    if metrics is not None:
+        @app.get("/metrics")
+        def prometheus_metrics() -> Response:
+            return Response(metrics.exposition(), content_type=METRICS_CONTENT_TYPE)
+
+    @app.get("/openapi.json")
+    def openapi_spec() -> Response:
+        return Response(openapi, content_type="application/json")
+
+    return app
+
+
+def openapi_description(multi_model: bool) -> bytes:
+    """The OpenAPI description of this server: the repository's file, without the
+    operations marked ``x-multi-model`` unless it is a multi-model server."""
+    with open(OPENAPI_PATH, "rb") as f:
+        if multi_model:
+            return f.read()
+        spec = json.load(f)
+    spec["paths"] = {path: kept for path, operations in spec["paths"].items()
+                     if (kept := {method: operation for method, operation in operations.items()
+                                  if not operation.get("x-multi-model")})}
+    return json.dumps(spec, ensure_ascii=False).encode("utf-8")
+
+
+def log_access_line(level: int, message: str, *args: object,
+                    fields: dict[str, t.Any] | None = None) -> None:
+    """One access line: the record ``logging.log`` makes, without its walk up the stack to
+    find the caller (a third of its cost, paid on every request; the caller is known).
+
+    :param fields: record attributes for structured logs (status, latency_ms, …).
+    """
+    access_log.handle(access_log.makeRecord(access_log.name, level, __file__, 0, message, args,
+                                            None, extra=fields))
+
+
+def read_body(request: t.Any, limit: int) -> bytes:
+    """The request body, refusing more than ``limit`` bytes.
+
+    With a Content-Length the size is checked before anything is read; a
+    chunked body is read up to the limit and refused as soon as it passes it.
+    """
+    length = request.content_length
+    if length is not None and length > limit:
+        raise errors.PayloadTooLarge(limit, length)
+    # One read of at most limit + 1 bytes: the stream stops at Content-Length, or
+    # at the end of a chunked body, so anything past the limit means 413.
+    body = request.stream.read(limit + 1)
+    if len(body) > limit:
+        raise errors.PayloadTooLarge(limit)
+    if length is not None and len(body) < length:
+        # The client closed its side early: predicting on part of a body is never right.
+        raise errors.BadRequest(
+            f"the body ended after {len(body)} of the {length} bytes its Content-Length declared"
+        )
+    return body
