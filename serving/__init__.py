@@ -6,7 +6,7 @@ argument of every hosting function; and :func:`batched`, to mark a
 ``predict_fn`` that takes batches (dynamic batching).
 """
 
-from serving.contract.pipeline import Context
+from serving.contract.context import Context
 from serving.errors import ClientError
 from serving.runtime.batching import batched
 

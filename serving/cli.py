@@ -1,5 +1,6 @@
-"""``serve``: read the settings, set up logs and metrics, assemble the server
-(:mod:`serving.assembly.build`) and hand it to gunicorn (:mod:`serving.hosts.gunicorn.application`)."""
+"""``serve``: read the settings, set up the logs and the metrics directory, and hand them
+to the host ``--engine`` names (:mod:`serving.hosts`), which assembles the server
+(:mod:`serving.assembly`) and serves it; ``serve batch`` runs a batch transform job."""
 
 from __future__ import annotations
 

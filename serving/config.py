@@ -21,6 +21,7 @@ import pwd
 import typing as t
 from dataclasses import dataclass, field
 
+from serving.hosts import ENGINES
 from serving.http.negotiation import parse_media_type
 
 __all__ = ["Config", "ConfigError", "SETTINGS", "Setting", "settings_table"]
@@ -312,7 +313,7 @@ class Config:
         "it unloads the least recently used; a model larger than it alone gets 507.",
         metavar="MB", default_help="half the memory / workers")
     engine: str = setting(
-        "--engine", "SERVING_ENGINE", "gunicorn", _choice("gunicorn", "ray"),
+        "--engine", "SERVING_ENGINE", "gunicorn", _choice(*ENGINES),
         "What serves the model: gunicorn (worker processes on this machine) or ray (Ray "
         "Serve replicas, on this machine's Ray or the cluster at --ray-address; needs "
         "serving-toolkit[ray]). Same routes, answers and errors.", metavar="ENGINE")

@@ -6,24 +6,20 @@ holds what ``POST /models`` loaded (:class:`ModelRepository`): the same pipeline
 one per name.
 
 How every worker answers for every model. gunicorn spreads requests over worker
-processes, so a ``POST /models`` reaches one of them. The repository is shared
-state on disk plus one counter in shared memory:
+processes, so a ``POST /models`` reaches one of them. The loaded models' records are
+shared by every worker (:mod:`~serving.contract.model_store`: a file per model and a
+generation counter in shared memory). Each request reads the generation (no system
+call); when it moved, the worker reads the records again, drops the models no longer
+listed (or loaded again since, under another token), and loads a listed model it lacks
+on first use. A worker that restarts is forked with nothing loaded and catches up the
+same way.
 
-- one small JSON file per loaded model (name, directory, size, a token unique to
-  this load) in a directory the master made, written whole (a rename), so it is
-  read whole or not at all;
-- a generation counter in memory the master mapped before forking, which every
-  load and unload bumps under an exclusive ``flock``. Each request reads it (no
-  system call); when it moved, the worker reads the directory again, drops the
-  models no longer listed (or loaded again since, under another token), and loads
-  a listed model it lacks on first use. A worker that restarts is forked with
-  nothing loaded and catches up the same way.
-
-Loads and unloads are serialised across workers by the ``flock``; invocations take
-no lock. The budget (``SERVING_MODELS_MEMORY_MB``) counts each model's files, and
-every worker holds every model it answers for; a load that does not fit unloads
-the least recently used models first (a model's file is touched, at most once a
-second per worker, when it answers), and one that would not fit alone is a 507.
+Loads and unloads are serialised across workers by the store's ``flock``; invocations
+take no lock. A load that does not fit the memory budget unloads the least recently
+used models first (:mod:`~serving.contract.model_budget`; a model's record is touched,
+at most once a second per worker, when it answers), and one that would not fit alone
+is a 507. Failures map to our errors here: a model that cannot serve is a 400, a
+``model_fn`` that raises a 500 naming the stage.
 """
 
 from __future__ import annotations
@@ -31,12 +27,8 @@ from __future__ import annotations
 import base64
 import binascii
 import dataclasses
-import fcntl
 import gc
-import hashlib
-import json
 import logging
-import mmap
 import os
 import re
 import threading
@@ -44,6 +36,8 @@ import time
 import typing as t
 
 from serving import errors
+from serving.contract import model_budget
+from serving.contract.model_store import Entry, ModelStore
 from serving.contract.pipeline import Pipeline
 
 __all__ = ["DEFAULT_MODEL", "ModelRepository", "Models", "directory_bytes", "valid_model_name"]
@@ -151,21 +145,6 @@ class Models:
             pipeline.enter_worker(index, device, threads)
 
 
-@dataclasses.dataclass(frozen=True)
-class Entry:
-    """One loaded model, as the repository's file for it says."""
-
-    name: str
-    url: str
-    bytes: int
-    #: Unique to this load: a model unloaded and loaded again under its name gets another.
-    token: str
-
-    def describe(self) -> dict[str, str]:
-        """As ``GET /models`` lists it (the SageMaker contract's names)."""
-        return {"modelName": self.name, "modelUrl": self.url}
-
-
 @dataclasses.dataclass
 class _Held:
     """A model this worker holds: its pipeline, and when it last recorded a use."""
@@ -200,8 +179,8 @@ class ModelRepository(Models):
         self.lock_timeout = lock_timeout
         self.build = build
         self.budget_bytes = budget_bytes
-        # Shared with every worker forked from here: bumped on each load and unload.
-        self._generation = mmap.mmap(-1, 8)
+        # Shared with every worker forked from here.
+        self.store = ModelStore(directory, lock_timeout)
         self._seen = -1
         self._entries: dict[str, Entry] = {}
         self._held: dict[str, _Held] = {}
@@ -234,10 +213,7 @@ class ModelRepository(Models):
         now = time.monotonic()
         if now - held.touched >= TOUCH_SECONDS:
             held.touched = now
-            try:
-                os.utime(self._path(name))  # its least-recently-used time, for every worker
-            except OSError:
-                pass  # unloaded meanwhile: this request still gets its answer
+            self.store.touch(name)  # its least-recently-used time, for every worker
         return held.pipeline
 
     def describe(self, name: str) -> dict[str, str]:
@@ -263,12 +239,12 @@ class ModelRepository(Models):
         """
         if not os.path.isdir(url):
             raise errors.BadRequest(f"url {url} is not a directory")
-        with self._exclusive():
+        with self.store.exclusive():
             self.sync()
             if name in self._entries:
                 raise errors.Conflict(f"model {name} is loaded already")
             size = directory_bytes(url, limit=self.budget_bytes)
-            if size > self.budget_bytes:
+            if not model_budget.fits_alone(size, self.budget_bytes):
                 raise errors.InsufficientStorage(
                     f"model {name} takes more than the whole budget of "
                     f"{_mib(self.budget_bytes)} (SERVING_MODELS_MEMORY_MB)")
@@ -281,57 +257,47 @@ class ModelRepository(Models):
                 held.pipeline.release()
                 raise
             self._held[name] = held
-            self._bump()
+            self.store.bump()
         log.info("model %s loaded from %s (%s)", name, url, _mib(size))
         return entry
 
     def unload(self, name: str) -> None:
         """Unload ``name`` from every worker; :class:`~serving.errors.NotFound` if not loaded."""
-        with self._exclusive():
+        with self.store.exclusive():
             self.sync()
             if name not in self._entries:
                 raise errors.NotFound(f"model {name} is not loaded")
             self._remove(name)
-            self._bump()
+            self.store.bump()
         self.sync()
         log.info("model %s unloaded", name)
 
     def _make_room(self, size: int) -> None:
         """Unload the least recently used models until ``size`` more bytes fit the budget
         (the caller holds the exclusive lock)."""
-        total = sum(e.bytes for e in self._entries.values())
-        if total + size <= self.budget_bytes:
+        victims = model_budget.to_unload({n: e.bytes for n, e in self._entries.items()},
+                                         self.store.last_used, size, self.budget_bytes)
+        if not victims:
             return
-
-        def last_used(name: str) -> float:
-            try:
-                return os.stat(self._path(name)).st_mtime
-            except OSError:
-                return 0.0
-
         try:
-            for victim in sorted(self._entries, key=last_used):
-                total -= self._entries[victim].bytes
+            for victim in victims:
                 self._remove(victim)
                 log.info("model %s unloaded to make room (least recently used)", victim)
-                if total + size <= self.budget_bytes:
-                    return
         finally:
-            self._bump()  # now, not after the load: it may fail, and these are gone anyway
+            self.store.bump()  # now, not after the load: it may fail, and these are gone anyway
 
     # -- this worker's copies ------------------------------------------------------------
 
     def sync(self) -> None:
         """Catch up with loads and unloads other workers did: one read of shared memory
         when nothing changed."""
-        generation = int.from_bytes(self._generation[:8], "little")
-        if generation == self._seen:
+        if self.store.generation == self._seen:
             return
         with self._sync_lock:
-            generation = int.from_bytes(self._generation[:8], "little")
+            generation = self.store.generation
             if generation == self._seen:
                 return
-            entries = self._read_entries()
+            entries = self.store.read()
             dropped = [name for name, held in self._held.items()
                        if (e := entries.get(name)) is None or e.token != held.entry.token]
             for name in dropped:
@@ -394,81 +360,18 @@ class ModelRepository(Models):
                                     stage="load", exception=type(exc).__name__) from exc
         return _Held(entry, pipeline)  # its first answer here records a use
 
-    # -- the shared state ----------------------------------------------------------------
-
-    def _path(self, name: str) -> str:
-        # The file is named by a digest (names may be long, or differ only in case on
-        # some filesystems); the name is inside.
-        return os.path.join(self.directory,
-                            hashlib.sha256(name.encode()).hexdigest()[:32] + ".json")
-
-    def _read_entries(self) -> dict[str, Entry]:
-        entries = {}
-        for filename in os.listdir(self.directory):
-            if not filename.endswith(".json"):
-                continue
-            try:
-                with open(os.path.join(self.directory, filename), "rb") as f:
-                    entry = Entry(**json.loads(f.read()))
-            except FileNotFoundError:  # unloaded while we listed
-                continue
-            entries[entry.name] = entry
-        return entries
+    # -- the shared records ---------------------------------------------------------------
 
     def _write(self, entry: Entry) -> None:
-        path = self._path(entry.name)
-        temporary = f"{path}.{os.getpid()}.tmp"
-        with open(temporary, "w") as f:
-            json.dump(dataclasses.asdict(entry), f)
-        os.replace(temporary, path)
+        self.store.write(entry)
         self._entries[entry.name] = entry
 
     def _remove(self, name: str) -> None:
-        try:
-            os.unlink(self._path(name))
-        except FileNotFoundError:
-            pass
+        self.store.remove(name)
         self._entries.pop(name, None)
         held = self._held.pop(name, None)
         if held is not None:
             held.pipeline.release()
-
-    def _bump(self) -> None:
-        """Tell every worker the models changed (the caller holds the exclusive lock)."""
-        generation = int.from_bytes(self._generation[:8], "little") + 1
-        self._generation[:8] = generation.to_bytes(8, "little")
-
-    def _exclusive(self) -> t.ContextManager[None]:
-        return _FileLock(os.path.join(self.directory, ".lock"), self.lock_timeout)
-
-
-class _FileLock:
-    """An exclusive ``flock`` on a file: between processes, and between threads of one
-    (each takes its own open file). Waited for at most ``timeout`` seconds, then 503: a
-    model_fn that never returns holds it, and must not pile up every later load and
-    unload (each an HTTP thread) behind it."""
-
-    def __init__(self, path: str, timeout: float) -> None:
-        self.path, self.timeout = path, timeout
-
-    def __enter__(self) -> None:
-        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-        give_up = time.monotonic() + self.timeout
-        while True:
-            try:
-                fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                return
-            except BlockingIOError:
-                if time.monotonic() >= give_up:
-                    os.close(self._fd)
-                    raise errors.ServiceUnavailable(
-                        f"another model has been loading or unloading for over "
-                        f"{self.timeout:g} s; try again later") from None
-                time.sleep(0.02)
-
-    def __exit__(self, *_: object) -> None:
-        fcntl.flock(self._fd, fcntl.LOCK_UN)
-        os.close(self._fd)
 
 
 def _mib(size: int) -> str:

@@ -1,10 +1,10 @@
-"""The hosting-function contract: resolving ``model_fn`` … ``transform_fn``
-from the user's module, loading the model once, and running one request as
-three stages, ``encode(predict(decode(body)))``, each chosen once when the
-model is loaded (the user's function, else a content handler or the framework).
+"""One model's pipeline: its hosting functions resolved from the user's module
+(:mod:`~serving.contract.hosting_functions`), the model loaded once, and one request run
+as three stages, ``encode(predict(decode(body)))``, each chosen once when the model is
+loaded (the user's function, else a content handler or the framework).
 
 Each function is optional and may take one extra trailing ``context``
-argument (a :class:`Context`). Missing ones fall back to the content
+argument (a :class:`~serving.contract.context.Context`). Missing ones fall back to the content
 handlers (decode by Content-Type, encode by Accept) and to the framework
 handler (``handlers/frameworks``): its loader for ``model_fn``, its forward
 pass for ``predict_fn``. The framework comes from ``SERVING_FRAMEWORK``, else
@@ -14,10 +14,8 @@ model of no framework is called as a plain function.
 
 from __future__ import annotations
 
-import collections.abc
 import dataclasses
 import functools
-import inspect
 import json
 import logging
 import threading
@@ -35,6 +33,9 @@ from handlers.content import (
 )
 from handlers.frameworks import FrameworkHandler, SelectionError
 from serving import errors
+from serving.contract.context import Context
+from serving.contract.hosting_functions import HOSTING_FUNCTIONS, UserFunction
+from serving.contract.streams import STREAM_TYPES, Stream, close_quietly, is_stream
 from serving.errors import (
     BadRequest,
     ModelError,
@@ -48,134 +49,9 @@ from serving.runtime.batching import Batcher, batch_key
 if t.TYPE_CHECKING:
     from serving.assembly.user_code import UserCode
 
-__all__ = ["Context", "HOSTING_FUNCTIONS", "Pipeline", "Stream", "valid_custom_attributes"]
+__all__ = ["Pipeline"]
 
 log = logging.getLogger(__name__)
-
-#: Each hosting function and the arguments it is called with, before ``context``.
-HOSTING_FUNCTIONS: dict[str, tuple[str, ...]] = {
-    "model_fn": ("model_dir",),
-    "input_fn": ("input_data", "content_type"),
-    "predict_fn": ("data", "model"),
-    "output_fn": ("prediction", "accept"),
-    "transform_fn": ("model", "data", "content_type", "accept"),
-}
-
-
-@dataclasses.dataclass(frozen=True)
-class Context:
-    """What a hosting function may want to know beyond its data."""
-
-    #: The model directory (``SM_MODEL_DIR``).
-    model_dir: str
-    #: This worker's index, 0 … workers-1; ``None`` in the master (a preloaded ``model_fn``).
-    worker_index: int | None = None
-    #: The device this worker computes on: ``"cpu"``, ``"cuda:0"``, …
-    device: str = "cpu"
-    #: The request headers (case-insensitive); empty for ``model_fn``.
-    headers: t.Mapping[str, str] = dataclasses.field(default_factory=dict)
-    #: The request's bare media type, and the answer type negotiated first (``None`` for
-    #: ``model_fn``).
-    content_type: str | None = None
-    accept: str | None = None
-    #: This request's id: the caller's ``X-Amzn-SageMaker-Inference-Id``, ``X-Request-Id``
-    #: or ``X-Amzn-RequestId``, else one made up; it is in every log line of the request.
-    request_id: str | None = None
-    #: ``X-Amzn-SageMaker-Custom-Attributes``: the caller's ``CustomAttributes``, as sent.
-    custom_attributes: str | None = None
-    #: ``X-Amzn-SageMaker-Target-Variant``: the production variant the caller asked for.
-    target_variant: str | None = None
-    #: ``X-Amzn-SageMaker-Inference-Id``: the caller's ``InferenceId``.
-    inference_id: str | None = None
-    # What the request's answer carries besides its body (see set_custom_attributes).
-    reply: dict[str, str] = dataclasses.field(default_factory=dict, repr=False, compare=False)
-
-    def set_custom_attributes(self, value: str) -> None:
-        """Send ``value`` back to the caller in ``X-Amzn-SageMaker-Custom-Attributes``
-        (the ``CustomAttributes`` of ``invoke_endpoint``'s response): at most 1024
-        visible ASCII characters."""
-        if not valid_custom_attributes(value):
-            raise ValueError(f"custom attributes must be 1-{MAX_CUSTOM_ATTRIBUTES} visible "
-                             f"ASCII characters, not {value[:40]!r}")
-        self.reply["custom_attributes"] = value
-
-
-#: Longest ``X-Amzn-SageMaker-Custom-Attributes`` value (SageMaker's own limit).
-MAX_CUSTOM_ATTRIBUTES = 1024
-
-
-def valid_custom_attributes(value: object) -> bool:
-    """1 to 1024 visible US-ASCII characters, spaces and tabs (an HTTP field value)."""
-    return (isinstance(value, str) and 0 < len(value) <= MAX_CUSTOM_ATTRIBUTES
-            and all(" " <= c <= "~" or c == "\t" for c in value))
-
-
-class Stream:
-    """An answer sent as it is produced (HTTP chunked transfer encoding).
-
-    ``predict_fn``, ``output_fn`` or ``transform_fn`` returned an iterator (a generator,
-    say): each item becomes a chunk as it comes, bytes and str as they are, anything
-    else as one line of JSON (JSON Lines). The first chunk is made before the answer
-    starts, so an error up to there is an ordinary error answer with its status; the
-    host pulls each later one under its own deadline.
-    """
-
-    __slots__ = ("first", "rest", "_source")
-
-    def __init__(self, first: bytes, rest: t.Iterator[bytes], source: t.Iterator[t.Any]) -> None:
-        self.first, self.rest, self._source = first, rest, source
-
-    def close(self) -> None:
-        """Close the user's iterator (its ``finally`` blocks run), when it is not running."""
-        _close(self._source)
-
-
-def is_stream(value: object) -> bool:
-    """Whether a prediction or an answer is to be streamed: an iterator (bytes, arrays
-    and lists are iterable, not iterators)."""
-    return isinstance(value, collections.abc.Iterator)
-
-
-#: What a stream of each kind of item is sent as, when no output_fn says.
-STREAM_TYPES = {bytes: "application/octet-stream", str: "text/plain; charset=utf-8",
-                object: "application/jsonlines"}
-
-
-class UserFunction:
-    """A hosting function, and whether it takes the trailing ``context``."""
-
-    def __init__(self, name: str, fn: t.Callable[..., t.Any], source: str) -> None:
-        self.name, self.fn = name, fn
-        expected = HOSTING_FUNCTIONS[name]
-        shapes = f"({', '.join(expected)}) or ({', '.join(expected)}, context)"
-        if not callable(fn):
-            raise StartupError(f"{source}: {name} is a {type(fn).__name__}, not a function")
-        try:
-            params = list(inspect.signature(fn).parameters.values())
-        except (TypeError, ValueError):  # builtins without a signature: trust the plain form
-            self.takes_context = False
-            return
-        positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
-        required = [p for p in positional if p.default is p.empty]
-        varargs = any(p.kind is p.VAR_POSITIONAL for p in params)
-        required_kw = [p for p in params if p.kind is p.KEYWORD_ONLY and p.default is p.empty]
-        self.takes_context = len(positional) > len(expected)
-        fits = (
-            not required_kw
-            and len(required) <= len(expected) + self.takes_context
-            and (len(positional) >= len(expected) or varargs)
-            and len(positional) <= len(expected) + 1
-        )
-        if not fits:
-            raise StartupError(
-                f"{source}: {name}{inspect.signature(fn)} must take {shapes}"
-            )
-
-    def __call__(self, *args: t.Any, context: Context) -> t.Any:
-        if self.takes_context:
-            return self.fn(*args, context)
-        return self.fn(*args)
-
 
 class Pipeline:
     """One model and the functions that answer requests with it."""
@@ -626,7 +502,7 @@ class Pipeline:
         try:
             first = self._run("predict", "the stream's first item", next, items, _END)
         except BaseException:
-            _close(items)
+            close_quietly(items)
             raise
         if media_type is None:
             kind = bytes if isinstance(first, (bytes, bytearray, memoryview)) \
@@ -637,7 +513,7 @@ class Pipeline:
                 negotiated.require(media_type, f"the model streams its answer as "
                                                f"{media_type.partition(';')[0]}")
             except NotAcceptable:
-                _close(items)
+                close_quietly(items)
                 raise
         if first is _END:
             return Stream(b"", iter(()), items), media_type
@@ -663,15 +539,6 @@ def _pass_body(body: bytes, negotiated: Negotiated, context: Context) -> bytes:
 
 
 _END = object()
-
-
-def _close(items: t.Any) -> None:
-    close = getattr(items, "close", None)
-    if close is not None:
-        try:
-            close()
-        except ValueError:  # still running in a thread past its deadline
-            pass
 
 
 def _json_line(item: t.Any) -> bytes:

@@ -144,7 +144,7 @@ class FileTransformer:
         """Transform ``input_dir/path`` into ``output_dir/path.out`` (written whole, or not
         at all)."""
         from serving import errors
-        from serving.contract.pipeline import Stream
+        from serving.contract.streams import Stream
 
         records = requests = 0
         try:

@@ -64,8 +64,7 @@ def deployment_options(config: Config) -> dict[str, t.Any]:
         # What one replica holds at once: its threads' worth answered, the rest queued in
         # the replica under their deadline (as a gunicorn worker holds connections). At
         # only its threads' worth, Ray's router holds the rest and retries them with
-        # backoff: at 32 clients on 2 replicas that halved throughput here (numpy-linear,
-        # wrk: 81-90 req/s in 3 s runs, against 196 req/s in a 5 s run at 8 x).
+        # backoff, which halved throughput at 32 clients (BENCHMARKS.md, "Ray Serve against gunicorn").
         "max_ongoing_requests": 8 * config.concurrency,
         # Loading a model (and importing a framework) takes a while on a small machine.
         "health_check_timeout_s": 30,

@@ -14,6 +14,7 @@ from werkzeug.exceptions import HTTPException
 
 from serving import errors
 from serving.config import Config
+from serving.contract.context import valid_custom_attributes
 from serving.contract.models import (
     DEFAULT_MODEL,
     MAX_PAGE_SIZE,
@@ -22,7 +23,8 @@ from serving.contract.models import (
     Models,
     valid_model_name,
 )
-from serving.contract.pipeline import Pipeline, Stream, valid_custom_attributes
+from serving.contract.pipeline import Pipeline
+from serving.contract.streams import Stream
 from serving.http import eventstream
 from serving.http.negotiation import content_type_of, negotiate
 from serving.runtime import logs

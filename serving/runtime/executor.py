@@ -35,7 +35,8 @@ _QUEUED, _RUNNING, _DONE, _GIVEN_UP = range(4)
 class _Job:
     __slots__ = ("fn", "args", "state", "result", "error", "done", "lock", "deadline", "context")
 
-    def __init__(self, fn: t.Callable[..., t.Any], args: tuple[t.Any, ...], deadline: float) -> None:
+    def __init__(self, fn: t.Callable[..., t.Any], args: tuple[t.Any, ...],
+                 deadline: float) -> None:
         self.fn, self.args, self.deadline = fn, args, deadline
         # The caller's context variables (its request id among them) go with the job.
         self.context = contextvars.copy_context()

@@ -1,6 +1,9 @@
 """``serve`` on gunicorn: the application (master, workers forked from the assembly,
-:mod:`~serving.hosts.gunicorn.application`), the worker's event loop and accept policy
-(:mod:`~serving.hosts.gunicorn.worker`) over llhttp with our limits
-(:mod:`~serving.hosts.gunicorn.http1`)."""
+:mod:`~serving.hosts.gunicorn.application`) and the worker
+(:mod:`~serving.hosts.gunicorn.worker`: its event loop, threads and stopping), built from
+parts that need no socket: each connection's state machine and deadlines
+(:mod:`~serving.hosts.gunicorn.connection`) over llhttp with our limits
+(:mod:`~serving.hosts.gunicorn.http1`), when to listen (:mod:`~serving.hosts.gunicorn.accept`),
+and how answers are framed and written (:mod:`~serving.hosts.gunicorn.responses`)."""
 
 __all__: list[str] = []

@@ -41,20 +41,22 @@ import sys
 import threading
 import time
 import typing as t
-from email.utils import formatdate
-from http import HTTPStatus
 
-import orjson
 from gunicorn.workers.base import Worker
 
 from serving import errors
-from serving.hosts.gunicorn.http1 import Request, RequestReader, frame_response
-from serving.http.app import (
-    REQUEST_ID_HEADERS,
-    RESPONSE_ID_HEADER,
-    request_id_of,
-    route_of,
+from serving.hosts.gunicorn.accept import AcceptPolicy
+from serving.hosts.gunicorn.connection import (
+    BUSY,
+    CLOSE,
+    CONTINUE,
+    IDLE,
+    LINGER,
+    Connection,
 )
+from serving.hosts.gunicorn.http1 import Request
+from serving.hosts.gunicorn.responses import error_response, write_answer
+from serving.http.app import REQUEST_ID_HEADERS, request_id_of, route_of
 from serving.http.bridge import build_environ, call_app
 from serving.http.negotiation import content_type_of
 from serving.runtime import logs
@@ -65,93 +67,10 @@ __all__ = ["ServingWorker", "request_environ"]
 log = logging.getLogger(__name__)
 access_log = logging.getLogger("serving.access")
 
-#: The body's first second is free of the rate check (a client starting up).
-BODY_GRACE_SECONDS = 1.0
-#: After an error answer, unread input is discarded this long before closing, so that the
-#: client reads the answer instead of a reset.
-LINGER_SECONDS = 1.0
 #: How often the loop looks at deadlines and tells the master it is alive.
 TICK_SECONDS = 0.25
 #: How long a retiring worker waits for requests still being sent.
 RETIRE_SECONDS = 10.0
-#: How often a worker whose threads are all busy still takes one waiting connection, so
-#: that nothing starves in the listen backlog while every worker is saturated. A worker
-#: with a free thread waits on the listener and takes new connections first. Only while
-#: the worker is finishing requests, two or more in the last SATURATED_PROGRESS_SECONDS:
-#: one whose threads are stuck takes nothing more. (With one, a worker whose last free
-#: thread had just answered a request and then taken a request that hangs took the next
-#: connection too, which waited there for its 504 instead of for a fresh worker.)
-#: The loop tries when it wakes anyway (a request finishing wakes it), at most this often.
-#: At 50 ms, the 32 connections wrk opens at once took up to 0.7 s to be accepted by two
-#: saturated workers, and p99 at 32 clients was 50-130 ms; at 5 ms it is about 20 ms.
-SATURATED_ACCEPT_SECONDS = 0.005
-SATURATED_PROGRESS_SECONDS = 0.1
-#: A connection accepted this recently that has sent nothing yet counts as wanting a
-#: thread: clients such as wrk open all their connections at once, and one worker must
-#: not take them all before their first requests arrive. Short, so that idle connections
-#: cannot keep a worker from listening.
-UNSTARTED_SECONDS = 0.05
-
-# Connection states: waiting for a request, receiving its head or its body, answering
-# (an HTTP thread holds it), discarding input after an error answer.
-_IDLE, _HEAD, _BODY, _BUSY, _LINGER = "idle", "head", "body", "busy", "linger"
-
-
-
-class _Connection:
-    """One client connection: its parser, and where its current request stands."""
-
-    __slots__ = ("sock", "addr", "state", "reader", "request", "deadline", "received",
-                 "served", "fd", "answering", "port", "accepted", "got")
-
-    def __init__(self, sock: socket.socket, addr: t.Any, now: float, header_timeout: float,
-                 port: str, max_body: int) -> None:
-        self.sock, self.addr = sock, addr
-        self.port = port  # of the listener it came in on: the main port or the metrics one
-        self.fd = sock.fileno()
-        self.reader = RequestReader(max_body)
-        self.request: Request | None = None  # the one being answered
-        self.served = 0
-        self.accepted = now
-        self.got = 0  # bytes read, ever
-        self.state = _HEAD
-        self.deadline = now + header_timeout
-        self.received = 0  # bytes read since the current request's body began
-        #: Whether bytes of the answer went out (after that, a failure can only close).
-        self.answering = False
-
-    @property
-    def peer(self) -> str:
-        return self.addr[0] if isinstance(self.addr, tuple) else str(self.addr)
-
-
-_date_cache: tuple[int, str] = (0, "")
-
-
-def http_date() -> str:
-    """The Date header's value, formatted once a second rather than once an answer."""
-    global _date_cache
-    now = int(time.time())
-    second, text = _date_cache
-    if second != now:
-        text = formatdate(now, usegmt=True)
-        _date_cache = (now, text)  # one assignment: threads see the old pair or the new
-    return text
-
-
-def _response_bytes(error: errors.ServingError, close: bool, request_id: str) -> bytes:
-    """A whole HTTP answer carrying ``error`` as our JSON body: the app's bytes, its
-    closing line break included (Flask's JSON answers end with one)."""
-    body = orjson.dumps({**error.to_dict(), "request_id": request_id},
-                        option=orjson.OPT_APPEND_NEWLINE)
-    lines = [f"HTTP/1.1 {error.status_code} {HTTPStatus(error.status_code).phrase}",
-             "Content-Type: application/json",
-             f"Content-Length: {len(body)}", f"Date: {http_date()}",
-             f"{RESPONSE_ID_HEADER}: {request_id}"]
-    lines += [f"{k}: {v}" for k, v in error.headers.items()]
-    if close:
-        lines.append("Connection: close")
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
 
 
 def _port_of(listener: t.Any) -> int | str:
@@ -182,7 +101,7 @@ def request_environ(request: Request, body: bytes, *, server: t.Any, port: str, 
 
 
 class ServingWorker(Worker):
-    """gunicorn worker class ``serving.hosts.gunicorn.worker.ServingWorker``; see the module's text."""
+    """The gunicorn worker class (``worker_class``); see the module's text."""
 
     def init_process(self) -> None:
         application = self.app
@@ -199,12 +118,11 @@ class ServingWorker(Worker):
         self.max_body = config.max_payload_bytes
         self.max_connections = config.max_connections
         self.threads = config.concurrency
+        self.policy = AcceptPolicy(self.threads, self.max_connections)
         self.grace = float(config.timeout)
         self.selector = selectors.DefaultSelector()
-        self.conns: dict[int, _Connection] = {}
+        self.conns: dict[int, Connection] = {}
         self.busy = 0
-        self.recent: list[_Connection] = []  # accepted within UNSTARTED_SECONDS
-        self.last_finished = self.previous_finished = 0.0  # the two latest answers' times
         self.listening = False
         self.stopping_at: float | None = None
         self.retiring = False
@@ -213,7 +131,7 @@ class ServingWorker(Worker):
         # Each listener's port, for SERVER_PORT: /metrics may have a port of its own.
         self.ports = {id(listener): str(_port_of(listener)) for listener in self.sockets}
         self.tasks: queue.SimpleQueue[t.Any] = queue.SimpleQueue()
-        self.finished: queue.SimpleQueue[tuple[_Connection, bool]] = queue.SimpleQueue()
+        self.finished: queue.SimpleQueue[tuple[Connection, bool]] = queue.SimpleQueue()
         self.wake_r, self.wake_w = os.pipe()
         os.set_blocking(self.wake_r, False)
         os.set_blocking(self.wake_w, False)
@@ -228,7 +146,8 @@ class ServingWorker(Worker):
         self.selector.register(self.PIPE[0], selectors.EVENT_READ, "wake")  # signals
         for listener in self.sockets:  # accept() must never block the loop
             listener.setblocking(False)
-        next_tick = next_saturated_accept = 0.0
+        policy = self.policy
+        next_tick = 0.0
         while True:
             now = time.monotonic()
             if now >= next_tick:
@@ -247,18 +166,14 @@ class ServingWorker(Worker):
             if self.ppid != os.getppid():
                 log.info("worker %s: the master is gone; exiting", self.pid)
                 break
-            can_take = (self.stopping_at is None and self.models.ready
-                        and len(self.conns) < self.max_connections)
-            self._set_listening(can_take and self.busy + self._unstarted(now) < self.threads)
-            timeout = TICK_SECONDS
-            if can_take and not self.listening:  # saturated
-                if now >= next_saturated_accept \
-                        and now - self.previous_finished < SATURATED_PROGRESS_SECONDS:
-                    next_saturated_accept = now + SATURATED_ACCEPT_SECONDS
-                    for listener in self.sockets:
-                        self._accept(listener, 1)
+            can_take = policy.can_take(self.stopping_at is not None, self.models.ready,
+                                       len(self.conns))
+            self._set_listening(policy.should_listen(can_take, self.busy, now))
+            if can_take and not self.listening and policy.saturated_accept_due(now):
+                for listener in self.sockets:
+                    self._accept(listener, 1)
             try:
-                events = self.selector.select(timeout)
+                events = self.selector.select(TICK_SECONDS)
             except InterruptedError:
                 continue
             for key, _ in events:
@@ -288,16 +203,8 @@ class ServingWorker(Worker):
                 self.selector.unregister(listener)
         self.listening = want
 
-    def _unstarted(self, now: float) -> int:
-        """Connections accepted in the last UNSTARTED_SECONDS that have sent nothing yet."""
-        return sum(1 for conn in self.recent
-                   if now - conn.accepted < UNSTARTED_SECONDS and not conn.got)
-
     def _accept(self, listener: t.Any, count: int | None = None) -> None:
-        # A few at a time: connections a worker cannot serve soon are better left to others.
-        now = time.monotonic()
-        self.recent = [c for c in self.recent if now - c.accepted < UNSTARTED_SECONDS]
-        for _ in range(count or max(1, self.threads - self.busy - self._unstarted(now))):
+        for _ in range(count or self.policy.how_many(self.busy, time.monotonic())):
             try:
                 sock, addr = listener.accept()
             except (BlockingIOError, InterruptedError, ConnectionAbortedError):
@@ -315,15 +222,15 @@ class ServingWorker(Worker):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except OSError:
             pass  # a Unix socket
-        conn = _Connection(sock, addr, time.monotonic(), self.header_timeout,
-                           self.ports.get(id(listener), ""), self.max_body)
+        conn = Connection(sock, addr, time.monotonic(), self.header_timeout,
+                          self.ports.get(id(listener), ""), self.max_body)
         self.conns[conn.fd] = conn
-        self.recent.append(conn)
+        self.policy.accepted(conn)
         self.selector.register(sock, selectors.EVENT_READ, conn)
 
     # -- reading a request -------------------------------------------------------------
 
-    def _on_readable(self, conn: _Connection) -> None:
+    def _on_readable(self, conn: Connection) -> None:
         try:
             data = conn.sock.recv(256 * 1024)
         except (BlockingIOError, InterruptedError):
@@ -331,92 +238,46 @@ class ServingWorker(Worker):
         except OSError:
             self._close(conn)
             return
-        if conn.state == _LINGER:
+        if conn.state == LINGER:
             if not data:
                 self._close(conn)
             return
         now = time.monotonic()
-        reader = conn.reader
-        if not data:  # the client closed its side: a request it left unfinished is a 400
-            reader.end_of_input()
-            if not reader.ready:
-                self._close(conn)
-                return
-        else:
-            conn.got += len(data)
-            if conn.state == _IDLE:
-                conn.state = _HEAD
-                conn.deadline = now + self.header_timeout
-            elif conn.state == _BODY:
-                conn.received += len(data)
-            reader.feed(data, now)
-        self._advance(conn, now)
-
-    def _advance(self, conn: _Connection, now: float) -> None:
-        """Answer the next complete request (or the error that ends the connection), or
-        note where the one being received stands."""
-        reader = conn.reader
-        if reader.ready:
-            item = reader.ready.popleft()
-            if isinstance(item, Request):
-                self._dispatch(conn, item)
-            else:
-                self._refuse(conn, item)
-            return
-        if reader.closed:  # nothing more will be parsed (a full pipeline, an upgrade)
+        conn.on_data(data, now, self.header_timeout)
+        if not data and not conn.reader.ready:  # the client closed, between requests
             self._close(conn)
             return
-        current = reader.current
-        if current is None:
-            return  # still _HEAD (before a first byte) or _IDLE
-        if current.headers_done:
-            if conn.state != _BODY:
-                conn.state = _BODY
-                conn.received = 0
-                # Its rate counts from now: a head read behind a request being answered
-                # waited on us, not on the client.
-                current.body_started = now
-            if current.expect_continue and not current.continued:
-                current.continued = True
-                self._send_now(conn, b"HTTP/1.1 100 Continue\r\n\r\n")
-        elif conn.state == _IDLE:
-            conn.state = _HEAD
-            conn.deadline = now + self.header_timeout
+        self._advance(conn, now)
+
+    def _advance(self, conn: Connection, now: float) -> None:
+        """Answer the next complete request, refuse with the error that ends the
+        connection, or do what the connection's state says next."""
+        step = conn.next_step(now, self.header_timeout)
+        if isinstance(step, Request):
+            self._dispatch(conn, step)
+        elif isinstance(step, errors.ServingError):
+            self._refuse(conn, step)
+        elif step == CLOSE:
+            self._close(conn)
+        elif step == CONTINUE:
+            self._send_now(conn, b"HTTP/1.1 100 Continue\r\n\r\n")
 
     def _expire(self, now: float) -> None:
         """Apply the deadlines: idle, head, body rate, linger."""
         for conn in list(self.conns.values()):
-            state = conn.state
-            if state == _BUSY:
-                continue
-            if state in (_LINGER, _IDLE):
-                if now > conn.deadline:
-                    self._close(conn)
-            elif state == _HEAD and now > conn.deadline:
-                if conn.served and conn.reader.current is None:
-                    self._close(conn)  # a kept-alive connection that sent nothing more
-                else:
-                    self._refuse(conn, errors.RequestTimeout(
-                        f"the request headers did not arrive within {self.header_timeout:g} s "
-                        f"(SERVING_HEADER_TIMEOUT)"), slow_phase="headers")
-            elif state == _BODY:
-                current = conn.reader.current
-                started = current.body_started if current is not None else now
-                elapsed = now - started - BODY_GRACE_SECONDS
-                if elapsed > 0 and conn.received < self.min_body_rate * elapsed:
-                    self._refuse(conn, errors.RequestTimeout(
-                        f"the request body came slower than {self.min_body_rate / 1024:g} KiB/s "
-                        f"(SERVING_MIN_BODY_RATE_KB): {conn.received} bytes in "
-                        f"{now - started:.1f} s"), slow_phase="body")
+            what = conn.expiry(now, self.header_timeout, self.min_body_rate)
+            if what == CLOSE:
+                self._close(conn)
+            elif what is not None:
+                error, phase = what
+                self._refuse(conn, error, slow_phase=phase)
 
     # -- answering ---------------------------------------------------------------------
 
-    def _dispatch(self, conn: _Connection, request: Request) -> None:
-        if conn.state != _BUSY:
+    def _dispatch(self, conn: Connection, request: Request) -> None:
+        if conn.take(request):  # not busy before: the loop stops watching it
             self.selector.unregister(conn.sock)
-            conn.state = _BUSY
             self.busy += 1
-        conn.request = request
         self.tasks.put(conn)
 
     def _http_thread(self) -> None:
@@ -430,7 +291,7 @@ class ServingWorker(Worker):
                               conn.request.target_text)
                 if not conn.answering:
                     try:
-                        self._write(conn, _response_bytes(
+                        self._write(conn, error_response(
                             errors.ServingError("internal error: the server failed to answer"),
                             close=True, request_id=self._request_id(conn)))
                     except OSError:
@@ -448,9 +309,8 @@ class ServingWorker(Worker):
                 conn, keep = self.finished.get_nowait()
             except queue.Empty:
                 return
-            self.previous_finished, self.last_finished = self.last_finished, time.monotonic()
-            conn.served += 1
-            conn.request = None
+            self.policy.finished(time.monotonic())
+            conn.answered()
             reader = conn.reader
             if not keep or self.stopping_at is not None:
                 self.busy -= 1
@@ -469,17 +329,16 @@ class ServingWorker(Worker):
                 self._close(conn)
                 continue
             now = time.monotonic()
-            conn.state = _IDLE
-            conn.deadline = now + self.cfg.keepalive
+            conn.wait_for_next(now, self.cfg.keepalive)
             self._advance(conn, now)  # an error queued behind it, or a request half-read
 
-    def _environ(self, conn: _Connection) -> dict[str, t.Any]:
+    def _environ(self, conn: Connection) -> dict[str, t.Any]:
         request = conn.request
         body, request.body = request.body, b""  # the environ's input holds it, no one else
         return request_environ(request, body, server=self.server_addr, port=conn.port,
                                peer=conn.peer, addr=conn.addr)
 
-    def _respond(self, conn: _Connection) -> bool:
+    def _respond(self, conn: Connection) -> bool:
         """Run the app on a complete request and write its answer; True to keep the connection."""
         request = conn.request
         reader = conn.reader
@@ -488,47 +347,15 @@ class ServingWorker(Worker):
                 and not (reader.closed and not reader.ready))
         answer = call_app(self.wsgi, self._environ(conn))
         try:
-            out, framing, length, keep = frame_response(request.version, request.method,
-                                                        answer.status, answer.headers, keep,
-                                                        http_date())
-            sent_head = False
-            sent = 0
-            for data in answer:
-                if not data or framing == "none":
-                    continue
-                if framing == "length":
-                    if sent + len(data) > length:
-                        log.error("%s %s: the answer is longer than its Content-Length %d; "
-                                  "cut there, and the connection closed", request.method,
-                                  request.target_text, length)
-                        data = data[:length - sent]
-                        keep = False
-                    sent += len(data)
-                elif framing == "chunked":
-                    data = b"%x\r\n%s\r\n" % (len(data), data)
-                if not sent_head:
-                    data, sent_head = out + data, True
-                self._write(conn, data)
-                if not keep and framing == "length" and sent == length:
-                    break
-            if not sent_head:
-                self._write(conn, out)
-            if framing == "chunked":
-                self._write(conn, b"0\r\n\r\n")
-            elif framing == "length" and sent < length:
-                log.error("%s %s: the answer ended %d bytes short of its Content-Length; the "
-                          "connection is closed", request.method, request.target_text,
-                          length - sent)
-                keep = False
+            return write_answer(answer, request, keep, lambda data: self._write(conn, data))
         except OSError:
             return False
         except errors.StreamAborted:  # logged by the app: close, leaving the body unended
             return False
         finally:
             answer.close()
-        return keep
 
-    def _write(self, conn: _Connection, data: bytes) -> None:
+    def _write(self, conn: Connection, data: bytes) -> None:
         """Write from an HTTP thread. A client that does not read cannot hold the thread:
         the write may take the header timeout plus its size at the minimum body rate."""
         conn.answering = True
@@ -544,14 +371,14 @@ class ServingWorker(Worker):
         sock.settimeout(self.header_timeout + len(data) / self.min_body_rate)
         sock.sendall(data)
 
-    def _send_now(self, conn: _Connection, data: bytes) -> None:
+    def _send_now(self, conn: Connection, data: bytes) -> None:
         """Best-effort write from the loop: small answers fit in a fresh socket buffer."""
         try:
             conn.sock.send(data)
         except OSError:
             pass
 
-    def _request_id(self, conn: _Connection) -> str:
+    def _request_id(self, conn: Connection) -> str:
         """The id of the request ``conn`` holds: the client's when its head was read."""
         request = conn.request
         if request is None:
@@ -565,7 +392,7 @@ class ServingWorker(Worker):
             return NO_ROUTE
         return route_of(self.wsgi, request.method, request.path)
 
-    def _refuse(self, conn: _Connection, error: errors.ServingError,
+    def _refuse(self, conn: Connection, error: errors.ServingError,
                 slow_phase: str | None = None) -> None:
         """Answer ``error`` from the loop and close, after a short linger.
 
@@ -592,19 +419,14 @@ class ServingWorker(Worker):
                     content_type = "invalid"
             self.metrics.request_refused(self._route(conn.request), error.status_code,
                                          content_type, slow_phase)
-        self._send_now(conn, _response_bytes(error, close=True, request_id=request_id))
+        self._send_now(conn, error_response(error, close=True, request_id=request_id))
         try:
             conn.sock.shutdown(socket.SHUT_WR)
         except OSError:
             pass
-        conn.state = _LINGER
-        conn.deadline = time.monotonic() + LINGER_SECONDS
-        conn.request = None
-        conn.reader.closed = True
-        conn.reader.ready.clear()
-        conn.reader.current = None
+        conn.linger(time.monotonic())
 
-    def _close(self, conn: _Connection) -> None:
+    def _close(self, conn: Connection) -> None:
         self.conns.pop(conn.fd, None)
         try:
             self.selector.unregister(conn.sock)
@@ -637,8 +459,7 @@ class ServingWorker(Worker):
         for listener in self.sockets:
             listener.close()
         for conn in list(self.conns.values()):
-            if conn.state == _IDLE or (conn.state == _HEAD and conn.reader.current is None
-                                       and conn.served):
+            if conn.between_requests:
                 self._close(conn)
 
     def _accept_all(self, listener: t.Any) -> None:
@@ -651,14 +472,14 @@ class ServingWorker(Worker):
 
     def _stop_done(self, now: float) -> bool:
         """Whether a stopping worker may exit: nothing left to answer, or no time left."""
-        pending = [c for c in self.conns.values() if c.state not in (_IDLE, _LINGER)]
+        pending = [c for c in self.conns.values() if c.state not in (IDLE, LINGER)]
         if not pending:
             return True
         if now < self.stopping_at:
             return False
         # Out of time. Requests waiting on a prediction are answered 503 by their threads;
         # requests still being sent get nothing. Both count as dropped.
-        self.dropped = self.runtime.close() + sum(1 for c in pending if c.state != _BUSY)
+        self.dropped = self.runtime.close() + sum(1 for c in pending if c.state != BUSY)
         deadline = time.monotonic() + 2.0
         while self.busy and time.monotonic() < deadline:
             time.sleep(0.05)

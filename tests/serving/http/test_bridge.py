@@ -32,7 +32,8 @@ REQUESTS = {
     "json": head("POST /invocations HTTP/1.1", "Content-Type: application/json",
                  "Content-Length: 7", body=b"[1,2,3]"),
     "chunked": head("POST /invocations HTTP/1.1", "Content-Type: application/json",
-                    "Transfer-Encoding: chunked", body=b"3\r\n[4,\r\n3\r\n5,6\r\n1\r\n]\r\n0\r\n\r\n"),
+                    "Transfer-Encoding: chunked",
+                    body=b"3\r\n[4,\r\n3\r\n5,6\r\n1\r\n]\r\n0\r\n\r\n"),
     "csv, a query": head("POST /invocations?a=1&b=%20 HTTP/1.1", "Content-Type: text/csv",
                          "Accept: application/json", "Content-Length: 5", body=b"1,2,3"),
     # X_Amzn_SageMaker_Custom_Attributes would pass for the dashed name once dashes become
