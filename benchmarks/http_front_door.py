@@ -212,7 +212,8 @@ def main() -> int:
     args = parser.parse_args()
     (BUILD / "logs").mkdir(parents=True, exist_ok=True)
     old = old_tree(args.old)
-    parts = [f"Machine: {machine()}. Old: the tree at `{args.old}` (hand-written parser); new: "
+    what = " (hand-written parser)" if args.old == OLD_REV else ""
+    parts = [f"Machine: {machine()}. Old: the tree at `{args.old}`{what}; new: "
              "this tree. Command: `make bench-http` "
              f"(`.venv-np2/bin/python benchmarks/http_front_door.py --rounds {args.rounds} "
              f"--duration {args.duration:g}`)."]
