@@ -94,7 +94,7 @@ def build_application(config: Config, metrics_dir: str | None = None) -> t.Any:
 
 def app_builder(args: dict[str, str]) -> t.Any:
     """The application for a Ray Serve config file (``import_path:
-    serving.hosts.ray:app_builder``); ``args`` are settings by their environment variable
+    serving.rayserve:app_builder``, which names this); ``args`` are settings by their environment variable
     names (``SM_MODEL_DIR``, ``SERVING_RAY_REPLICAS``, …), over the driver's environment."""
     config = Config.load([], environ={**os.environ, **{k: str(v) for k, v in args.items()}})
     return build_application(config)

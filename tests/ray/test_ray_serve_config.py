@@ -8,7 +8,8 @@ from ray import serve
 from ray.serve.schema import ServeDeploySchema
 
 from serving.config import Config
-from serving.hosts.ray import app_builder, deployment_options
+from serving.hosts.ray import deployment_options
+from serving.rayserve import app_builder  # the path the config file names
 from tests.server_helpers import REPO
 
 
