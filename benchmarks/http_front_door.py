@@ -17,12 +17,9 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import io
 import json
 import statistics
-import subprocess
 import sys
-import tarfile
 import time
 from pathlib import Path
 
@@ -33,12 +30,12 @@ sys.path.insert(0, str(HERE / "peers"))
 sys.path.insert(0, str(REPO))
 
 from loadgen import (  # noqa: E402
-    ServerProcess,
-    free_port,
     machine,
     measure,
     post,
+    serve_tree,
     table,
+    tree_at,
     write_section,
 )
 
@@ -57,14 +54,7 @@ ANSWER_HEADERS = [("Content-Type", "application/json"), ("Content-Length", "20")
 
 def old_tree(rev: str) -> Path:
     """``serving/`` and ``handlers/`` as they were at ``rev``, unpacked under build/."""
-    target = BUILD / f"tree-{rev}"
-    if not (target / "serving" / "worker.py").exists():
-        archive = subprocess.run(["git", "-C", str(REPO), "archive", rev, "serving", "handlers"],
-                                 capture_output=True, check=True).stdout
-        target.mkdir(parents=True, exist_ok=True)
-        with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
-            tar.extractall(target)
-    return target
+    return Path(tree_at(rev, BUILD))
 
 
 def per_request_us(function, count: int = 20000) -> float:
@@ -148,13 +138,6 @@ def parser_costs(tree: Path) -> list[list[str]]:
     return rows
 
 
-def command(tree: Path, model_dir: Path, port: int) -> list[str]:
-    launcher = (f"import sys; sys.path.insert(0, {str(tree)!r}); from serving.cli import main; "
-                "sys.exit(main())")
-    return [str(VENV / "bin" / "python"), "-c", launcher, "--model-dir", str(model_dir),
-            "--host", "127.0.0.1", "--port", str(port), "--workers", "2"]
-
-
 def servers(old: Path, rounds: int, duration: float) -> list[list[str]]:
     from make_model import make
 
@@ -172,12 +155,8 @@ def servers(old: Path, rounds: int, duration: float) -> list[list[str]]:
         results: dict[tuple[str, int], list] = {}
         for round_ in range(rounds):
             for label, tree in (("old", old), ("new", REPO)):
-                port = free_port()
-                server = ServerProcess(f"{label}-{model_name}-{round_}",
-                                       command(tree, model_dir, port),
-                                       log_path=str(BUILD / "logs" / f"{label}-{round_}.log"),
-                                       env=environ)
-                url = f"http://127.0.0.1:{port}/invocations"
+                server, url = serve_tree(f"{label}-{round_}", tree, model_dir, "--workers", "2",
+                                         venv=VENV, logs=BUILD / "logs", env=environ)
                 try:
                     server.wait_until(lambda: post(url, body)[0] == 200, 120)
                     for clients in (8, 32):

@@ -9,9 +9,9 @@ from wrk (2 threads); each server is its own session, stopped whole afterwards.
    encoding are paid, the model is free) against a bare Flask echo app on the same
    gunicorn settings (gthread, 2 workers × 4 threads), with a 1 KB JSON body and a 1 MB
    NPY body, at 8 clients.
-2. Batching: a CPU-bound TorchScript MLP (64 → 4 × 2048 → 10), batching off against
-   ``--max-batch-size 16``, at 1 and 32 clients; the batch sizes reached come from the
-   batcher's debug log in a separate short run (logging every batch costs time).
+2. Batching: numpy-linear and three TorchScript MLPs (the peers' 2 × 256, 2 × 2048,
+   4 × 2048), batching off against ``--max-batch-size 16``, at 1, 8 and 32 clients (with
+   ``--old REV``, also batching on from the tree at REV, in the same turns).
 3. Cold start: from ``serve`` to the first 200 of /invocations for the peers' TorchScript
    MLP, against that model's own load time (``import torch`` and ``torch.jit.load`` in a
    fresh interpreter).
@@ -25,7 +25,6 @@ from wrk (2 threads); each server is its own session, stopped whole afterwards.
 from __future__ import annotations
 
 import argparse
-import collections
 import io
 import json
 import re
@@ -51,10 +50,12 @@ from loadgen import (  # noqa: E402
     measure,
     post,
     pss_kib,
-    serve as loadgen_serve,
+    serve_tree,
     table,
+    tree_at,
     write_section,
 )
+from loadgen import serve as loadgen_serve  # noqa: E402
 from make_model import make  # noqa: E402
 
 VENV = REPO / ".venv-np2"
@@ -142,51 +143,70 @@ def overhead(duration: float) -> str:
                   "serve CPU ms/req", "errors"], rows)
 
 
-def batching(duration: float) -> str:
-    model_dir = BUILD / "mlp-4x2048"
-    make(str(model_dir), width=2048, hidden=4)
-    payload = model_dir / "payload.json"
-    body = payload.read_bytes()
-    expected = json.loads((model_dir / "expected.json").read_text())
+#: The batching benchmark's models: name → (MLP width, hidden layers), or None: the example.
+BATCHING_MODELS = {
+    "numpy-linear (predict_fn not @batched)": None,
+    "peers' MLP 64 → 2 × 256 → 10": (256, 2),
+    "MLP 64 → 2 × 2048 → 10": (2048, 2),
+    "MLP 64 → 4 × 2048 → 10": (2048, 4),
+}
+BATCH_SIZE = "16"
+
+
+def batching(duration: float, old: str | None) -> str:
+    """Batching off against on (``--max-batch-size 16``, the default 5 ms delay), and on
+    from the tree at ``old`` when given, on each model at 1, 8 and 32 clients; the servers
+    of one model take turns, so drift falls on all alike."""
     rows = []
-    results = {}
-    servers = {"off": serve("batch-off", model_dir, "--workers", "2"),
-               "on": serve("batch-on", model_dir, "--workers", "2", "--max-batch-size", "16")}
-    try:
-        for name, (server, url) in servers.items():
-            server.wait_until(lambda: answers_like(url, body, expected), 120)
-        for clients in (1, 32):
-            for name, (server, url) in servers.items():
-                measure(server, url, str(payload), clients, 1)
-                results[name, clients] = measure(server, url, str(payload), clients, duration)
-                print(f"  batching {name}, {clients} clients: "
-                      f"{results[name, clients].rps:.0f} req/s", flush=True)
-    finally:
-        for server, _ in servers.values():
-            server.stop()
-    # The batch sizes, from a separate run that logs each batch.
-    server, url = serve("batch-sizes", model_dir, "--workers", "2", "--max-batch-size", "16",
-                        "--log-level", "DEBUG")
-    try:
-        server.wait_until(lambda: answers_like(url, body, expected), 120)
-        measure(server, url, str(payload), 32, 3)
-    finally:
-        server.stop()
-    sizes = collections.Counter(
-        int(m) for m in re.findall(r"batch of (\d+) requests", Path(server.log_path).read_text()))
-    total = sum(sizes.values())
-    mean = sum(k * v for k, v in sizes.items()) / max(total, 1)
-    share16 = sizes.get(16, 0) / max(total, 1)
-    for clients in (1, 32):
-        off, on = results["off", clients], results["on", clients]
-        rows.append([str(clients), f"{off.rps:.0f}", f"{on.rps:.0f}", f"{on.rps / off.rps:.2f}",
-                     f"{off.p50_ms:.2f} / {off.p99_ms:.1f}", f"{on.p50_ms:.2f} / {on.p99_ms:.1f}",
-                     f"{off.cpu_ms:.2f}", f"{on.cpu_ms:.2f}", f"{off.errors + on.errors}"])
-    return (table(["clients", "off req/s", "on req/s", "on × off", "off p50 / p99 ms",
-                   "on p50 / p99 ms", "off CPU ms/req", "on CPU ms/req", "errors"], rows)
-            + f"\n\nBatch sizes at 32 clients (requests per predict call, {total} batches, "
-              f"separate 3 s run at DEBUG): mean {mean:.1f}, {share16:.0%} full (16); "
-              + ", ".join(f"{k}: {v}" for k, v in sorted(sizes.items())) + ".")
+    for model_name, shape in BATCHING_MODELS.items():
+        if shape is None:
+            model_dir = REPO / "examples" / "numpy-linear" / "model"
+            body, expected = b"[[1.0, 2.0, 3.0]]", None
+        else:
+            model_dir = BUILD / f"mlp-{shape[1]}x{shape[0]}"
+            make(str(model_dir), width=shape[0], hidden=shape[1])
+            body = (model_dir / "payload.json").read_bytes()
+            expected = json.loads((model_dir / "expected.json").read_text())
+        payload = BUILD / "batching-payload.json"
+        payload.write_bytes(body)
+        tag = re.sub(r"[^a-z0-9]+", "-", model_name.lower())[:24]
+        servers = {"off": serve(f"batch-off-{tag}", model_dir, "--workers", "2"),
+                   "on": serve(f"batch-on-{tag}", model_dir, "--workers", "2",
+                               "--max-batch-size", BATCH_SIZE)}
+        if old:
+            servers["old on"] = serve_tree(f"batch-old-{tag}", tree_at(old, BUILD), model_dir,
+                                           "--workers", "2", "--max-batch-size", BATCH_SIZE,
+                                           venv=VENV, logs=BUILD / "logs")
+        results: dict[tuple[str, int], t.Any] = {}
+        try:
+            for server, url in servers.values():
+                server.wait_until(lambda: answers_like(url, body, expected) if expected
+                                  else post(url, body)[0] == 200, 120)
+            for clients in (1, 8, 32):
+                for name, (server, url) in servers.items():
+                    measure(server, url, str(payload), clients, 1)
+                    results[name, clients] = load = measure(server, url, str(payload), clients,
+                                                            duration)
+                    print(f"  batching {model_name}, {name}, {clients} clients: "
+                          f"{load.rps:.0f} req/s, p99 {load.p99_ms:.1f} ms", flush=True)
+        finally:
+            for server, _ in servers.values():
+                server.stop()
+        for clients in (1, 8, 32):
+            off, on = results["off", clients], results["on", clients]
+            row = [model_name, str(clients), f"{off.rps:.0f}", f"{on.rps:.0f}",
+                   f"{on.rps / off.rps:.2f}", f"{off.p99_ms:.1f}", f"{on.p99_ms:.1f}"]
+            if old:
+                was = results["old on", clients]
+                row[5:5] = [f"{was.rps:.0f}", f"{was.rps / off.rps:.2f}"]
+                row.append(f"{was.p99_ms:.1f}")
+            row.append(str(sum(r.errors for (_, c), r in results.items() if c == clients)))
+            rows.append(row)
+    header = ["model", "clients", "off req/s", "on req/s", "on × off"]
+    if old:
+        header += [f"old on req/s ({old})", "old on × off"]
+    header += ["off p99 ms", "on p99 ms"] + (["old on p99 ms"] if old else []) + ["errors"]
+    return table(header, rows)
 
 
 def cold_start() -> str:
@@ -275,10 +295,12 @@ def main() -> int:
     parser.add_argument("--duration", type=float, default=8)
     parser.add_argument("--no-write", action="store_true", help="leave BENCHMARKS.md alone")
     parser.add_argument("--only", default="overhead,batching,cold,memory,observability")
+    parser.add_argument("--old", default=None, metavar="REV",
+                        help="batching: also measure batching on from the tree at this commit")
     args = parser.parse_args()
     BUILD.mkdir(parents=True, exist_ok=True)
     parts = {"overhead": lambda: overhead(args.duration),
-             "batching": lambda: batching(args.duration),
+             "batching": lambda: batching(args.duration, args.old),
              "cold": cold_start, "memory": memory,
              "observability": lambda: observability(args.duration)}
     for name in args.only.split(","):

@@ -176,6 +176,38 @@ def serve(name: str, model_dir: t.Any, *args: str, venv: t.Any,
     return server, f"http://127.0.0.1:{port}/invocations"
 
 
+def tree_at(rev: str, build: t.Any) -> str:
+    """``serving/`` and ``handlers/`` as they were at commit ``rev``, unpacked once under
+    ``build/tree-<rev>``: an older server to measure against in the same run."""
+    import io
+    import subprocess
+    import tarfile
+
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    target = os.path.join(str(build), f"tree-{rev}")
+    if not os.path.isdir(os.path.join(target, "serving")):
+        archive = subprocess.run(["git", "-C", repo, "archive", rev, "serving", "handlers"],
+                                 capture_output=True, check=True).stdout
+        os.makedirs(target, exist_ok=True)
+        with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+            tar.extractall(target)
+    return target
+
+
+def serve_tree(name: str, tree: t.Any, model_dir: t.Any, *args: str, venv: t.Any,
+               logs: t.Any, env: dict[str, str] | None = None) -> tuple[ServerProcess, str]:
+    """As :func:`serve`, but the server's code is the tree at ``tree`` (:func:`tree_at`), in
+    the same environment."""
+    port = free_port()
+    launcher = (f"import sys; sys.path.insert(0, {str(tree)!r}); from serving.cli import main; "
+                "sys.exit(main())")
+    server = ServerProcess(name, [os.path.join(str(venv), "bin", "python"), "-c", launcher,
+                                  "--model-dir", str(model_dir), "--host", "127.0.0.1",
+                                  "--port", str(port), *args],
+                           log_path=os.path.join(str(logs), f"{name}.log"), env=env)
+    return server, f"http://127.0.0.1:{port}/invocations"
+
+
 def post(url: str, body: bytes, content_type: str = "application/json",
          timeout: float = 10) -> tuple[int, bytes]:
     request = urllib.request.Request(url, data=body, method="POST",

@@ -173,6 +173,11 @@ def assemble(config: Config, metrics_dir: str | None = None,
         pipeline.load_model()
         if metrics is not None and pipeline.load_seconds is not None:
             metrics.model_load_seconds.set(pipeline.load_seconds)
+        if config.batching and not pipeline.predicts_batches:
+            # Nothing will be batched (the load said why): the worker keeps the threads it
+            # has without batching, not the 2 × batch size that keep batches full.
+            config = dataclasses.replace(config, max_batch_size=1)
+            pipeline.batcher = None
     return Assembly(config=config, plan=plan, models=Models({DEFAULT_MODEL: pipeline}),
                     metrics=metrics)
 

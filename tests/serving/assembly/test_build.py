@@ -68,3 +68,28 @@ def test_user_code_that_cannot_serve_is_a_startup_error(tmp_path):
     """)
     with pytest.raises(StartupError, match="model_fn"):
         assemble(config("--model-dir", str(model_dir)))
+
+
+def test_batching_a_predict_that_takes_no_batches_keeps_the_workers_threads():
+    # numpy-linear's predict_fn is not @serving.batched: nothing would be batched, and the
+    # 2 × batch size threads that keep batches full would only contend.
+    assembly = assemble(config("--model-dir", str(EXAMPLE), "--max-batch-size", "16",
+                               "--threads", "4"))
+    assert assembly.config.max_batch_size == 1 and assembly.config.concurrency == 4
+    assert assembly.default.batcher is None
+
+
+def test_batching_a_batched_predict_gets_threads_to_fill_batches(tmp_path):
+    model_dir = write_model_dir(tmp_path, """
+        import serving
+
+        def model_fn(model_dir):
+            return None
+
+        @serving.batched
+        def predict_fn(data, model):
+            return data
+    """)
+    assembly = assemble(config("--model-dir", str(model_dir), "--max-batch-size", "16",
+                               "--threads", "4"))
+    assert assembly.config.concurrency == 32 and assembly.default.batcher is not None
