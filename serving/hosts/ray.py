@@ -64,7 +64,8 @@ def deployment_options(config: Config) -> dict[str, t.Any]:
         # What one replica holds at once: its threads' worth answered, the rest queued in
         # the replica under their deadline (as a gunicorn worker holds connections). At
         # only its threads' worth, Ray's router holds the rest and retries them with
-        # backoff, which halved throughput at 32 clients (BENCHMARKS.md, "Ray Serve against gunicorn").
+        # backoff, which halved throughput at 32 clients (BENCHMARKS.md, "Ray Serve against
+        # gunicorn").
         "max_ongoing_requests": 8 * config.concurrency,
         # Loading a model (and importing a framework) takes a while on a small machine.
         "health_check_timeout_s": 30,
@@ -94,8 +95,9 @@ def build_application(config: Config, metrics_dir: str | None = None) -> t.Any:
 
 def app_builder(args: dict[str, str]) -> t.Any:
     """The application for a Ray Serve config file (``import_path:
-    serving.rayserve:app_builder``, which names this); ``args`` are settings by their environment variable
-    names (``SM_MODEL_DIR``, ``SERVING_RAY_REPLICAS``, …), over the driver's environment."""
+    serving.rayserve:app_builder``, which names this); ``args`` are settings by their
+    environment variable names (``SM_MODEL_DIR``, ``SERVING_RAY_REPLICAS``, …), over the
+    driver's environment."""
     config = Config.load([], environ={**os.environ, **{k: str(v) for k, v in args.items()}})
     return build_application(config)
 

@@ -9,7 +9,7 @@ in the target and in field values). We chose it over h11 and our old hand-writte
 by measuring them on our requests (BENCHMARKS.md, "HTTP/1.1 parser"): a request and its
 answer cost about 1.4 µs in llhttp, 9.5 µs in the old parser and 40 µs in h11.
 
-What llhttp does not decide is ours, on top (``_Request`` and ``RequestReader``):
+What llhttp does not decide is ours, on top (``Request`` and ``RequestReader``):
 
 - limits, checked before the bytes are kept: the request line (414), each field, the
   number of fields and the head as a whole (431), the body (413), and every byte of a
