@@ -81,7 +81,7 @@ class Answer:
     streamed answer's generator stops (PEP 3333).
     """
 
-    __slots__ = ("status", "headers", "content_length", "_chunks", "_result")
+    __slots__ = ("status", "headers", "_chunks", "_result")
 
     def __init__(self, status: str, headers: list[tuple[str, str]],
                  chunks: t.Iterator[bytes], result: t.Iterable[bytes]) -> None:
@@ -89,13 +89,17 @@ class Answer:
         self.status = status
         #: The headers, as the app gave them, in order.
         self.headers = headers
-        #: What Content-Length the app declared; ``None``: the body is streamed (no length).
-        self.content_length: int | None = None
-        for name, value in headers:
-            if name.lower() == "content-length" and value.isdigit():
-                self.content_length = int(value)
         self._chunks = chunks
         self._result = result
+
+    @property
+    def content_length(self) -> int | None:
+        """What Content-Length the app declared; ``None``: the body is streamed (no length).
+        Read when asked: the gunicorn worker's framing reads the headers itself."""
+        for name, value in self.headers:
+            if name.lower() == "content-length" and value.isdigit():
+                return int(value)
+        return None
 
     @property
     def status_code(self) -> int:
