@@ -11,7 +11,8 @@ from wrk (2 threads); each server is its own session, stopped whole afterwards.
    NPY body, at 8 clients.
 2. Batching: numpy-linear and three TorchScript MLPs (the peers' 2 × 256, 2 × 2048,
    4 × 2048), batching off against ``--max-batch-size 16``, at 1, 8 and 32 clients (with
-   ``--old REV``, also batching on from the tree at REV, in the same turns).
+   ``--old REV``, also batching on from the tree at REV, in the same turns); medians of
+   ``--rounds`` alternating rounds (3).
 3. Cold start: from ``serve`` to the first 200 of /invocations for the peers' TorchScript
    MLP, against that model's own load time (``import torch`` and ``torch.jit.load`` in a
    fresh interpreter).
@@ -28,6 +29,7 @@ import argparse
 import io
 import json
 import re
+import statistics
 import subprocess
 import sys
 import textwrap
@@ -153,12 +155,20 @@ BATCHING_MODELS = {
 BATCH_SIZE = "16"
 
 
-def batching(duration: float, old: str | None) -> str:
+def batching(duration: float, old: str | None, rounds: int = 3,
+             models: t.Sequence[str] | None = None) -> str:
     """Batching off against on (``--max-batch-size 16``, the default 5 ms delay), and on
-    from the tree at ``old`` when given, on each model at 1, 8 and 32 clients; the servers
-    of one model take turns, so drift falls on all alike."""
+    from the tree at ``old`` when given, on each model at 1, 8 and 32 clients.
+
+    The servers of one model take turns within each of ``rounds`` rounds (the order turned
+    round every other round), and each figure is the median over rounds: on a shared
+    2-core machine one round of the same code has differed by up to 2.5 x, so a single
+    round says nothing about a 5 % promise."""
     rows = []
     for model_name, shape in BATCHING_MODELS.items():
+        if models and not any(m.lower() in model_name.lower().replace("×", "x")
+                              for m in models):
+            continue
         if shape is None:
             model_dir = REPO / "examples" / "numpy-linear" / "model"
             body, expected = b"[[1.0, 2.0, 3.0]]", None
@@ -177,31 +187,42 @@ def batching(duration: float, old: str | None) -> str:
             servers["old on"] = serve_tree(f"batch-old-{tag}", tree_at(old, BUILD), model_dir,
                                            "--workers", "2", "--max-batch-size", BATCH_SIZE,
                                            venv=VENV, logs=BUILD / "logs")
-        results: dict[tuple[str, int], t.Any] = {}
+        results: dict[tuple[str, int], list[t.Any]] = {}
         try:
             for server, url in servers.values():
                 server.wait_until(lambda: answers_like(url, body, expected) if expected
                                   else post(url, body)[0] == 200, 120)
-            for clients in (1, 8, 32):
-                for name, (server, url) in servers.items():
-                    measure(server, url, str(payload), clients, 1)
-                    results[name, clients] = load = measure(server, url, str(payload), clients,
-                                                            duration)
-                    print(f"  batching {model_name}, {name}, {clients} clients: "
-                          f"{load.rps:.0f} req/s, p99 {load.p99_ms:.1f} ms", flush=True)
+            for round_ in range(rounds):
+                order = list(servers.items())
+                if round_ % 2:
+                    order.reverse()
+                for clients in (1, 8, 32):
+                    for name, (server, url) in order:
+                        measure(server, url, str(payload), clients, 1)
+                        load = measure(server, url, str(payload), clients, duration)
+                        results.setdefault((name, clients), []).append(load)
+                        print(f"  batching {model_name}, round {round_ + 1}, {name}, "
+                              f"{clients} clients: {load.rps:.0f} req/s, "
+                              f"p99 {load.p99_ms:.1f} ms", flush=True)
         finally:
             for server, _ in servers.values():
                 server.stop()
+
+        def med(name: str, clients: int, field: str) -> float:
+            return statistics.median(getattr(r, field) for r in results[name, clients])
+
         for clients in (1, 8, 32):
-            off, on = results["off", clients], results["on", clients]
-            row = [model_name, str(clients), f"{off.rps:.0f}", f"{on.rps:.0f}",
-                   f"{on.rps / off.rps:.2f}", f"{off.p99_ms:.1f}", f"{on.p99_ms:.1f}"]
+            off, on = med("off", clients, "rps"), med("on", clients, "rps")
+            row = [model_name, str(clients), f"{off:.0f}", f"{on:.0f}", f"{on / off:.2f}",
+                   f"{med('off', clients, 'p99_ms'):.1f}", f"{med('on', clients, 'p99_ms'):.1f}"]
             if old:
-                was = results["old on", clients]
-                row[5:5] = [f"{was.rps:.0f}", f"{was.rps / off.rps:.2f}"]
-                row.append(f"{was.p99_ms:.1f}")
-            row.append(str(sum(r.errors for (_, c), r in results.items() if c == clients)))
+                was = med("old on", clients, "rps")
+                row[5:5] = [f"{was:.0f}", f"{was / off:.2f}"]
+                row.append(f"{med('old on', clients, 'p99_ms'):.1f}")
+            row.append(str(sum(r.errors for (_, c), runs in results.items() if c == clients
+                               for r in runs)))
             rows.append(row)
+            print("  " + " | ".join(row), flush=True)
     header = ["model", "clients", "off req/s", "on req/s", "on × off"]
     if old:
         header += [f"old on req/s ({old})", "old on × off"]
@@ -297,10 +318,16 @@ def main() -> int:
     parser.add_argument("--only", default="overhead,batching,cold,memory,observability")
     parser.add_argument("--old", default=None, metavar="REV",
                         help="batching: also measure batching on from the tree at this commit")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="batching: alternating rounds; figures are medians over them")
+    parser.add_argument("--models", default=None,
+                        help="batching: only the models whose names contain one of these "
+                             "(comma-separated), e.g. 'peers,4 x 2048'")
     args = parser.parse_args()
     BUILD.mkdir(parents=True, exist_ok=True)
     parts = {"overhead": lambda: overhead(args.duration),
-             "batching": lambda: batching(args.duration, args.old),
+             "batching": lambda: batching(args.duration, args.old, args.rounds,
+                                           args.models.split(",") if args.models else None),
              "cold": cold_start, "memory": memory,
              "observability": lambda: observability(args.duration)}
     for name in args.only.split(","):
@@ -308,8 +335,9 @@ def main() -> int:
         markdown = parts[name]()
         print(markdown, flush=True)
         if not args.no_write:
+            runs = f"medians of {args.rounds} rounds" if name == "batching" else "one run"
             write_section(f"Command: `make bench` (`benchmarks/load.py`), "
-                          f"{time.strftime('%Y-%m-%d')}, one run; machine: {machine()}.\n\n"
+                          f"{time.strftime('%Y-%m-%d')}, {runs}; machine: {machine()}.\n\n"
                           f"{markdown}", f"load-{name}")
     return 0
 
