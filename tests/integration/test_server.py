@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import io
 import json
 import sys
@@ -180,6 +181,36 @@ def test_preload_calls_model_fn_once_for_two_workers(serve, toolbox):
     assert loads == [f"{server.proc.pid} None"]  # once, in the master
     assert all(pid != server.proc.pid for pid, _ in answers)
     assert {worker for _, worker in answers} <= {0, 1}
+
+
+def test_connections_opened_at_once_are_spread_over_the_workers(serve, toolbox):
+    # A client pool (wrk, a load balancer's) opens its kept-alive connections at once, and
+    # they stay where they land. With 32 free threads a worker could take all 8 before the
+    # other woke: one core serving everything. Each round uses a fresh set of 8.
+    server = serve(toolbox, "--workers", "2", "--threads", "32")
+    seen: set[int] = set()
+    deadline = time.monotonic() + 30  # both workers up (the second forks after the first)
+    while len(seen) < 2 and time.monotonic() < deadline:
+        seen.add(requests.post(server.url(), json={"whoami": 1},
+                               headers={"Connection": "close"}).json()["pid"])
+    assert len(seen) == 2, server.log
+    for round_ in range(3):
+        connections = [http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+                       for _ in range(8)]
+        for connection in connections:
+            connection.connect()
+        held: dict[int, int] = {}
+        for connection in connections:
+            connection.request("POST", "/invocations", body=b'{"whoami": 1}',
+                               headers={"Content-Type": "application/json"})
+            answer = connection.getresponse()
+            pid = json.loads(answer.read())["pid"]
+            held[pid] = held.get(pid, 0) + 1
+        for connection in connections:
+            connection.close()
+        # Even, but for two workers accepting in the same instant.
+        assert sorted(held.values()) in ([4, 4], [3, 5]), (round_, held)
+        time.sleep(0.2)  # the workers see these closed (their counts go back to 0)
 
 
 def test_without_preload_each_worker_loads_once(serve, toolbox):

@@ -4,8 +4,9 @@ Workers share one listening socket; the kernel hands a new connection to whichev
 worker calls ``accept`` first. So a worker listens only while it can serve soon: its
 model is ready, it holds fewer than ``SERVING_MAX_CONNECTIONS``, and it has an HTTP thread
 for the connection (counting connections accepted just now that have sent nothing yet:
-clients such as wrk open all of theirs at once, and one worker must not take them all).
-A saturated worker that is still finishing requests takes one waiting connection now and
+clients such as wrk open all of theirs at once, and one worker must not take them all),
+and it holds no more connections than the fewest another worker ready to take one holds
+(:mod:`serving.hosts.gunicorn.balance`: the workers' counts, shared). A saturated worker that is still finishing requests takes one waiting connection now and
 then, so that nothing starves in the listen backlog while every worker is busy.
 """
 
@@ -60,9 +61,15 @@ class AcceptPolicy:
         """Whether the worker may take another connection at all."""
         return not stopping and ready and connections < self.max_connections
 
-    def should_listen(self, can_take: bool, busy: int, now: float) -> bool:
-        """Whether to wait on the listener: a thread is free for one more connection."""
+    def has_room(self, can_take: bool, busy: int, now: float) -> bool:
+        """Whether a thread is free for one more connection."""
         return can_take and busy + self.unstarted(now) < self.threads
+
+    @staticmethod
+    def fair(connections: int, fewest_elsewhere: int | None) -> bool:
+        """Whether taking one more keeps the connections even: this worker holds no more
+        than the fewest another worker with room holds (``None``: there is none)."""
+        return fewest_elsewhere is None or connections <= fewest_elsewhere
 
     def saturated_accept_due(self, now: float) -> bool:
         """Saturated (may take, but not listening): whether to take one waiting connection
@@ -73,8 +80,13 @@ class AcceptPolicy:
             return True
         return False
 
-    def how_many(self, busy: int, now: float) -> int:
+    def how_many(self, busy: int, now: float, connections: int = 0,
+                 fewest_elsewhere: int | None = None) -> int:
         """How many connections to accept on one readable listener: a few at a time, since
-        connections a worker cannot serve soon are better left to the others."""
+        connections a worker cannot serve soon are better left to the others, and no more
+        than keeps the workers even."""
         self.recent = [c for c in self.recent if now - c.accepted < UNSTARTED_SECONDS]
-        return max(1, self.threads - busy - self.unstarted(now))
+        count = self.threads - busy - self.unstarted(now)
+        if fewest_elsewhere is not None:
+            count = min(count, fewest_elsewhere + 1 - connections)
+        return max(1, count)

@@ -28,6 +28,7 @@ from gunicorn.arbiter import Arbiter
 
 from serving.assembly.build import Assembly
 from serving.config import Config
+from serving.hosts.gunicorn.balance import WorkerLoads
 from serving.http.app import create_app
 from serving.runtime import logs
 from serving.runtime.executor import Runtime
@@ -70,8 +71,11 @@ def _enter_worker(arbiter: Arbiter, worker: t.Any) -> None:
 
 
 def _worker_exited(arbiter: Arbiter, worker: t.Any) -> None:
-    """gunicorn's ``child_exit`` hook, in the master: fold the worker's metric files."""
+    """gunicorn's ``child_exit`` hook, in the master: fold the worker's metric files, and
+    leave its connection count out of the balance."""
     application: ServingApplication = arbiter.app
+    if application.loads is not None:
+        application.loads.clear(getattr(worker, "index", -1))
     directory = application.metrics.directory if application.metrics is not None else None
     if directory is not None:
         try:
@@ -160,6 +164,8 @@ class ServingApplication(BaseApplication):
         # One byte shared by the master and its forked workers: set when a stop dropped
         # requests, so that serve's exit status says so.
         self._dropped = mmap.mmap(-1, 1)
+        #: The connections each worker holds, shared, to spread them evenly.
+        self.loads = WorkerLoads(config.workers) if config.workers > 1 else None
         super().__init__()
 
     def note_dropped(self) -> None:

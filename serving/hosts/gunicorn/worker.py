@@ -46,6 +46,7 @@ from gunicorn.workers.base import Worker
 
 from serving import errors
 from serving.hosts.gunicorn.accept import AcceptPolicy
+from serving.hosts.gunicorn.balance import NOT_TAKING
 from serving.hosts.gunicorn.connection import (
     BUSY,
     CLOSE,
@@ -69,6 +70,8 @@ access_log = logging.getLogger("serving.access")
 
 #: How often the loop looks at deadlines and tells the master it is alive.
 TICK_SECONDS = 0.25
+#: How soon a worker held back from listening only to keep the workers even looks again.
+BALANCE_POLL_SECONDS = 0.01
 #: How long a retiring worker waits for requests still being sent.
 RETIRE_SECONDS = 10.0
 
@@ -119,6 +122,10 @@ class ServingWorker(Worker):
         self.max_connections = config.max_connections
         self.threads = config.concurrency
         self.policy = AcceptPolicy(self.threads, self.max_connections)
+        #: The workers' connection counts, shared (None with one worker: nothing to even).
+        self.loads = application.loads
+        self.index = getattr(self, "index", 0)  # given by the master's pre_fork hook
+        self.fewest_elsewhere: int | None = None
         self.grace = float(config.timeout)
         self.selector = selectors.DefaultSelector()
         self.conns: dict[int, Connection] = {}
@@ -168,12 +175,20 @@ class ServingWorker(Worker):
                 break
             can_take = policy.can_take(self.stopping_at is not None, self.models.ready,
                                        len(self.conns))
-            self._set_listening(policy.should_listen(can_take, self.busy, now))
-            if can_take and not self.listening and policy.saturated_accept_due(now):
+            room = policy.has_room(can_take, self.busy, now)
+            if self.loads is not None:
+                self.loads.publish(self.index, len(self.conns) if room else NOT_TAKING, now)
+                self.fewest_elsewhere = self.loads.fewest_elsewhere(self.index, now)
+            fair = policy.fair(len(self.conns), self.fewest_elsewhere)
+            self._set_listening(room and fair)
+            if can_take and not room and policy.saturated_accept_due(now):
                 for listener in self.sockets:
                     self._accept(listener, 1)
             try:
-                events = self.selector.select(TICK_SECONDS)
+                # Held back only to keep the workers even: look again soon, since the
+                # others' counts change without waking this loop.
+                events = self.selector.select(TICK_SECONDS if fair or not room
+                                              else BALANCE_POLL_SECONDS)
             except InterruptedError:
                 continue
             for key, _ in events:
@@ -204,7 +219,8 @@ class ServingWorker(Worker):
         self.listening = want
 
     def _accept(self, listener: t.Any, count: int | None = None) -> None:
-        for _ in range(count or self.policy.how_many(self.busy, time.monotonic())):
+        for _ in range(count or self.policy.how_many(self.busy, time.monotonic(),
+                                                     len(self.conns), self.fewest_elsewhere)):
             try:
                 sock, addr = listener.accept()
             except (BlockingIOError, InterruptedError, ConnectionAbortedError):
@@ -226,6 +242,8 @@ class ServingWorker(Worker):
                           self.ports.get(id(listener), ""), self.max_body)
         self.conns[conn.fd] = conn
         self.policy.accepted(conn)
+        if self.loads is not None:  # at once: the others may be accepting this very moment
+            self.loads.publish(self.index, len(self.conns), conn.accepted)
         self.selector.register(sock, selectors.EVENT_READ, conn)
 
     # -- reading a request -------------------------------------------------------------

@@ -18,9 +18,9 @@ def connection(accepted: float, got: int = 0):
 
 def test_it_listens_only_with_a_free_thread():
     policy = AcceptPolicy(threads=4, max_connections=100)
-    assert policy.should_listen(True, busy=3, now=0.0)
-    assert not policy.should_listen(True, busy=4, now=0.0)
-    assert not policy.should_listen(False, busy=0, now=0.0)
+    assert policy.has_room(True, busy=3, now=0.0)
+    assert not policy.has_room(True, busy=4, now=0.0)
+    assert not policy.has_room(False, busy=0, now=0.0)
 
 
 def test_connections_that_have_sent_nothing_yet_count_as_wanting_a_thread():
@@ -29,7 +29,7 @@ def test_connections_that_have_sent_nothing_yet_count_as_wanting_a_thread():
     for _ in range(3):
         policy.accepted(connection(accepted=1.0))
     assert policy.unstarted(1.01) == 3
-    assert not policy.should_listen(True, busy=1, now=1.01)
+    assert not policy.has_room(True, busy=1, now=1.01)
     assert policy.how_many(busy=0, now=1.01) == 1
     # Once they send, or once they have waited UNSTARTED_SECONDS, they no longer count.
     policy.recent[0].got = 10
@@ -37,6 +37,17 @@ def test_connections_that_have_sent_nothing_yet_count_as_wanting_a_thread():
     assert policy.unstarted(1.0 + UNSTARTED_SECONDS + 0.001) == 0
     assert policy.how_many(busy=1, now=1.0 + UNSTARTED_SECONDS + 0.001) == 3
     assert policy.recent == []
+
+
+def test_it_takes_no_more_than_keeps_the_workers_even():
+    policy = AcceptPolicy(threads=32, max_connections=100)
+    assert AcceptPolicy.fair(connections=4, fewest_elsewhere=None)  # no other worker taking
+    assert AcceptPolicy.fair(connections=4, fewest_elsewhere=4)
+    assert not AcceptPolicy.fair(connections=5, fewest_elsewhere=4)
+    # 32 free threads, but the other worker holds 2: one now, to 3, then the other's turn.
+    assert policy.how_many(busy=0, now=1.0, connections=2, fewest_elsewhere=2) == 1
+    assert policy.how_many(busy=0, now=1.0, connections=0, fewest_elsewhere=3) == 4
+    assert policy.how_many(busy=0, now=1.0, connections=0) == 32
 
 
 def test_it_takes_nothing_when_stopping_full_or_not_ready():
