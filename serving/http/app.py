@@ -101,6 +101,7 @@ def create_app(config: Config, models: Models | Pipeline, runtime: Runtime | Non
             pipeline.observe_stage = observe
             if pipeline.batcher is not None:
                 pipeline.batcher.on_batch = batch
+                pipeline.batcher.trial.on_decision = metrics.batching_trial
 
         for pipeline in models.loaded():
             watch(pipeline)

@@ -8,7 +8,11 @@ two or more dimensions with the same dtype and trailing shape) along their first
 dimension, calls predict once, and splits the result back by each request's row count.
 
 - **It only waits for requests already inside the worker.** When every request the
-  worker holds is in the batch, it runs at once: a lone client pays nothing for batching.
+  worker holds is in the batch, it runs at once: a lone client pays nothing for batching
+  (its request is predicted on its own thread, with no hand-off).
+- **It batches only while batching is measured to pay** for this model
+  (:mod:`serving.runtime.batch_trial`); otherwise each request is predicted on its own
+  thread, as with batching off.
 - **One bad request fails only itself.** When a joined call raises, the batch is split
   in halves and each half retried, down to single requests; each request gets its own
   answer or its own error, never its neighbour's.
@@ -31,6 +35,7 @@ import numpy as np
 
 from serving.errors import DeadlineExceeded
 from serving.runtime import logs
+from serving.runtime.batch_trial import BatchingTrial
 
 __all__ = ["Batcher", "Waiting", "batch_key", "batched", "join", "split"]
 
@@ -131,6 +136,10 @@ class Batcher:
         self.max_delay = max_delay
         self._waiting: list[Waiting] = []
         self._expected = 0  # requests decoding now, which may join a batch
+        self._inside = 0  # requests in submit now
+        self._busy = False  # a lone request is being predicted on its own thread
+        #: Whether batching pays for this model, measured (:mod:`serving.runtime.batch_trial`).
+        self.trial = BatchingTrial()
         #: How many clients (connections) the worker holds now; the server sets it. A batch
         #: waits for more while there are clients it does not hold a request of yet: under
         #: load they send their next one within the delay. A lone client never waits.
@@ -140,6 +149,12 @@ class Batcher:
         self._cond = threading.Condition(threading.Lock())
         self._thread: threading.Thread | None = None
         self._warned = False
+
+    @property
+    def wants_threads(self) -> bool:
+        """Whether requests are batched now, and so want the threads a gathering batch
+        holds (the worker's spare ones); one by one, they do not."""
+        return self.trial.batching_now
 
     def expect(self) -> None:
         """A request started decoding: a batch gathering now may wait for it."""
@@ -157,26 +172,53 @@ class Batcher:
         request called :meth:`expect` before.
 
         Blocks until its part of the output is back; raises what its own predict raised.
+        While :attr:`trial` finds that batching does not pay, predicts ``data`` here, alone.
         """
         request = Waiting(data, key, deadline)
         with self._cond:
-            if self._thread is None or not self._thread.is_alive():  # first use after fork
-                self._thread = threading.Thread(target=self._run, name="batcher", daemon=True)
-                self._thread.start()
             self._expected -= 1
-            self._waiting.append(request)
-            self._cond.notify()
-        request.done.acquire()
-        if request.error is not None:
-            raise request.error
-        return request.result
+            self._inside += 1
+            batching = self.trial.batching(request.queued, self._inside)
+            # A lone client's request, with nothing else here or on its way: nothing to
+            # join, so no hand-off to the batching thread and back either.
+            lone = batching and self._inside == 1 and not self._waiting \
+                and self._expected <= 0 and self.clients() <= 1
+            batching = batching and not lone
+            if lone:
+                self._busy = True  # the batching thread waits for this predict to end
+            elif batching:
+                if self._thread is None or not self._thread.is_alive():  # first use after fork
+                    self._thread = threading.Thread(target=self._run, name="batcher",
+                                                    daemon=True)
+                    self._thread.start()
+                self._waiting.append(request)
+                self._cond.notify()
+        try:
+            if not batching:  # as without batching: on this thread, beside the others
+                if self.on_batch is not None:
+                    self.on_batch(1, request.rows)
+                try:
+                    return self.predict(data)
+                finally:
+                    if lone:
+                        with self._cond:
+                            self._busy = False
+                            self._cond.notify()
+            request.done.acquire()
+            if request.error is not None:
+                raise request.error
+            return request.result
+        finally:
+            with self._cond:
+                self._inside -= 1
+                self.trial.finished(time.monotonic())
 
     # -- the batching thread ----------------------------------------------------------
 
     def _gather(self) -> list[Waiting]:
         """The next batch: the oldest waiting request and what joins it within the delay."""
         with self._cond:
-            while not self._waiting:
+            while not self._waiting or self._busy:  # one predict call at a time
                 self._cond.wait()
             first = self._waiting[0]
             until = first.queued + self.max_delay  # the oldest has waited since it came

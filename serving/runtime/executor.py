@@ -30,6 +30,7 @@ __all__ = ["Runtime"]
 log = logging.getLogger(__name__)
 
 _QUEUED, _RUNNING, _DONE, _GIVEN_UP = range(4)
+_thread = threading.local()  # .spare: a spare HTTP thread (Runtime.spare_thread)
 
 
 class _Job:
@@ -63,8 +64,13 @@ class Runtime:
     its own.
     """
 
-    def __init__(self, threads: int, deadline_seconds: float) -> None:
+    def __init__(self, threads: int, deadline_seconds: float, core: int | None = None) -> None:
         self.threads = threads
+        #: Threads for the calls of ordinary HTTP threads; the rest (spare, with batching:
+        #: threads - core) take only the calls of spare HTTP threads (:meth:`spare_thread`).
+        #: Two pools, so that with the spare ones unused the core ones stay warm: a call
+        #: then queues for a busy warm thread instead of waking a cold one.
+        self.core = threads if core is None else min(core, threads)
         self.deadline_seconds = deadline_seconds
         #: Why this worker should be replaced (a prediction that will not return), or None.
         self.retire_reason: str | None = None
@@ -76,22 +82,29 @@ class Runtime:
             if self._pid == os.getpid():
                 return
             self._queue: queue.SimpleQueue[_Job] = queue.SimpleQueue()
+            self._spare_queue: queue.SimpleQueue[_Job] = queue.SimpleQueue()
             self._pending: set[_Job] = set()
             self._closed: ServingError | None = None
             self.retire_reason = None
             self._started = 0
-            for _ in range(self.threads):
-                self._add_thread()
+            for index in range(self.threads):
+                self._add_thread(self._queue if index < self.core else self._spare_queue)
             self._pid = os.getpid()
 
-    def _add_thread(self) -> None:
+    def _add_thread(self, jobs: queue.SimpleQueue[_Job]) -> None:
         # Daemon threads: one stuck in user code must not keep the process alive.
-        threading.Thread(target=self._serve, name=f"predict-{self._started}", daemon=True).start()
+        threading.Thread(target=self._serve, args=(jobs,), name=f"predict-{self._started}",
+                         daemon=True).start()
         self._started += 1
 
-    def _serve(self) -> None:
+    @staticmethod
+    def spare_thread() -> None:
+        """The calling thread is a spare HTTP thread: its calls go to the spare pool."""
+        _thread.spare = True
+
+    def _serve(self, jobs: queue.SimpleQueue[_Job]) -> None:
         while True:
-            job = self._queue.get()
+            job = jobs.get()
             with job.lock:
                 if job.state != _QUEUED:  # its caller gave up while it waited
                     continue
@@ -125,8 +138,9 @@ class Runtime:
             if self._closed is not None:
                 raise self._closed
             self._pending.add(job)
+        jobs = self._spare_queue if getattr(_thread, "spare", False) else self._queue
         try:
-            self._queue.put(job)
+            jobs.put(job)
             if not job.done.acquire(timeout=max(0.0, deadline - time.monotonic())):
                 with job.lock:
                     if job.state != _DONE:  # else it came back at the last moment
@@ -138,7 +152,7 @@ class Runtime:
                             # A fresh thread takes its place, so that what waits behind
                             # it is answered while the worker retires.
                             with self._lock:
-                                self._add_thread()
+                                self._add_thread(jobs)
                         job.state = _GIVEN_UP  # a queued one is skipped, never started
                         raise DeadlineExceeded(self.deadline_seconds)
             if job.error is not None:

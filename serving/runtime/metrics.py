@@ -173,6 +173,10 @@ class Metrics:
         self.batch_rows = Histogram(
             "serving_batch_rows", "Rows in each predict call of the dynamic batcher.",
             buckets=BATCH_BUCKETS, registry=own)
+        self.batching_trials = Counter(
+            "serving_batching_trials", "Trials of whether batching pays for the model (a "
+            "worker's batching against one by one, in turns), by what each decided: batch "
+            "or alone.", ["decision"], registry=own)
         self.model_load_seconds = Gauge(
             "serving_model_load_seconds", "How long loading the model took (model_fn or the "
             "framework's loader); the longest across workers.", multiprocess_mode="max",
@@ -275,6 +279,9 @@ class Metrics:
     def batch(self, requests: int, rows: int) -> None:
         self._observe(self.batch_requests, requests)
         self._observe(self.batch_rows, rows)
+
+    def batching_trial(self, pays: bool) -> None:
+        self._count(self._child(self.batching_trials, "batch" if pays else "alone"))
 
     # -- exposition -------------------------------------------------------------------
 

@@ -245,3 +245,61 @@ def test_json_rows_keep_their_values(model_dir):
         assert [json.loads(a.text) for a in answers] == [[[i, 1.0 + 2 * i]] for i in range(8)]
     finally:
         server.terminate()
+
+
+# A model of known cost per call: a fixed part, which joined requests share, and a part
+# per row, which they do not. The sleep holds no lock, as a model that frees the GIL.
+COSTED_INFERENCE = """
+    import time
+
+    import serving
+
+
+    def model_fn(model_dir):
+        return None
+
+
+    @serving.batched
+    def predict_fn(data, model):
+        time.sleep({fixed} + {per_row} * len(data))
+        return data * 2
+"""
+
+
+@pytest.mark.parametrize("fixed, per_row, decision", [
+    (0.0, 0.004, "alone"),  # nothing to share: batched, calls only wait for each other
+    (0.02, 0.0002, "batch"),  # most of a call is fixed: one call for 16 rows beats 16
+])
+def test_the_worker_measures_whether_batching_pays_and_says_what_it_chose(
+        tmp_path, fixed, per_row, decision):
+    model_dir = write_model_dir(tmp_path, COSTED_INFERENCE.format(fixed=fixed, per_row=per_row))
+    server = start(model_dir, "--max-batch-size", "16", "--log-level", "info")
+    stop = threading.Event()
+    statuses: list[int] = []
+
+    def client():
+        with requests.Session() as session:
+            while not stop.is_set():
+                answer = session.post(server.url(), json=[[1.0, 2.0]], timeout=10)
+                statuses.append(answer.status_code)
+                assert answer.json() == [[2.0, 4.0]]
+
+    pool = ThreadPoolExecutor(16)
+    clients = [pool.submit(client) for _ in range(16)]
+    try:
+        deadline = time.monotonic() + 60
+        metrics = ""
+        while "serving_batching_trials_total{" not in metrics and time.monotonic() < deadline:
+            time.sleep(0.5)
+            metrics = requests.get(server.url("/metrics"), timeout=10).text
+    finally:
+        stop.set()
+        for future in clients:
+            future.result(timeout=30)
+        pool.shutdown()
+        server.terminate()
+    assert f'serving_batching_trials_total{{decision="{decision}"}} 1.0' in metrics, \
+        (metrics, server.log)
+    says = "predicting one by one" if decision == "alone" else ": batching"
+    assert "batching trial: batched" in server.log and says in server.log
+    assert statuses and set(statuses) == {200}

@@ -160,7 +160,7 @@ class ServingApplication(BaseApplication):
         #: Workers forked so far: past config.workers, each replaces one that exited.
         self.spawned = 0
         #: Per worker after fork: runs requests under their deadline.
-        self.runtime = Runtime(config.concurrency, config.deadline_seconds)
+        self.runtime = Runtime(config.concurrency, config.deadline_seconds, core=config.threads)
         # One byte shared by the master and its forked workers: set when a stop dropped
         # requests, so that serve's exit status says so.
         self._dropped = mmap.mmap(-1, 1)

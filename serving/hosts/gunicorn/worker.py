@@ -121,6 +121,12 @@ class ServingWorker(Worker):
         self.max_body = config.max_payload_bytes
         self.max_connections = config.max_connections
         self.threads = config.concurrency
+        #: HTTP threads that take every request; the rest (spare: the threads batching adds)
+        #: take requests only while every core one is busy and a batcher wants them.
+        self.core_threads = min(config.threads, self.threads)
+        self.core_busy = 0  # requests handed to the core threads, answering or queued
+        self.batchers = [pipeline.batcher for pipeline in self.models.loaded()
+                         if pipeline.batcher is not None]
         self.policy = AcceptPolicy(self.threads, self.max_connections)
         #: The workers' connection counts, shared (None with one worker: nothing to even).
         self.loads = application.loads
@@ -137,13 +143,16 @@ class ServingWorker(Worker):
         self.server_addr = self.sockets[0].getsockname() if self.sockets else ("", 0)
         # Each listener's port, for SERVER_PORT: /metrics may have a port of its own.
         self.ports = {id(listener): str(_port_of(listener)) for listener in self.sockets}
-        self.tasks: queue.SimpleQueue[t.Any] = queue.SimpleQueue()
-        self.finished: queue.SimpleQueue[tuple[Connection, bool]] = queue.SimpleQueue()
+        self.tasks: queue.SimpleQueue[Connection] = queue.SimpleQueue()
+        self.spare_tasks: queue.SimpleQueue[Connection] = queue.SimpleQueue()
+        #: (connection, keep it open, answered on a spare thread)
+        self.finished: queue.SimpleQueue[tuple[Connection, bool, bool]] = queue.SimpleQueue()
         self.wake_r, self.wake_w = os.pipe()
         os.set_blocking(self.wake_r, False)
         os.set_blocking(self.wake_w, False)
         for index in range(self.threads):
-            threading.Thread(target=self._http_thread, name=f"http-{index}", daemon=True).start()
+            threading.Thread(target=self._http_thread, args=(index >= self.core_threads,),
+                             name=f"http-{index}", daemon=True).start()
         super().init_process()  # loads the app (post_fork ran already), then calls run()
 
     # -- the loop ----------------------------------------------------------------------
@@ -163,6 +172,8 @@ class ServingWorker(Worker):
                 next_tick = now + TICK_SECONDS
                 self.notify()
                 self._expire(now)
+                self.batchers = [pipeline.batcher for pipeline in self.models.loaded()
+                                 if pipeline.batcher is not None]  # models load lazily
                 if self.metrics is not None:
                     self.metrics.in_flight.set(self.busy)
                     self.metrics.flush()
@@ -296,11 +307,22 @@ class ServingWorker(Worker):
         if conn.take(request):  # not busy before: the loop stops watching it
             self.selector.unregister(conn.sock)
             self.busy += 1
-        self.tasks.put(conn)
+        # A spare thread only while the core ones are all taken and a batch is gathering:
+        # else the request queues for a core thread, which stays warm, rather than waking
+        # a cold one (a wake-up per request cost more than the wait).
+        if self.core_busy >= self.core_threads \
+                and any(batcher.wants_threads for batcher in self.batchers):
+            self.spare_tasks.put(conn)
+        else:
+            self.core_busy += 1
+            self.tasks.put(conn)
 
-    def _http_thread(self) -> None:
+    def _http_thread(self, spare: bool) -> None:
+        tasks = self.spare_tasks if spare else self.tasks
+        if spare:
+            self.runtime.spare_thread()
         while True:
-            conn = self.tasks.get()
+            conn = tasks.get()
             keep = False
             try:
                 keep = self._respond(conn)
@@ -314,7 +336,7 @@ class ServingWorker(Worker):
                             close=True, request_id=self._request_id(conn)))
                     except OSError:
                         pass
-            self.finished.put((conn, keep))
+            self.finished.put((conn, keep, spare))
             try:
                 os.write(self.wake_w, b"\0")
             except BlockingIOError:
@@ -324,9 +346,11 @@ class ServingWorker(Worker):
     def _collect_finished(self) -> None:
         while True:
             try:
-                conn, keep = self.finished.get_nowait()
+                conn, keep, spare = self.finished.get_nowait()
             except queue.Empty:
                 return
+            if not spare:
+                self.core_busy -= 1
             self.policy.finished(time.monotonic())
             conn.answered()
             reader = conn.reader

@@ -150,3 +150,50 @@ def test_a_request_bigger_than_max_size_runs_whole(rows):
     arrays = [np.ones((n, 2), np.float32) for n in rows]
     results = submit_all(batcher, arrays)
     assert [len(r) for r in results] == rows
+
+
+def test_while_batching_does_not_pay_requests_are_predicted_alone_side_by_side():
+    # Each call takes 0.2 s with no part to share: joined, four take 0.2 s each in turn
+    # would be 0.2 s together; alone, on their own threads, they overlap.
+    calls = []
+
+    def predict(data):
+        calls.append(len(data))
+        time.sleep(0.2)
+        return data * 2
+
+    batcher = Batcher(predict, max_size=8, max_delay=1.0)
+    batcher.trial.batching_pays = False
+    batcher.trial._next_trial = float("inf")  # no trial during this test
+    sizes = []
+    batcher.on_batch = lambda requests, rows: sizes.append(requests)
+    arrays = [np.full((1, 2), i, np.float32) for i in range(4)]
+    started = time.monotonic()
+    results = submit_all(batcher, arrays)
+    assert [r.tolist() for r in results] == [(a * 2).tolist() for a in arrays]
+    assert calls == [1, 1, 1, 1] and sizes == [1, 1, 1, 1]
+    assert time.monotonic() - started < 0.6  # side by side, not one after another
+
+
+def test_a_failing_request_alone_fails_only_itself():
+    batcher = Batcher(Recorder(), max_size=8, max_delay=1.0)
+    batcher.trial.batching_pays = False
+    batcher.trial._next_trial = float("inf")
+    results = submit_all(batcher, [np.full((1, 2), v, np.float32) for v in (1, -1, 2)])
+    assert isinstance(results[1], ValueError)
+    assert results[0].tolist() == [[2, 2]] and results[2].tolist() == [[4, 4]]
+
+
+def test_a_lone_clients_request_is_predicted_on_its_own_thread():
+    threads = []
+
+    def predict(data):
+        threads.append(threading.current_thread())
+        return data
+
+    batcher = Batcher(predict, max_size=8, max_delay=1.0)
+    batcher.clients = lambda: 1
+    data = np.ones((1, 2), np.float32)
+    batcher.expect()
+    assert batcher.submit(data, batch_key(data), float("inf")).tolist() == [[1, 1]]
+    assert threads == [threading.current_thread()]  # no hand-off to the batching thread
