@@ -3,9 +3,10 @@
 Joining requests saves the model's fixed cost per call, but it costs a hand-off to the
 batching thread and back, and it serialises the predicts that would otherwise run side by
 side. Which wins depends on the model and the machine: on 2 cores, the peers' MLP 2 x 256
-served 0.77-0.80 x as many requests batched as not, the 4 x 2048 MLP 2.6 x. No static
-rule (per-row timings of the predict alone included: a small model's batched row is far
-cheaper than a row alone, and it still lost) said which; the outcome does.
+served 0.60-0.75 x as many requests always batched as not, the 4 x 2048 MLP 2.2-2.5 x
+(BENCHMARKS.md). No static rule (per-row timings of the predict alone included: a small
+model's batched row is far cheaper than a row alone, and it still lost) said which; the
+outcome does.
 
 So each worker runs a trial as soon as it holds two requests at once: short windows in
 turns, batching then one by one (each request predicted on its own thread, as with
