@@ -195,6 +195,10 @@ class Batcher:
                 self._cond.notify()
         try:
             if not batching:  # as without batching: on this thread, beside the others
+                # Counted and logged as a batch of one, as the metrics have it (the line
+                # carries this request's id: it runs in the request's own context).
+                if log.isEnabledFor(logging.DEBUG):
+                    log.debug("batch of 1 requests, %d rows", request.rows)
                 if self.on_batch is not None:
                     self.on_batch(1, request.rows)
                 try:
