@@ -34,7 +34,7 @@ from serving.runtime.executor import Runtime
 from serving.runtime.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from serving.runtime.metrics import NO_ROUTE, Metrics
 
-__all__ = ["create_app", "route_of"]
+__all__ = ["InvocationsPath", "create_app", "route_of"]
 
 log = logging.getLogger(__name__)
 access_log = logging.getLogger("serving.access")
