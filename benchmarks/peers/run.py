@@ -1,6 +1,8 @@
 """Peers benchmark: serving-toolkit against the servers users would pick instead.
 
     make bench-peers          (DURATION=10 seconds per level; SERVERS=a,b to pick some)
+    .venv-np2/bin/python benchmarks/peers/run.py --servers flask,flask-preload,serving-toolkit \
+        --rounds 3 --duration 5 --no-write       (the baselines and ours only, medians)
 
 Every server serves the same TorchScript MLP 64→256→256→10 (``make_model.py``) with two
 workers, one torch thread each, on 127.0.0.1; each answer to the same JSON row of 64
@@ -13,7 +15,9 @@ The servers, each in its own environment under build/peers/envs (made by the Mak
 torch 2.13.0 everywhere:
 
 - flask: the twenty-line Flask app (``flask_app.py``) on gunicorn gthread, 2 workers × 4
-  threads: the baseline every ratio is taken against.
+  threads: the baseline every speed ratio is taken against.
+- flask-preload: the same with ``--preload`` (the model loaded once in the master, as ours
+  is): the baseline of the memory ratio.
 - serving-toolkit: ``serve`` with its defaults (2 workers).
 - torchserve: TorchServe 0.12 with a small handler (``ts_handler.py``).
 - sagemaker-pytorch: the SageMaker PyTorch inference toolkit 2.0.25, its own ``serve``
@@ -36,6 +40,7 @@ import dataclasses
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -87,6 +92,14 @@ def prepare_flask(run: Path, port: int):
     return ([str(venv / "bin" / "gunicorn"), "-k", "gthread", "-w", str(WORKERS), "--threads",
              "4", "-b", f"127.0.0.1:{port}", "--chdir", str(HERE), "flask_app:app"],
             env_with(venv, MODEL_PATH=str(MODEL / "model.pt")), "/invocations")
+
+
+def prepare_flask_preload(run: Path, port: int):
+    """The same app with ``--preload``: the model loaded once in the master, the workers
+    sharing it copy-on-write, as ours does. The memory baseline (the plain one loads the
+    model in each worker, and costs a third more)."""
+    argv, env, path = prepare_flask(run, port)
+    return [argv[0], "--preload", *argv[1:]], env, path
 
 
 def prepare_ours(run: Path, port: int):
@@ -159,6 +172,8 @@ def prepare_litserve(run: Path, port: int):
 PEERS = [
     Peer("flask", "hand-written Flask + TorchScript, gunicorn gthread 2×4", REPO / ".venv-np2",
          prepare_flask),
+    Peer("flask-preload", "the same Flask app, `--preload`", REPO / ".venv-np2",
+         prepare_flask_preload),
     Peer("serving-toolkit", "**serving-toolkit** (defaults, 2 workers)", REPO / ".venv-np2",
          prepare_ours),
     Peer("torchserve", "TorchServe 0.12", ENVS / "torchserve", prepare_torchserve, 240),
@@ -201,8 +216,24 @@ def bench(peer: Peer, duration: float, levels: t.Sequence[int]) -> dict[str, t.A
     return result
 
 
+def medians(rounds: list[dict[str, t.Any]], levels: t.Sequence[int]) -> dict[str, t.Any]:
+    """One server's rounds as one result: the median of each figure over the rounds it
+    finished; failed if every round failed."""
+    done = [r for r in rounds if "error" not in r]
+    if not done:
+        return rounds[-1]
+    result = {k: v for k, v in done[0].items() if k not in map(str, levels)}
+    result["ready_seconds"] = statistics.median(r["ready_seconds"] for r in done)
+    result["rounds"] = len(done)
+    for c in map(str, levels):
+        result[c] = {k: statistics.median(r[c][k] for r in done) for k in done[0][c]}
+    return result
+
+
 def render(results: list[dict[str, t.Any]], levels: t.Sequence[int]) -> str:
     base = next((r for r in results if r["name"] == "flask" and "error" not in r), None)
+    preloaded = next((r for r in results if r["name"] == "flask-preload" and "error" not in r),
+                     None)
     ours = next((r for r in results if r["name"] == "serving-toolkit" and "error" not in r),
                 None)
     header = ["server"]
@@ -210,7 +241,8 @@ def render(results: list[dict[str, t.Any]], levels: t.Sequence[int]) -> str:
         header += [f"req/s at {c}", f"p99 ms at {c}"]
     header += ["× Flask at " + "/".join(map(str, levels)),
                "ours × it at " + "/".join(map(str, levels)),
-               "CPU ms/request at " + str(levels[-1]), "PSS MiB (peak)"]
+               "CPU ms/request at " + str(levels[-1]), "PSS MiB (peak)",
+               "PSS × preloaded Flask"]
     rows = []
     for r in results:
         if "error" in r:
@@ -224,7 +256,10 @@ def render(results: list[dict[str, t.Any]], levels: t.Sequence[int]) -> str:
         row.append(" / ".join(f"{ours[str(c)]['rps'] / r[str(c)]['rps']:.2f}" for c in levels)
                    if ours and r is not ours else "")
         row.append(f"{r[str(levels[-1])]['cpu_ms']:.2f}")
-        row.append(f"{max(r[str(c)]['pss_mib'] for c in levels):.0f}")
+        peak = max(r[str(c)]['pss_mib'] for c in levels)
+        row.append(f"{peak:.0f}")
+        row.append(f"{peak / max(preloaded[str(c)]['pss_mib'] for c in levels):.2f}"
+                   if preloaded else "")
         rows.append(row)
     return table(header, rows)
 
@@ -233,6 +268,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description="peers benchmark")
     parser.add_argument("--duration", type=float, default=10)
     parser.add_argument("--servers", default=",".join(p.name for p in PEERS))
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="rounds over the servers, the order turned round every other "
+                             "round; each figure is the median over rounds")
     parser.add_argument("--no-write", action="store_true", help="leave BENCHMARKS.md alone")
     args = parser.parse_args()
     levels = (8, 32)
@@ -241,7 +279,7 @@ def main() -> int:
     from make_model import make
 
     make(str(MODEL))
-    results = []
+    chosen = []
     for peer in PEERS:
         if peer.name not in names:
             continue
@@ -249,16 +287,25 @@ def main() -> int:
             print(f"  {peer.name}: skipped, no environment at {peer.venv} (make bench-peers "
                   f"makes it)")
             continue
-        print(f"{peer.name}:", flush=True)
-        results.append(bench(peer, args.duration, levels))
+        chosen.append(peer)
+    rounds: dict[str, list[dict[str, t.Any]]] = {peer.name: [] for peer in chosen}
+    for turn in range(args.rounds):
+        # Drift on a shared machine then falls on every server alike.
+        for peer in chosen if turn % 2 == 0 else chosen[::-1]:
+            print(f"{peer.name} (round {turn + 1} of {args.rounds}):", flush=True)
+            rounds[peer.name].append(bench(peer, args.duration, levels))
+    results = [medians(rounds[peer.name], levels) for peer in chosen]
     (BUILD / "results.json").write_text(json.dumps(results, indent=1))
     markdown = render(results, levels)
     print(markdown)
     if not args.no_write:
         write_section(
             f"Command: `make bench-peers` (`benchmarks/peers/run.py --duration "
-            f"{args.duration:g}`), {time.strftime('%Y-%m-%d')}, one run, servers one after "
-            f"another; machine: {machine()}. wrk -t2, {args.duration:g} s per level; "
+            f"{args.duration:g} --rounds {args.rounds}`), {time.strftime('%Y-%m-%d')}, "
+            f"{'one run' if args.rounds == 1 else f'medians of {args.rounds} rounds'}, "
+            f"servers one after another"
+            f"{'' if args.rounds == 1 else ', the order turned round every other round'}; "
+            f"machine: {machine()}. wrk -t2, {args.duration:g} s per level; "
             f"req/s and p99 from wrk; CPU: the server's process tree's CPU time per request; "
             f"PSS: the tree's total, peak of samples every 0.5 s.\n\n{markdown}", "peers")
     return 1 if any("error" in r for r in results) else 0
