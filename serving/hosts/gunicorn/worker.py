@@ -125,8 +125,7 @@ class ServingWorker(Worker):
         #: take requests only while every core one is busy and a batcher wants them.
         self.core_threads = min(config.threads, self.threads)
         self.core_busy = 0  # requests handed to the core threads, answering or queued
-        self.batchers = [pipeline.batcher for pipeline in self.models.loaded()
-                         if pipeline.batcher is not None]
+        self.batchers = self._batchers()
         self.policy = AcceptPolicy(self.threads, self.max_connections)
         #: The workers' connection counts, shared (None with one worker: nothing to even).
         self.loads = application.loads
@@ -155,6 +154,13 @@ class ServingWorker(Worker):
                              name=f"http-{index}", daemon=True).start()
         super().init_process()  # loads the app (post_fork ran already), then calls run()
 
+    def _batchers(self) -> list[t.Any]:
+        """The batchers of the loaded models that batch: a model whose predict takes no
+        batches has a batcher that never runs, and must not draw on the spare threads
+        (on them, one by one cost up to a third more CPU a request)."""
+        return [pipeline.batcher for pipeline in self.models.loaded()
+                if pipeline.batcher is not None and pipeline.predicts_batches]
+
     # -- the loop ----------------------------------------------------------------------
 
     def run(self) -> None:
@@ -172,8 +178,7 @@ class ServingWorker(Worker):
                 next_tick = now + TICK_SECONDS
                 self.notify()
                 self._expire(now)
-                self.batchers = [pipeline.batcher for pipeline in self.models.loaded()
-                                 if pipeline.batcher is not None]  # models load lazily
+                self.batchers = self._batchers()  # models load lazily
                 if self.metrics is not None:
                     self.metrics.in_flight.set(self.busy)
                     self.metrics.flush()
