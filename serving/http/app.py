@@ -410,15 +410,15 @@ def create_app(config: Config, models: Models | Pipeline, runtime: Runtime | Non
         try:
             try:
                 payload, media_type, reply = predict(target_model(environ), environ)
+                if isinstance(payload, str):
+                    payload = payload.encode("utf-8")
+                if not isinstance(payload, (bytes, bytearray)):  # streamed: werkzeug frames it
+                    return respond(environ, start_response, response_of(
+                        payload, media_type, reply, environ[REQUEST_ID_KEY]))
             except errors.ServingError as exc:
                 return respond(environ, start_response, render(exc, environ))
-            except Exception as exc:
+            except Exception as exc:  # as Flask's handler for bugs answers them
                 return respond(environ, start_response, render_bug(exc, environ))
-            if isinstance(payload, str):
-                payload = payload.encode("utf-8")
-            if not isinstance(payload, (bytes, bytearray)):  # streamed: werkzeug frames it
-                return respond(environ, start_response,
-                               response_of(payload, media_type, reply, environ[REQUEST_ID_KEY]))
             headers = [("Content-Type", media_type), ("Content-Length", str(len(payload)))]
             if "custom_attributes" in reply:
                 headers.append((CUSTOM_ATTRIBUTES_HEADER, reply["custom_attributes"]))
