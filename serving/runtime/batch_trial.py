@@ -16,7 +16,11 @@ the process's CPU time per request in each, and keeps batching when, by the medi
 batching answered more requests per second (by :data:`GAIN`), or as many for less CPU.
 Otherwise it predicts one by one. The trial is run again :data:`RETRY_SECONDS` after each
 decision, since the load changes (8 clients do not batch like 32), and less often while it
-keeps deciding the same (up to :data:`MAX_RETRY_SECONDS`). A trial whose load goes away (a
+keeps deciding the same (up to :data:`MAX_RETRY_SECONDS`). A later trial whose first pair
+confirms the last decision by a wide margin (:data:`CLEAR`) ends there: half of every trial
+runs the slower way, and on a model where the two differ by 2 x (the peers' MLP one by one,
+the 4 x 2048 MLP batched) three slow windows cost a few per cent of a minute's
+throughput, for an answer the first pair already gave. A trial whose load goes away (a
 window past :data:`ABANDON_SECONDS`) is dropped, and the worker keeps what it did.
 """
 
@@ -43,6 +47,10 @@ ABANDON_SECONDS = 5.0
 #: the last one did (a trial costs: half its windows run the slower way), up to the most.
 RETRY_SECONDS = 60.0
 MAX_RETRY_SECONDS = 960.0
+#: A later trial ends after its first pair when that pair's rates differ by this factor,
+#: the way the last decision went. Not the first trial: its first windows run while the
+#: model warms up (TorchScript's profiling runs, first allocations).
+CLEAR = 1.5
 #: Batching is kept when it answers this much more per second, or as many (within the
 #: same margin) for this much less CPU per request.
 GAIN = 0.05
@@ -111,7 +119,7 @@ class BatchingTrial:
             return
         window.rate = window.requests / elapsed
         window.cpu = (self.cpu_clock() - window.cpu_started) / window.requests
-        if len(windows) < 2 * PAIRS:
+        if len(windows) < 2 * PAIRS and not self._confirmed(windows):
             windows.append(self._window(not window.batching, now))
             return
         same = self._decide(windows)
@@ -121,6 +129,16 @@ class BatchingTrial:
 
     def _window(self, batching: bool, now: float) -> _Window:
         return _Window(batching, now, self.cpu_clock())
+
+    def _confirmed(self, windows: list[_Window]) -> bool:
+        """Whether a later trial's first pair, just measured, confirms the last decision
+        clearly enough to end the trial."""
+        if len(windows) != 2 or self._last_decision is None:
+            return False
+        batched, alone = (windows if windows[0].batching else windows[::-1])
+        if self._last_decision:
+            return batched.rate >= CLEAR * alone.rate
+        return alone.rate >= CLEAR * batched.rate
 
     def _decide(self, windows: list[_Window]) -> bool:
         """Decide from a trial's windows; whether it decided as the last one did."""
@@ -132,9 +150,9 @@ class BatchingTrial:
         cpu_a = statistics.median(w.cpu for w in alone)
         pays = rate_b >= (1 + GAIN) * rate_a \
             or (rate_b >= (1 - GAIN) * rate_a and cpu_b <= (1 - GAIN) * cpu_a)
-        log.info("batching trial: batched %.0f req/s at %.3f ms CPU each, one by one "
-                     "%.0f req/s at %.3f ms: %s", rate_b, cpu_b * 1e3, rate_a, cpu_a * 1e3,
-                 "batching" if pays else "predicting one by one")
+        log.info("batching trial, %d windows of each: batched %.0f req/s at %.3f ms CPU each, one by "
+                 "one %.0f req/s at %.3f ms: %s", len(batched), rate_b, cpu_b * 1e3, rate_a,
+                 cpu_a * 1e3, "batching" if pays else "predicting one by one")
         same = pays == self._last_decision
         self._last_decision = self.batching_pays = pays
         if self.on_decision is not None:

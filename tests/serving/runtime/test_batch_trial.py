@@ -118,3 +118,39 @@ def test_trials_that_keep_deciding_the_same_come_less_often():
         last = started
     assert gaps[0] >= RETRY_SECONDS and gaps[1] >= 2 * RETRY_SECONDS
     assert gaps[-1] <= MAX_RETRY_SECONDS + 30 and gaps[-1] >= MAX_RETRY_SECONDS / 2
+
+
+def retrial_modes(batched, alone):
+    """The modes of the trial after the first one, and the decisions of both."""
+    trial, load, decisions = decided(batched, alone)
+    load.now += RETRY_SECONDS + 1
+    load.modes = []
+    load.run(2 * PAIRS * 2000)
+    return load.modes, decisions
+
+
+@pytest.mark.parametrize("batched, alone, pays", [
+    ((2500, 0.0004), (1000, 0.0010), True),  # batched 2.5 x
+    ((500, 0.0010), (1000, 0.0005), False),  # one by one 2 x
+])
+def test_a_later_trial_whose_first_pair_confirms_clearly_ends_there(batched, alone, pays):
+    modes, decisions = retrial_modes(batched, alone)
+    # One window of each, then what it decided again: not PAIRS slow windows.
+    assert modes == [pays, not pays, pays]
+    assert decisions == [pays, pays]
+
+
+def test_a_later_trial_within_the_margin_runs_every_pair():
+    modes, decisions = retrial_modes(batched=(800, 0.0007), alone=(1000, 0.0005))  # 1.25 x
+    assert modes[:2 * PAIRS] == [False, True] * PAIRS and modes[-1] is False
+    assert decisions == [False, False]
+
+
+def test_a_later_trial_that_contradicts_the_last_decision_runs_every_pair():
+    trial, load, decisions = decided(batched=(2500, 0.0004), alone=(1000, 0.0010))
+    load.costs = {True: (500, 0.0010), False: (1000, 0.0005)}  # the load changed
+    load.now += RETRY_SECONDS + 1
+    load.modes = []
+    load.run(2 * PAIRS * 2000)
+    assert load.modes[:2 * PAIRS] == [True, False] * PAIRS
+    assert decisions == [True, False] and not trial.batching_pays
