@@ -306,5 +306,5 @@ def test_the_worker_measures_whether_batching_pays_and_says_what_it_chose(
     assert decisions == [f'serving_batching_trials_total{{decision="{decision}"}} 1.0'], \
         (decisions, trials)
     says = "predicting one by one" if decision == "alone" else ": batching"
-    assert "batching trial: batched" in server.log and says in server.log
+    assert "windows of each: batched" in server.log and says in server.log
     assert statuses and set(statuses) == {200}
