@@ -19,8 +19,8 @@ decision, since the load changes (8 clients do not batch like 32), and less ofte
 keeps deciding the same (up to :data:`MAX_RETRY_SECONDS`). A later trial whose first pair
 confirms the last decision by a wide margin (:data:`CLEAR`) ends there: half of every trial
 runs the slower way, and on a model where the two differ by 2 x (the peers' MLP one by one,
-the 4 x 2048 MLP batched) three slow windows cost a few per cent of a minute's
-throughput, for an answer the first pair already gave. A trial whose load goes away (a
+the 4 x 2048 MLP batched) three slow windows are about a second at half speed, for an
+answer the first pair already gave. A trial whose load goes away (a
 window past :data:`ABANDON_SECONDS`) is dropped, and the worker keeps what it did.
 """
 
@@ -150,9 +150,10 @@ class BatchingTrial:
         cpu_a = statistics.median(w.cpu for w in alone)
         pays = rate_b >= (1 + GAIN) * rate_a \
             or (rate_b >= (1 - GAIN) * rate_a and cpu_b <= (1 - GAIN) * cpu_a)
-        log.info("batching trial, %d windows of each: batched %.0f req/s at %.3f ms CPU each, one by "
-                 "one %.0f req/s at %.3f ms: %s", len(batched), rate_b, cpu_b * 1e3, rate_a,
-                 cpu_a * 1e3, "batching" if pays else "predicting one by one")
+        log.info("batching trial, %d windows of each: batched %.0f req/s at %.3f ms CPU "
+                 "each, one by one %.0f req/s at %.3f ms: %s", len(batched), rate_b,
+                 cpu_b * 1e3, rate_a, cpu_a * 1e3,
+                 "batching" if pays else "predicting one by one")
         same = pays == self._last_decision
         self._last_decision = self.batching_pays = pays
         if self.on_decision is not None:
