@@ -120,9 +120,12 @@ def test_trials_that_keep_deciding_the_same_come_less_often():
     assert gaps[-1] <= MAX_RETRY_SECONDS + 30 and gaps[-1] >= MAX_RETRY_SECONDS / 2
 
 
-def retrial_modes(batched, alone):
-    """The modes of the trial after the first one, and the decisions of both."""
+def retrial_modes(batched, alone, then=None):
+    """The modes of the trial after the first one, and the decisions of both; ``then``:
+    the (batched, alone) costs by the second trial, when the load changed."""
     trial, load, decisions = decided(batched, alone)
+    if then is not None:
+        load.costs = {True: then[0], False: then[1]}
     load.now += RETRY_SECONDS + 1
     load.modes = []
     load.run(2 * PAIRS * 2000)
@@ -147,10 +150,7 @@ def test_a_later_trial_within_the_margin_runs_every_pair():
 
 
 def test_a_later_trial_that_contradicts_the_last_decision_runs_every_pair():
-    trial, load, decisions = decided(batched=(2500, 0.0004), alone=(1000, 0.0010))
-    load.costs = {True: (500, 0.0010), False: (1000, 0.0005)}  # the load changed
-    load.now += RETRY_SECONDS + 1
-    load.modes = []
-    load.run(2 * PAIRS * 2000)
-    assert load.modes[:2 * PAIRS] == [True, False] * PAIRS
-    assert decisions == [True, False] and not trial.batching_pays
+    modes, decisions = retrial_modes(batched=(2500, 0.0004), alone=(1000, 0.0010),
+                                     then=((500, 0.0010), (1000, 0.0005)))
+    assert modes[:2 * PAIRS] == [True, False] * PAIRS and modes[-1] is False
+    assert decisions == [True, False]
