@@ -59,7 +59,12 @@ ARG FRAMEWORK=none
 # MULTI_MODEL=true: an image for SageMaker multi-model endpoints, which SageMaker accepts only
 # with this label; the server then starts in multi-model mode (models come through /models).
 ARG MULTI_MODEL=false
+# BIDIRECTIONAL_STREAMING=true: SageMaker opens WebSocket streams to the container
+# (InvokeEndpointWithBidirectionalStream) only with this label. The server always serves
+# them (a model's stream_fn, else one invocation a message); the label tells SageMaker.
+ARG BIDIRECTIONAL_STREAMING=false
 LABEL com.amazonaws.sagemaker.capabilities.multi-models=${MULTI_MODEL} \
+      com.amazonaws.sagemaker.capabilities.bidirectional-streaming=${BIDIRECTIONAL_STREAMING} \
       com.amazonaws.sagemaker.capabilities.accept-bind-to-port=true
 # MXNet links against the system's OpenMP and quad-math runtimes (torch ships its own);
 # the entrypoint needs setpriv (util-linux: Debian's and Ubuntu's bases have it, a slim

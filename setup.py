@@ -17,6 +17,9 @@ setup(
         # llhttp, the HTTP/1.1 parser of the gunicorn worker (serving.hosts.gunicorn.http1); 0.7 and newer
         # bundle llhttp 9.3, which refuses the chunk-extension desyncs of 2025.
         "httptools>=0.7,<1",
+        # WebSocket frames and handshake for bidirectional streams
+        # (serving.hosts.gunicorn.websocket), sans-IO like llhttp.
+        "wsproto>=1.2,<2",
         "numpy>=1.23",
         "orjson>=3.9",
         "pillow>=10",
@@ -34,7 +37,8 @@ setup(
         "ray": ["ray[serve,data]>=2.40,<3"],
         # The load test users run against their container (tests/load/locustfile.py).
         "load": ["locust>=2.47,<3"],
-        "test": ["pytest>=8", "requests>=2.31", "h11>=0.16", "boto3>=1.34", "hypothesis>=6.100",
+        "test": ["pytest>=8", "requests>=2.31", "h11>=0.16", "websocket-client>=1.8",
+                 "boto3>=1.34", "hypothesis>=6.100",
                  "locust>=2.47,<3", "schemathesis>=4,<5"],
     },
     entry_points={"console_scripts": ["serve=serving.cli:main"]},

@@ -254,6 +254,36 @@ class Config:
         "join its batch, in ms. A batch runs at once when full, or when no other request "
         "is on its way (none decoding, no other client connected to the worker): a lone "
         "client never waits.", metavar="MS")
+    max_streams: int = setting(
+        "--max-streams", "SERVING_MAX_STREAMS", 64, _int_in(1),
+        "Bidirectional streams (WebSockets) one worker holds open at once, a thread each; "
+        "past it an upgrade gets 503. The HTTP threads are never held by a stream.",
+        metavar="N")
+    stream_max_message_mb: float | None = setting(
+        "--stream-max-message-mb", "SERVING_STREAM_MAX_MESSAGE_MB", None, _positive_number,
+        "Largest message of a bidirectional stream, its fragments together, in MiB; past "
+        "it the stream is closed with 1009, counted as the bytes arrive.", metavar="MB",
+        default_help="--max-payload-mb")
+    stream_max_total_mb: float = setting(
+        "--stream-max-total-mb", "SERVING_STREAM_MAX_TOTAL_MB", 1024, _positive_number,
+        "Most bytes of messages one stream may send, in MiB; past it: closed with 1008.",
+        metavar="MB")
+    stream_idle_timeout: float = setting(
+        "--stream-idle-timeout", "SERVING_STREAM_IDLE_TIMEOUT", 600, _seconds,
+        "Seconds a stream may go without a message while its model waits for one (pings "
+        "do not count); past it: closed with 1008.", metavar="SECONDS")
+    stream_max_seconds: float = setting(
+        "--stream-max-seconds", "SERVING_STREAM_MAX_SECONDS", 3600, _seconds,
+        "Longest life of one stream, in seconds; past it: closed with 1008.",
+        metavar="SECONDS")
+    stream_ping_interval: float = setting(
+        "--stream-ping-interval", "SERVING_STREAM_PING_INTERVAL", 60, _seconds,
+        "Seconds between the server's pings on an open stream (SageMaker's sidecar pings "
+        "every 60 s too; pings from the client are answered at once).", metavar="SECONDS")
+    stream_missed_pings: int = setting(
+        "--stream-missed-pings", "SERVING_STREAM_MISSED_PINGS", 5, _int_in(1),
+        "Pings in a row without a pong after which the server closes a stream (1008), as "
+        "SageMaker does after 5.", metavar="N")
     debug_errors: bool = setting(
         "--debug-errors", "SERVING_DEBUG_ERRORS", False, _bool,
         "Put the exception's text in 500 bodies (it may hold paths or data: for "

@@ -205,6 +205,17 @@ class ModelError(ServingError):
         return body
 
 
+class UpgradeRequired(ClientError):
+    """426: a WebSocket path asked for without a WebSocket upgrade, or with a version of
+    the protocol other than 13 (RFC 6455 4.4)."""
+
+    status_code = 426
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Upgrade": "websocket", "Sec-WebSocket-Version": "13"}
+
+
 class ServiceUnavailable(ServingError):
     status_code = 503
 

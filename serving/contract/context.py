@@ -34,6 +34,10 @@ class Context:
     target_variant: str | None = None
     #: ``X-Amzn-SageMaker-Inference-Id``: the caller's ``InferenceId``.
     inference_id: str | None = None
+    #: A bidirectional stream's path and query, as the client named them
+    #: (``X-Amzn-SageMaker-Model-Invocation-Path``, ``…-Query-String``); ``None`` elsewhere.
+    path: str | None = None
+    query: str | None = None
     # What the request's answer carries besides its body (see set_custom_attributes).
     reply: dict[str, str] = dataclasses.field(default_factory=dict, repr=False, compare=False)
 

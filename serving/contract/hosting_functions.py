@@ -19,6 +19,9 @@ HOSTING_FUNCTIONS: dict[str, tuple[str, ...]] = {
     "predict_fn": ("data", "model"),
     "output_fn": ("prediction", "accept"),
     "transform_fn": ("model", "data", "content_type", "accept"),
+    # Bidirectional streaming: the stream's messages in (str from text frames, bytes from
+    # binary ones), what to send back out, as an iterator.
+    "stream_fn": ("messages", "model"),
 }
 
 

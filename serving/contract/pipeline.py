@@ -134,7 +134,8 @@ class Pipeline:
                 name = frameworks.detect_from_files(model_dir)
             except SelectionError as exc:
                 raise StartupError(str(exc)) from None
-        if name is None and not functions.keys() & {"model_fn", "predict_fn", "transform_fn"}:
+        if name is None and not functions.keys() & {"model_fn", "predict_fn", "transform_fn",
+                                                    "stream_fn"}:
             looked = "no user script was found" if module is None else f"{source} has no model_fn"
             raise StartupError(
                 f"nothing to serve: {looked}, and {model_dir} holds no files a framework handler "
@@ -189,6 +190,27 @@ class Pipeline:
         """How a streamed item that is neither bytes nor text is written: JSON, a line."""
         handler = self.registry.get("application/json")
         return handler.encode if handler is not None else _json_line
+
+    # -- bidirectional streams -----------------------------------------------------
+
+    @property
+    def streams(self) -> bool:
+        """Whether the user's module answers bidirectional streams itself (``stream_fn``)."""
+        return "stream_fn" in self.functions
+
+    def stream_context(self, headers: t.Mapping[str, str],
+                       details: t.Mapping[str, t.Any]) -> Context:
+        """The context of one stream: its upgrade request's headers, path and query."""
+        return dataclasses.replace(self.context, headers=headers, **details)
+
+    def stream(self, messages: t.Iterator[bytes | str], context: Context) -> t.Iterator[t.Any]:
+        """``stream_fn(messages, model, context)``: what to send back, as it comes. What it
+        raises reaches the host as it is (the host closes the stream with 1011)."""
+        yield from self.functions["stream_fn"](messages, self.model, context=context)
+
+    def stream_item(self, item: t.Any) -> bytes:
+        """A stream_fn's item that is neither bytes nor text, as JSON (the JSON handler's)."""
+        return self._json_encoder(item).rstrip(b"\n")
 
     def enable_batching(self, max_size: int, max_delay: float,
                         batcher_class: type[Batcher] = Batcher) -> None:
@@ -267,7 +289,7 @@ class Pipeline:
                     self.model = self.framework.load(context.model_dir, context.device)
             except SelectionError as exc:
                 raise StartupError(str(exc)) from None
-            uses_model = not self.functions.keys() & {"predict_fn", "transform_fn"}
+            uses_model = not self.functions.keys() & {"predict_fn", "transform_fn", "stream_fn"}
             if uses_model and self.framework is None and not callable(self.model):
                 raise StartupError(
                     f"{self.source}: model_fn returned a {type(self.model).__name__}, which "

@@ -38,6 +38,7 @@ import time
 import typing as t
 
 from serving.config import Config
+from serving.errors import StartupError
 from serving.http.app import RESPONSE_ID_HEADER, create_app
 from serving.http.bridge import Answer, build_environ, call_app
 from serving.runtime.batching import Batcher, Waiting
@@ -207,6 +208,14 @@ class ServingReplica:
         assembly = assemble_loaded(config, max(1, int(config.ray_num_cpus)),
                                    metrics_dir if config.metrics else None, RayBatcher)
         self.models, self.metrics = assembly.models, assembly.metrics
+        streaming = [p.source for p in self.models.loaded() if p.streams]
+        if streaming:
+            # Ray Serve takes WebSockets only through a FastAPI ingress, not the plain
+            # HTTP deployment this replica is; a stream_fn silently not served would be
+            # worse than none.
+            raise StartupError(
+                f"{streaming[0]}: stream_fn (bidirectional streaming) is served by "
+                f"--engine gunicorn only; the Ray engine does not serve WebSockets")
         batcher = assembly.default.batcher
         self.batcher = batcher if isinstance(batcher, RayBatcher) else None
         self.runtime = Runtime(config.concurrency, config.deadline_seconds)

@@ -238,7 +238,10 @@ def test_no_framework_image_in_multi_model_mode(engine, tmp_path):
     mounted example here), invoked and unloaded."""
     image = build(engine, "none")
     # The default build is single-model; MULTI_MODEL=true labels the image for SageMaker.
-    assert engine.labels_of(image)["com.amazonaws.sagemaker.capabilities.multi-models"] == "false"
+    labels = engine.labels_of(image)
+    assert labels["com.amazonaws.sagemaker.capabilities.multi-models"] == "false"
+    # Bidirectional streaming likewise: SageMaker opens streams only to a labelled image.
+    assert labels["com.amazonaws.sagemaker.capabilities.bidirectional-streaming"] == "false"
     running, url = serve_in_container(engine, image, EXAMPLE / "model", tmp_path, "--multi-model")
     try:
         assert requests.get(f"{url}/models").json() == {"models": []}

@@ -16,7 +16,8 @@ import typing as t
 from serving import errors
 from serving.hosts.gunicorn.http1 import Request, RequestReader
 
-__all__ = ["BODY", "BUSY", "CLOSE", "CONTINUE", "Connection", "HEAD", "IDLE", "LINGER"]
+__all__ = ["BODY", "BUSY", "CLOSE", "CONTINUE", "Connection", "HEAD", "IDLE", "LINGER",
+           "STREAM"]
 
 #: The body's first second is free of the rate check (a client starting up).
 BODY_GRACE_SECONDS = 1.0
@@ -25,8 +26,10 @@ BODY_GRACE_SECONDS = 1.0
 LINGER_SECONDS = 1.0
 
 # States: waiting for a request, receiving its head or its body, answering (an HTTP thread
-# holds it), discarding input after an error answer.
+# holds it), discarding input after an error answer, a WebSocket stream (its own thread
+# holds it, for its life).
 IDLE, HEAD, BODY, BUSY, LINGER = "idle", "head", "body", "busy", "linger"
+STREAM = "stream"
 
 # What the loop does next, besides answering a request or refusing with an error.
 CLOSE = "close"
@@ -113,7 +116,7 @@ class Connection:
         """What a passed deadline calls for: :data:`CLOSE`, ``(408 error, slow phase)``, or
         ``None``. A connection an HTTP thread holds has no deadline here."""
         state = self.state
-        if state == BUSY:
+        if state == BUSY or state == STREAM:
             return None
         if state in (LINGER, IDLE):
             return CLOSE if now > self.deadline else None

@@ -22,8 +22,11 @@ What llhttp does not decide is ours, on top (``Request`` and ``RequestReader``):
   and https (routed by their path), ``*`` for OPTIONS only, printable ASCII only;
 - policy: a transfer coding other than chunked is 501 (we do not decode gzip on the
   wire); CONNECT is 501 (this is an origin server, not a proxy); an ``Expect`` other than
-  100-continue is 417; an ``Upgrade`` is answered as plain HTTP and the connection then
-  closed (RFC 9110 7.8 lets a server ignore it; the bytes after it are not HTTP);
+  100-continue is 417; an ``Upgrade`` is marked on its request (``Request.upgrade``, the
+  bytes read after its head kept in ``RequestReader.leftover``) and nothing after it is
+  parsed: the worker hands a WebSocket upgrade at a stream path to
+  :mod:`serving.hosts.gunicorn.websocket`, and answers any other as plain HTTP, then
+  closes (RFC 9110 7.8 lets a server ignore it; the bytes after it are not HTTP);
 - pipelining: the parser takes every request a read brings, in order, at most
   ``MAX_PIPELINED`` ahead of the one being answered; an error after good requests is
   answered after their answers, then the connection closes.
@@ -82,7 +85,7 @@ class Request:
 
     __slots__ = ("method", "target", "version", "headers", "path", "query", "body",
                  "keep_alive", "expect_continue", "chunked", "length", "headers_done",
-                 "arrived", "body_started", "continued")
+                 "arrived", "body_started", "continued", "upgrade")
 
     def __init__(self) -> None:
         self.method = ""
@@ -102,6 +105,9 @@ class Request:
         self.arrived = 0.0  # when its first byte was read
         self.body_started = 0.0
         self.continued = False  # whether 100 Continue went out
+        #: Whether llhttp read it as a protocol upgrade (Connection: upgrade, Upgrade: …):
+        #: the last request of its connection in HTTP/1.1.
+        self.upgrade = False
 
     def header(self, name: str) -> list[str]:
         return [value for key, value in self.headers if key == name]
@@ -121,7 +127,8 @@ class RequestReader:
     """
 
     __slots__ = ("parser", "max_body", "ready", "current", "failed", "raw", "closed", "now",
-                 "_completed", "_fields", "_head_bytes", "_body_bytes", "_error", "_full")
+                 "leftover", "_completed", "_fields", "_head_bytes", "_body_bytes", "_error",
+                 "_full")
 
     def __init__(self, max_body: int) -> None:
         self.parser = httptools.HttpRequestParser(self)
@@ -134,6 +141,8 @@ class RequestReader:
         self.raw = 0
         self.closed = False
         self.now = 0.0
+        #: After an upgrade: the bytes read past its head (the new protocol's first ones).
+        self.leftover = b""
         self._completed = False
         self._fields = 0
         self._head_bytes = 0
@@ -150,8 +159,8 @@ class RequestReader:
         self._completed = False
         try:
             self.parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
-            self._upgraded()
+        except httptools.HttpParserUpgrade as exc:
+            self._upgraded(data[exc.args[0]:] if exc.args else b"")
         except httptools.HttpParserError as exc:
             self._failed(exc)
         if self.closed:
@@ -205,14 +214,17 @@ class RequestReader:
                 error = errors.BadRequest(f"invalid request: {reason}")
         self._end(error)
 
-    def _upgraded(self) -> None:
+    def _upgraded(self, rest: bytes) -> None:
         # llhttp stops at an Upgrade (or CONNECT) head, taking no body: what follows is
-        # another protocol. We answer the request as plain HTTP, then close; one that
-        # declared a body would be answered without it, so it is refused instead.
+        # another protocol. The worker takes it from here (a WebSocket stream, or a plain
+        # HTTP answer and a close); one that declared a body would be answered without it,
+        # so it is refused instead.
         if self.closed:
             return
         last = self.ready[-1] if self.ready and self.current is None else None
         if isinstance(last, Request) and not (last.chunked or last.length):
+            last.upgrade = True
+            self.leftover = rest
             self.closed = True
             return
         if isinstance(last, Request):

@@ -17,7 +17,9 @@ A client past these limits gets our JSON error (400, 408, 413, 414, 417, 431,
 501, 505) and its connection is closed. Only a complete request goes to one of the
 worker's HTTP threads, which runs the Flask app and writes the answer. A slow
 client costs a socket and its buffer, never a thread, and each worker holds at
-most ``SERVING_MAX_CONNECTIONS``.
+most ``SERVING_MAX_CONNECTIONS``. A request for a bidirectional stream (a WebSocket,
+:mod:`serving.hosts.gunicorn.websocket`) gets a thread of its own for the stream's
+life instead, at most ``SERVING_MAX_STREAMS`` a worker.
 
 The worker listens only while it can serve: its model is loaded (with
 ``--no-preload`` a loading worker takes no connection, so a restart after a
@@ -53,10 +55,18 @@ from serving.hosts.gunicorn.connection import (
     CONTINUE,
     IDLE,
     LINGER,
+    STREAM,
     Connection,
 )
 from serving.hosts.gunicorn.http1 import Request
 from serving.hosts.gunicorn.responses import error_response, write_answer
+from serving.hosts.gunicorn.websocket import (
+    STREAM_PATH,
+    StreamLimits,
+    StreamServices,
+    is_stream_request,
+    serve_stream,
+)
 from serving.http.app import REQUEST_ID_HEADERS, request_id_of, route_of
 from serving.http.bridge import build_environ, call_app
 from serving.http.negotiation import content_type_of
@@ -146,6 +156,16 @@ class ServingWorker(Worker):
         self.spare_tasks: queue.SimpleQueue[Connection] = queue.SimpleQueue()
         #: (connection, keep it open, answered on a spare thread)
         self.finished: queue.SimpleQueue[tuple[Connection, bool, bool]] = queue.SimpleQueue()
+        #: Bidirectional streams: how many are open, the ones that ended (the loop closes
+        #: their sockets), and the flag that tells them the worker is stopping.
+        self.streams = 0
+        self.max_streams = config.max_streams
+        self.stream_limits = StreamLimits.from_config(config)
+        #: The port that serves /metrics alone, when it has one: no streams there.
+        self.metrics_only_port = (str(config.metrics_port) if config.metrics_port is not None
+                                  else None)
+        self.ended_streams: queue.SimpleQueue[Connection] = queue.SimpleQueue()
+        self.streams_stopping = threading.Event()
         self.wake_r, self.wake_w = os.pipe()
         os.set_blocking(self.wake_r, False)
         os.set_blocking(self.wake_w, False)
@@ -309,6 +329,10 @@ class ServingWorker(Worker):
     # -- answering ---------------------------------------------------------------------
 
     def _dispatch(self, conn: Connection, request: Request) -> None:
+        if request.upgrade or request.path == STREAM_PATH:
+            if is_stream_request(request) and conn.port != self.metrics_only_port:
+                self._open_stream(conn, request)
+                return
         if conn.take(request):  # not busy before: the loop stops watching it
             self.selector.unregister(conn.sock)
             self.busy += 1
@@ -348,7 +372,49 @@ class ServingWorker(Worker):
                 pass  # the pipe is full, so the loop is awake anyway
 
 
+    def _open_stream(self, conn: Connection, request: Request) -> None:
+        """Hand ``conn`` to a thread of its own for a bidirectional stream, or refuse with
+        503 when the worker holds its most streams or is stopping."""
+        if conn.state == BUSY:  # pipelined behind an answer: the loop takes it back first
+            self.busy -= 1
+            conn.state = IDLE
+            try:
+                self.selector.register(conn.sock, selectors.EVENT_READ, conn)
+            except (OSError, ValueError):
+                self._close(conn)
+                return
+        if self.streams >= self.max_streams or self.stopping_at is not None:
+            conn.reader.failed = request
+            self._refuse(conn, errors.ServiceUnavailable(
+                "this worker is stopping" if self.stopping_at is not None else
+                f"this worker holds {self.streams} streams (SERVING_MAX_STREAMS)"))
+            return
+        self.selector.unregister(conn.sock)
+        conn.state = STREAM
+        conn.request = request
+        self.streams += 1
+        services = StreamServices(models=self.models, runtime=self.runtime,
+                                  limits=self.stream_limits, stopping=self.streams_stopping,
+                                  default_accept=self.config.default_accept,
+                                  write=lambda data: self._write(conn, data))
+        threading.Thread(target=self._stream_thread, args=(conn, request, services),
+                         name=f"stream-{conn.fd}", daemon=True).start()
+
+    def _stream_thread(self, conn: Connection, request: Request,
+                       services: StreamServices) -> None:
+        try:
+            serve_stream(conn.sock, request, conn.reader.leftover, services, conn.peer)
+        finally:  # the loop closes the socket: its descriptor must not be reused before
+            self.ended_streams.put(conn)
+            try:
+                os.write(self.wake_w, b"\0")
+            except BlockingIOError:
+                pass
+
     def _collect_finished(self) -> None:
+        while not self.ended_streams.empty():
+            self.streams -= 1
+            self._close(self.ended_streams.get_nowait())
         while True:
             try:
                 conn, keep, spare = self.finished.get_nowait()
@@ -497,6 +563,7 @@ class ServingWorker(Worker):
         else:
             self.stopping_grace = self.grace
         self.stopping_at = now + self.stopping_grace
+        self.streams_stopping.set()  # each stream closes with 1001 within a quarter second
         if not self.retiring and self.models.ready:
             # Take what is already queued on the listening socket, so that nothing in the
             # backlog is reset; then stop listening: new connections are refused.
@@ -526,7 +593,8 @@ class ServingWorker(Worker):
             return False
         # Out of time. Requests waiting on a prediction are answered 503 by their threads;
         # requests still being sent get nothing. Both count as dropped.
-        self.dropped = self.runtime.close() + sum(1 for c in pending if c.state != BUSY)
+        self.dropped = self.runtime.close() + sum(1 for c in pending
+                                                  if c.state not in (BUSY, STREAM))
         deadline = time.monotonic() + 2.0
         while self.busy and time.monotonic() < deadline:
             time.sleep(0.05)

@@ -5,6 +5,11 @@ Response: the generated text, a JSON string.
 With "stream": true, the text streams word by word as it is generated (text/plain,
 chunked; boto3's invoke_endpoint_with_response_stream reads it part by part).
 The same seed and temperature always give the same text, streamed or not.
+
+Bidirectional streaming (stream_fn, a WebSocket at /invocations-bidirectional-stream):
+each text message is a request as above; its words come back one text frame each, then
+{"done": true, "words": n}. A message with "continue": true goes on from where this
+stream's last answer stopped: the LSTM's state lives as long as the stream.
 """
 
 import json
@@ -62,16 +67,40 @@ def predict_fn(data, model, context):
     return words if data["stream"] else " ".join(words)
 
 
-def generate(net, vocab, data, device):
-    """The words, one at a time."""
+def generate(net, vocab, data, device, carry=None):
+    """The words, one at a time.
+
+    :param carry: a stream's state: where its last answer stopped (``token``, ``hidden``),
+        to go on from there, and where this one stops, kept in it after each word.
+    """
     # A generator of this request's own: the same seed gives the same text, whatever other
     # requests run in the same worker at the same time.
     generator = torch.Generator().manual_seed(data["seed"])
-    token = torch.randint(len(vocab), (1, 1), generator=generator)
-    hidden = net.init_hidden(1, device)
+    if carry and "token" in carry:
+        token, hidden = carry["token"], carry["hidden"]
+    else:
+        token = torch.randint(len(vocab), (1, 1), generator=generator)
+        hidden = net.init_hidden(1, device)
     for _ in range(data["words"]):
         token, hidden = step(net, token, hidden, data["temperature"], generator, device)
+        if carry is not None:
+            carry["token"], carry["hidden"] = token, hidden
         yield vocab[token.item()]
+
+
+def stream_fn(messages, model, context):
+    """One WebSocket stream: requests in, words out as they are made (see the top)."""
+    carry = {}
+    for message in messages:
+        body = message.encode("utf-8") if isinstance(message, str) else message
+        data = input_fn(body, "application/json")
+        if not json.loads(body).get("continue"):
+            carry.clear()
+        count = 0
+        for word in generate(model["model"], model["vocab"], data, context.device, carry):
+            count += 1
+            yield word
+        yield {"done": True, "words": count}
 
 
 # Per step, not around the loop: a streamed generator resumes on whichever prediction

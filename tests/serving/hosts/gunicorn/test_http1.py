@@ -172,11 +172,17 @@ def test_a_request_that_closes_ends_the_parsing():
     assert len(reader.ready) == 1
 
 
-def test_an_upgrade_is_answered_as_http_then_the_connection_ends():
+def test_an_upgrade_ends_http_and_keeps_the_bytes_after_its_head():
     reader = RequestReader(LIMIT)
     reader.feed(b"GET /ping HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
                 b"\r\n\x81\x05hello", 0.0)
     assert len(reader.ready) == 1 and isinstance(reader.ready[0], Request) and reader.closed
+    # The worker decides what the upgrade becomes: it needs the flag, and the first bytes
+    # of the new protocol (here a WebSocket text frame) that came in the same read.
+    assert reader.ready[0].upgrade and reader.leftover == b"\x81\x05hello"
+    plain = RequestReader(LIMIT)
+    plain.feed(b"GET /ping HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\n\r\n", 0.0)
+    assert not plain.ready[0].upgrade  # no Connection: upgrade, so no upgrade
     # llhttp takes no body after an Upgrade head: a request that declared one is refused,
     # never answered without its body.
     error = refusal(b"POST / HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\n"
