@@ -69,3 +69,42 @@ def test_word_by_word_stream_is_the_same_text(server):
     assert "".join(got["parts"]) == whole == got["plain"]
     bad = requests.post(server.url(), json={**REQUEST, "stream": "yes"})
     assert bad.status_code == 400
+
+
+def test_bidirectional_stream_speaks_word_by_word_and_keeps_its_state(server):
+    """stream_fn over a WebSocket, as SageMaker's sidecar opens it: one text frame a word,
+    the same words the same request gets over /invocations; "continue" goes on from the
+    stream's own LSTM state, so it differs from starting afresh; a bad request closes
+    the stream with 1008 and the reason."""
+    import json
+
+    import websocket
+
+    from tests.integration.test_bidirectional_stream import connect, receive_close
+
+    whole = requests.post(server.url(), json={**REQUEST, "words": 20},
+                          headers={"Accept": "text/plain"}).text
+    ws = connect(server)
+    try:
+        def ask(request: dict) -> list[str]:
+            ws.send(json.dumps(request))
+            words = []
+            while True:
+                opcode, data = ws.recv_data()
+                assert opcode == websocket.ABNF.OPCODE_TEXT
+                text = data.decode()
+                if text.startswith("{"):
+                    assert json.loads(text) == {"done": True, "words": len(words)}
+                    return words
+                words.append(text)
+
+        first = ask({**REQUEST, "words": 20})
+        assert " ".join(first) == whole
+        continued = ask({**REQUEST, "words": 20, "continue": True})
+        afresh = ask({**REQUEST, "words": 20})
+        assert afresh == first and continued != first and len(continued) == 20
+        ws.send(json.dumps({**REQUEST, "temperature": 0}))
+        code, reason, _ = receive_close(ws)
+        assert code == 1008 and "temperature" in reason
+    finally:
+        ws.close()
