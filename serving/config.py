@@ -284,6 +284,19 @@ class Config:
         "--stream-missed-pings", "SERVING_STREAM_MISSED_PINGS", 5, _int_in(1),
         "Pings in a row without a pong after which the server closes a stream (1008), as "
         "SageMaker does after 5.", metavar="N")
+    enable_stateful_sessions: bool = setting(
+        "--stateful-sessions", "SAGEMAKER_ENABLE_STATEFUL_SESSIONS", False, _bool,
+        "Stateful sessions (SageMaker's sticky routing): a request with the body "
+        '{"requestType": "NEW_SESSION"} opens one, X-Amzn-SageMaker-Session-Id uses it, '
+        '{"requestType": "CLOSE"} closes it. Off: such requests get 400.', switch=True)
+    sessions_expiration: float = setting(
+        "--sessions-expiration", "SAGEMAKER_SESSIONS_EXPIRATION", 1200, _seconds,
+        "Seconds a session lives from its opening; after that its id gets 400.",
+        metavar="SECONDS")
+    sessions_path: str = setting(
+        "--sessions-path", "SAGEMAKER_SESSIONS_PATH", "/dev/shm/sagemaker_sessions", _path,
+        "Directory of the sessions' files, which every worker shares (shared memory by "
+        "default: sessions do not outlive the container).", metavar="DIR")
     debug_errors: bool = setting(
         "--debug-errors", "SERVING_DEBUG_ERRORS", False, _bool,
         "Put the exception's text in 500 bodies (it may hold paths or data: for "

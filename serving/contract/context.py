@@ -38,6 +38,9 @@ class Context:
     #: (``X-Amzn-SageMaker-Model-Invocation-Path``, ``…-Query-String``); ``None`` elsewhere.
     path: str | None = None
     query: str | None = None
+    #: The request's stateful session (:class:`serving.contract.sessions.Session`: its
+    #: ``id``, ``state`` kept between requests, ``directory``), ``None`` without one.
+    session: t.Any = None
     # What the request's answer carries besides its body (see set_custom_attributes).
     reply: dict[str, str] = dataclasses.field(default_factory=dict, repr=False, compare=False)
 

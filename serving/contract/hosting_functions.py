@@ -22,6 +22,10 @@ HOSTING_FUNCTIONS: dict[str, tuple[str, ...]] = {
     # Bidirectional streaming: the stream's messages in (str from text frames, bytes from
     # binary ones), what to send back out, as an iterator.
     "stream_fn": ("messages", "model"),
+    # Stateful sessions: called when one opens and before it closes (its state and
+    # directory still there), on a prediction thread under the request deadline.
+    "open_session_fn": ("session", "model"),
+    "close_session_fn": ("session", "model"),
 }
 
 

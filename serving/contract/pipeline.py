@@ -208,6 +208,15 @@ class Pipeline:
         raises reaches the host as it is (the host closes the stream with 1011)."""
         yield from self.functions["stream_fn"](messages, self.model, context=context)
 
+    def session_hook(self, name: str, session: t.Any, headers: t.Mapping[str, str],
+                     details: t.Mapping[str, t.Any]) -> None:
+        """``open_session_fn`` or ``close_session_fn`` (``name``), if the module has it."""
+        if name not in self.functions:
+            return
+        context = dataclasses.replace(self.context, headers=headers, session=session,
+                                      **details)
+        self._user("session", name, session, self.model, context=context)
+
     def stream_item(self, item: t.Any) -> bytes:
         """A stream_fn's item that is neither bytes nor text, as JSON (the JSON handler's)."""
         return self._json_encoder(item).rstrip(b"\n")

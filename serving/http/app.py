@@ -26,6 +26,15 @@ from serving.contract.models import (
     valid_model_name,
 )
 from serving.contract.pipeline import Pipeline
+from serving.contract.sessions import (
+    CLOSE,
+    CLOSED_HEADER,
+    NEW_HEADER,
+    NEW_SESSION,
+    SessionStore,
+    check_session_id,
+    session_request_type,
+)
 from serving.contract.streams import Stream
 from serving.http import eventstream
 from serving.http.negotiation import content_type_of, negotiate
@@ -113,6 +122,8 @@ def create_app(config: Config, models: Models | Pipeline, runtime: Runtime | Non
     limit = config.max_payload_bytes
     metrics_port = str(config.metrics_port) if config.metrics_port is not None else None
     openapi = openapi_description(models.multi)
+    sessions = (SessionStore(config.sessions_path, config.sessions_expiration)
+                if config.enable_stateful_sessions else None)
 
     def render(error: errors.ServingError, environ: dict[str, t.Any] | None = None) -> Response:
         body = error.to_dict()
@@ -311,7 +322,7 @@ def create_app(config: Config, models: Models | Pipeline, runtime: Runtime | Non
             raise errors.BadRequest(f"{CUSTOM_ATTRIBUTES_HEADER} must be 1-1024 visible ASCII "
                                     f"characters")
         body = read_body(environ, limit)
-        reply: dict[str, str] = {}
+        reply: dict[str, t.Any] = {}
         details = {
             "request_id": environ[REQUEST_ID_KEY],
             "custom_attributes": attributes,
@@ -320,10 +331,62 @@ def create_app(config: Config, models: Models | Pipeline, runtime: Runtime | Non
             "reply": reply,
         }
         arrived = environ[ARRIVED_KEY]
+        session_id = environ.get("HTTP_X_AMZN_SAGEMAKER_SESSION_ID")
+        # Only a JSON body can be a session request: others are not looked into.
+        kind = (session_request_type(body) if negotiated.content_type.endswith("json")
+                else None)
+        if session_id is not None or kind is not None:
+            return in_session(pipeline, environ, body, negotiated, details, session_id, kind)
         payload, media_type = runtime.call(
             pipeline.invoke, body, negotiated, EnvironHeaders(environ),
             arrived + runtime.deadline_seconds, details, started=arrived,
         )
+        return payload, media_type, reply
+
+    def in_session(pipeline: Pipeline, environ: dict[str, t.Any], body: bytes,
+                   negotiated: t.Any, details: dict[str, t.Any], session_id: str | None,
+                   kind: str | None) -> tuple[t.Any, str, dict[str, t.Any]]:
+        """A request that opens, uses or closes a stateful session
+        (:mod:`serving.contract.sessions`)."""
+        if sessions is None:
+            raise errors.BadRequest("stateful sessions are off: set "
+                                    "SAGEMAKER_ENABLE_STATEFUL_SESSIONS=true to open one")
+        if session_id is not None:
+            check_session_id(session_id)
+        headers = EnvironHeaders(environ)
+        arrived = environ[ARRIVED_KEY]
+        deadline = arrived + runtime.deadline_seconds
+        reply = details["reply"]
+        if kind == NEW_SESSION:
+            session = sessions.open()
+            try:
+                runtime.call(pipeline.session_hook, "open_session_fn", session, headers,
+                             details, started=arrived)
+                if session.state:
+                    sessions.save(session)
+            except BaseException:
+                sessions.close(session.id)
+                raise
+            reply["headers"] = {NEW_HEADER: f"{session.id}; Expires={session.expires_text}"}
+            return (app.json.dumps({"session_id": session.id, "expires": session.expires_text})
+                    .encode() + b"\n", "application/json", reply)
+        if session_id is None or session_id == NEW_SESSION:
+            raise errors.BadRequest(
+                f"{'CLOSE' if kind == CLOSE else 'this request'} needs an open session's id in "
+                f"X-Amzn-SageMaker-Session-Id (NEW_SESSION goes with "
+                f'{{"requestType": "NEW_SESSION"}})')
+        if kind == CLOSE:
+            with sessions.use(session_id) as session:
+                runtime.call(pipeline.session_hook, "close_session_fn", session, headers,
+                             details, started=arrived)
+            sessions.close(session_id)
+            reply["headers"] = {CLOSED_HEADER: session_id}
+            return (app.json.dumps({"closed_session_id": session_id}).encode() + b"\n",
+                    "application/json", reply)
+        with sessions.use(session_id) as session:
+            details["session"] = session
+            payload, media_type = runtime.call(pipeline.invoke, body, negotiated, headers,
+                                               deadline, details, started=arrived)
         return payload, media_type, reply
 
     def response_of(payload: t.Any, media_type: str, reply: dict[str, str], request_id: str,
@@ -344,6 +407,7 @@ def create_app(config: Config, models: Models | Pipeline, runtime: Runtime | Non
             response = Response(payload, status=200, content_type=media_type)
         if "custom_attributes" in reply:
             response.headers[CUSTOM_ATTRIBUTES_HEADER] = reply["custom_attributes"]
+        response.headers.update(reply.get("headers", ()))
         return response
 
     def invoke(pipeline: Pipeline, event_stream: bool = False) -> Response:
@@ -422,6 +486,7 @@ def create_app(config: Config, models: Models | Pipeline, runtime: Runtime | Non
             headers = [("Content-Type", media_type), ("Content-Length", str(len(payload)))]
             if "custom_attributes" in reply:
                 headers.append((CUSTOM_ATTRIBUTES_HEADER, reply["custom_attributes"]))
+            headers.extend(reply.get("headers", {}).items())
             finish(environ, INVOCATIONS_RULE, 200, headers, len(payload))
             start_response("200 OK", headers)
             return (payload,)

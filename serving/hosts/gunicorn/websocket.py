@@ -63,6 +63,7 @@ from wsproto.events import Request as Handshake
 from wsproto.utilities import RemoteProtocolError
 
 from serving import errors
+from serving.contract.sessions import NEW_SESSION, SessionStore, check_session_id
 from serving.contract.streams import close_quietly, is_stream
 from serving.hosts.gunicorn.http1 import Request
 from serving.hosts.gunicorn.responses import error_response
@@ -426,6 +427,8 @@ class StreamServices:
     default_accept: str
     #: Writes to the stream's socket from its thread (blocking, under a timeout).
     write: t.Callable[[bytes], None]
+    #: The stateful sessions, when they are on.
+    sessions: SessionStore | None = None
 
 
 def serve_stream(sock: socket.socket, request: Request, leftover: bytes,
@@ -447,6 +450,7 @@ def serve_stream(sock: socket.socket, request: Request, leftover: bytes,
             path, query = stream_target(request)
             pipeline = _target_pipeline(services.models, request)
             headers = Headers(request.headers)
+            session = _session_of(services.sessions, headers)
             answer = _answerer(pipeline, headers, services, request_id)
             connection = handshake(request)
             accept = connection.send(AcceptConnection(
@@ -463,9 +467,15 @@ def serve_stream(sock: socket.socket, request: Request, leftover: bytes,
         context_details = {"path": path, "query": query, "request_id": request_id,
                            "target_variant": headers.get("X-Amzn-SageMaker-Target-Variant"),
                            "inference_id": headers.get("X-Amzn-SageMaker-Inference-Id"),
-                           "custom_attributes": headers.get("X-Amzn-SageMaker-Custom-Attributes")}
+                           "custom_attributes": headers.get("X-Amzn-SageMaker-Custom-Attributes"),
+                           "session": session}
         outcome = _converse(channel, pipeline, answer, headers, context_details)
         channel.close(*outcome)
+        if session is not None and services.sessions is not None:
+            try:  # what the stream kept in the session, for the session's next requests
+                services.sessions.save(session)
+            except errors.ServingError as error:
+                log.warning("the stream's session was not saved: %s", error.message)
     except StreamClosed as closing:  # before the conversation began (the leftover bytes)
         outcome = (closing.code, closing.reason)
         if channel is not None:
@@ -480,6 +490,20 @@ def serve_stream(sock: socket.socket, request: Request, leftover: bytes,
     finally:
         _log_stream(request, peer, opened, outcome, channel)
         logs.request_id.reset(token)
+
+
+def _session_of(sessions: SessionStore | None, headers: Headers) -> t.Any:
+    """The stateful session the upgrade request names (read once: the stream holds it
+    for its life, and writes its state back at the end), or ``None``."""
+    session_id = headers.get("X-Amzn-SageMaker-Session-Id")
+    if session_id is None:
+        return None
+    if sessions is None:
+        raise errors.BadRequest("stateful sessions are off: set "
+                                "SAGEMAKER_ENABLE_STATEFUL_SESSIONS=true to open one")
+    if check_session_id(session_id) == NEW_SESSION:
+        raise errors.BadRequest("open a session with an invocation; a stream joins it by id")
+    return sessions.get(session_id)
 
 
 def _target_pipeline(models: Models, request: Request) -> Pipeline:
@@ -511,7 +535,8 @@ def _answerer(pipeline: Pipeline, headers: Headers, services: StreamServices,
     def each_message(messages: t.Iterator[bytes | str], context: t.Any) -> t.Iterator[t.Any]:
         details = {"request_id": request_id, "target_variant": context.target_variant,
                    "inference_id": context.inference_id, "reply": {},
-                   "custom_attributes": context.custom_attributes}
+                   "custom_attributes": context.custom_attributes,
+                   "session": context.session}
         for message in messages:
             body = message.encode("utf-8") if isinstance(message, str) else message
             started = time.monotonic()

@@ -47,6 +47,7 @@ import typing as t
 from gunicorn.workers.base import Worker
 
 from serving import errors
+from serving.contract.sessions import SessionStore
 from serving.hosts.gunicorn.accept import AcceptPolicy
 from serving.hosts.gunicorn.balance import NOT_TAKING
 from serving.hosts.gunicorn.connection import (
@@ -166,6 +167,8 @@ class ServingWorker(Worker):
                                   else None)
         self.ended_streams: queue.SimpleQueue[Connection] = queue.SimpleQueue()
         self.streams_stopping = threading.Event()
+        self.sessions = (SessionStore(config.sessions_path, config.sessions_expiration)
+                         if config.enable_stateful_sessions else None)
         self.wake_r, self.wake_w = os.pipe()
         os.set_blocking(self.wake_r, False)
         os.set_blocking(self.wake_w, False)
@@ -199,6 +202,8 @@ class ServingWorker(Worker):
                 self.notify()
                 self._expire(now)
                 self.batchers = self._batchers()  # models load lazily
+                if self.sessions is not None:
+                    self.sessions.sweep()  # once a minute; never waits on a session
                 if self.metrics is not None:
                     self.metrics.in_flight.set(self.busy)
                     self.metrics.flush()
@@ -396,7 +401,8 @@ class ServingWorker(Worker):
         services = StreamServices(models=self.models, runtime=self.runtime,
                                   limits=self.stream_limits, stopping=self.streams_stopping,
                                   default_accept=self.config.default_accept,
-                                  write=lambda data: self._write(conn, data))
+                                  write=lambda data: self._write(conn, data),
+                                  sessions=self.sessions)
         threading.Thread(target=self._stream_thread, args=(conn, request, services),
                          name=f"stream-{conn.fd}", daemon=True).start()
 
