@@ -31,6 +31,9 @@
 # make bench-http: the worker's HTTP/1.1 parser, old (the hand-written one, at commit
 #              c5a6d2b) against new (llhttp), parser alone and whole servers in alternating
 #              rounds; about 4 minutes; writes its table into BENCHMARKS.md.
+# make bench-streams: bidirectional streams (WebSocket, stream_fn) against HTTP chunked
+#              streaming, the word language model, 1 and 64 clients; about 2 minutes;
+#              writes its table into BENCHMARKS.md.
 # make bench-faults: the fault figures of BENCHMARKS.md (slow clients, stuck predictions,
 #              memory bombs, reloads, shutdown), each against real servers; about 2 minutes.
 
@@ -51,7 +54,7 @@ SDK_REQUIREMENTS := "sagemaker>=2.200,<3" "protobuf<7" scipy pillow
 RAY_VENV := .venv-ray
 RAY_STAMP := $(RAY_VENV)/.installed
 
-.PHONY: install container-tools serve serve-ray test test-ray loadtest bench bench-ray bench-peers bench-faults bench-http wrk clean
+.PHONY: install container-tools serve serve-ray test test-ray loadtest bench bench-ray bench-peers bench-faults bench-http bench-streams wrk clean
 
 install: $(STAMP) $(NP2_STAMP) $(SDK_STAMP)
 
@@ -165,6 +168,9 @@ bench-ray: $(RAY_STAMP) wrk
 
 bench-http: $(NP2_STAMP) wrk
 	$(NP2_VENV)/bin/python benchmarks/http_front_door.py
+
+bench-streams: $(STAMP)
+	$(BIN)/python benchmarks/streams.py
 
 bench-faults: $(STAMP)
 	$(BIN)/python benchmarks/faults.py
