@@ -65,6 +65,10 @@ MAX_CONTENT_TYPE_LABELS = 32
 LATENCY_BUCKETS = (.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60)
 BYTES_BUCKETS = (100, 1000, 10_000, 100_000, 1_000_000, 10_000_000, 100_000_000)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+# Streams: 1 s … 1 h.
+STREAM_BUCKETS = (1, 5, 10, 30, 60, 300, 600, 1800, 3600)
+#: Close codes a stream's metrics name; any other (a client's own) counts as "other".
+STREAM_CLOSE_CODES = frozenset({1000, 1001, 1002, 1003, 1006, 1007, 1008, 1009, 1011, 1013})
 
 
 def prepare_directory(path: str) -> None:
@@ -191,6 +195,21 @@ class Metrics:
             "serving_slow_clients_refused", "Connections answered 408 and closed: headers not "
             "in SERVING_HEADER_TIMEOUT, or a body slower than SERVING_MIN_BODY_RATE_KB.",
             ["phase"], registry=own)
+        self.streams_open = Gauge(
+            "serving_streams_open", "Bidirectional streams (WebSockets) open now (each "
+            "worker's count, taken four times a second).", multiprocess_mode="livesum",
+            registry=own)
+        self.streams_closed = Counter(
+            "serving_streams_closed", "Bidirectional streams ended, by their close code (1000 "
+            "done, 1001 the server stopping, 1006 the connection lost, 1008 a limit or a bad "
+            "message, 1009 a message too big, 1011 a model failure, ...).", ["code"],
+            registry=own)
+        self.stream_messages = Counter(
+            "serving_stream_messages", "Messages of bidirectional streams, by direction: in "
+            "(from the client) or out.", ["direction"], registry=own)
+        self.stream_seconds = Histogram(
+            "serving_stream_duration_seconds", "How long each bidirectional stream was open.",
+            buckets=STREAM_BUCKETS, registry=own)
         # Children by label values, made once: .labels() takes a lock and hashes each time.
         self._children: dict[tuple[t.Any, ...], t.Any] = {}
         # What was counted since the last flush: counter → amount; histogram →
@@ -279,6 +298,14 @@ class Metrics:
     def batch(self, requests: int, rows: int) -> None:
         self._observe(self.batch_requests, requests)
         self._observe(self.batch_rows, rows)
+
+    def stream_closed(self, code: int, messages_in: int, messages_out: int,
+                      seconds: float) -> None:
+        self._count(self._child(self.streams_closed,
+                                str(code) if code in STREAM_CLOSE_CODES else "other"))
+        self._count(self._child(self.stream_messages, "in"), messages_in)
+        self._count(self._child(self.stream_messages, "out"), messages_out)
+        self._observe(self.stream_seconds, seconds)
 
     def batching_trial(self, pays: bool) -> None:
         self._count(self._child(self.batching_trials, "batch" if pays else "alone"))

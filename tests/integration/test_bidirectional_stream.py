@@ -286,6 +286,12 @@ def test_a_model_error_mid_stream_closes_with_1011_and_nothing_else_breaks(serve
         ws.close()
     assert "secret detail of the failure" in server.log  # the traceback is logged
     assert requests.get(server.url("/ping"), timeout=5).status_code == 200
+    # /metrics counts the stream by how it closed, and its messages.
+    def counted() -> bool:
+        text = requests.get(server.url("/metrics"), timeout=5).text
+        return ('serving_streams_closed_total{code="1011"}' in text
+                and 'serving_stream_messages_total{direction="in"}' in text)
+    wait_for(counted, 5, "the failed stream in /metrics")
     ws = connect(server)
     try:
         ws.send(json.dumps({"op": "echo"}))

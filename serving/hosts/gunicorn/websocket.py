@@ -429,6 +429,8 @@ class StreamServices:
     write: t.Callable[[bytes], None]
     #: The stateful sessions, when they are on.
     sessions: SessionStore | None = None
+    #: Where streams are counted (``None``: metrics off).
+    metrics: t.Any = None
 
 
 def serve_stream(sock: socket.socket, request: Request, leftover: bytes,
@@ -489,6 +491,7 @@ def serve_stream(sock: socket.socket, request: Request, leftover: bytes,
             channel.close(*outcome)
     finally:
         _log_stream(request, peer, opened, outcome, channel)
+        _count_stream(services.metrics, request, opened, outcome, channel)
         logs.request_id.reset(token)
 
 
@@ -603,6 +606,21 @@ def _converse(channel: Channel, pipeline: Pipeline, answer: Answerer, headers: H
                 return MODEL_ERROR, f"stream_fn yielded what cannot be sent: {type(exc).__name__}"
     finally:
         close_quietly(items)
+
+
+def _count_stream(metrics: t.Any, request: Request, opened: float, outcome: tuple[int, str],
+                  channel: Channel | None) -> None:
+    """A refused upgrade is a request (its status, under the stream path's route); an
+    opened stream counts its close code, messages and time."""
+    if metrics is None:
+        return
+    elapsed = time.monotonic() - opened
+    if channel is None:
+        content_type = request.header("content-type")
+        metrics.request_done(STREAM_PATH, outcome[0], content_type[0] if content_type else None,
+                             elapsed)
+    else:
+        metrics.stream_closed(outcome[0], channel.messages_in, channel.messages_out, elapsed)
 
 
 def _log_stream(request: Request, peer: str, opened: float, outcome: tuple[int, str],

@@ -206,6 +206,7 @@ class ServingWorker(Worker):
                     self.sessions.sweep()  # once a minute; never waits on a session
                 if self.metrics is not None:
                     self.metrics.in_flight.set(self.busy)
+                    self.metrics.streams_open.set(self.streams)
                     self.metrics.flush()
             if self.stopping_at is None and (not self.alive or self.runtime.retire_reason):
                 self._begin_stop(now)
@@ -402,7 +403,7 @@ class ServingWorker(Worker):
                                   limits=self.stream_limits, stopping=self.streams_stopping,
                                   default_accept=self.config.default_accept,
                                   write=lambda data: self._write(conn, data),
-                                  sessions=self.sessions)
+                                  sessions=self.sessions, metrics=self.metrics)
         threading.Thread(target=self._stream_thread, args=(conn, request, services),
                          name=f"stream-{conn.fd}", daemon=True).start()
 
@@ -613,6 +614,7 @@ class ServingWorker(Worker):
             self._close(conn)
         if self.metrics is not None:
             self.metrics.in_flight.set(0)
+            self.metrics.streams_open.set(0)
             self.metrics.flush()
         if self.dropped:
             log.error("worker %s: %d request(s) unanswered at the end of the %g s %s were "
