@@ -416,66 +416,56 @@ def retry_connect(server: Server, seconds: float = 5) -> websocket.WebSocket:
             time.sleep(0.05)
 
 
-def test_limits_of_a_worker_idle_time_and_sigterm(tmp_path):
-    model_dir = write_model_dir(tmp_path, STREAM_MODEL)
-    server = Server(model_dir, "--workers", "1", "--max-streams", "2",
-                    "--stream-idle-timeout", "1", log_path=tmp_path / "serve.log")
-    try:
-        server.wait_ready()
-        first, second = connect(server), connect(server)
-        # A third stream past --max-streams: 503, and the two go on.
-        with pytest.raises(websocket.WebSocketBadStatusException) as refused:
-            connect(server)
-        assert refused.value.status_code == 503
-        second.send(json.dumps({"op": "echo"}))
-        assert json.loads(second.recv())["count"] == 1
-        # Idle past 1 s: the server closes it (pings do not count as activity).
-        started = time.monotonic()
-        code, reason, _ = receive_close(first)
-        assert code == 1008 and "idle" in reason
-        assert time.monotonic() - started < 3
-        first.close()
-        # SIGTERM: an open stream is told the server is going away (1001). The worker
-        # counts the closed stream out once its thread ends: a client retries a 503.
-        third = retry_connect(server)
-        third.send(json.dumps({"op": "echo"}))
-        third.recv()
-        server.proc.send_signal(signal.SIGTERM)
-        code, _, _ = receive_close(third)
-        assert code == 1001
-        third.close()
-        second.close()
-        assert server.proc.wait(30) == 0
-    finally:
-        server.kill()
+def test_limits_of_a_worker_idle_time_and_sigterm(serve, tmp_path):
+    server = serve(write_model_dir(tmp_path, STREAM_MODEL), "--workers", "1",
+                   "--max-streams", "2", "--stream-idle-timeout", "1")
+    first, second = connect(server), connect(server)
+    # A third stream past --max-streams: 503, and the two go on.
+    with pytest.raises(websocket.WebSocketBadStatusException) as refused:
+        connect(server)
+    assert refused.value.status_code == 503
+    second.send(json.dumps({"op": "echo"}))
+    assert json.loads(second.recv())["count"] == 1
+    # Idle past 1 s: the server closes it (pings do not count as activity).
+    started = time.monotonic()
+    code, reason, _ = receive_close(first)
+    assert code == 1008 and "idle" in reason
+    assert time.monotonic() - started < 3
+    first.close()
+    # SIGTERM: an open stream is told the server is going away (1001). The worker
+    # counts the closed stream out once its thread ends: a client retries a 503.
+    third = retry_connect(server)
+    third.send(json.dumps({"op": "echo"}))
+    third.recv()
+    server.proc.send_signal(signal.SIGTERM)
+    code, _, _ = receive_close(third)
+    assert code == 1001
+    third.close()
+    second.close()
+    assert server.proc.wait(30) == 0
 
 
-def test_without_stream_fn_each_message_is_one_invocation(tmp_path):
-    model_dir = write_model_dir(tmp_path, PLAIN_MODEL)
-    server = Server(model_dir, "--workers", "1", log_path=tmp_path / "serve.log")
+def test_without_stream_fn_each_message_is_one_invocation(serve, tmp_path):
+    server = serve(write_model_dir(tmp_path, PLAIN_MODEL), "--workers", "1")
+    ws = connect(server, headers={"Content-Type": "application/json"})
     try:
-        server.wait_ready()
-        ws = connect(server, headers={"Content-Type": "application/json"})
-        try:
-            for values in ([1, 2], [3, 4, 5]):
-                ws.send(json.dumps({"values": values}))
-                opcode, data = ws.recv_data()
-                assert opcode == websocket.ABNF.OPCODE_TEXT
-                assert json.loads(data) == {"sum": sum(values)}
-            # A message the model cannot take: the stream is closed with the reason.
-            ws.send("{not json")
-            code, reason, _ = receive_close(ws)
-            assert code == 1008 and "JSON" in reason
-        finally:
-            ws.close()
-        ws = connect(server)
-        try:
-            ws.send(json.dumps({"fail": True}))
-            code, reason, _ = receive_close(ws)
-            assert code == 1011 and "predict" in reason and "secret" not in reason
-        finally:
-            ws.close()
-        wait_for(lambda: requests.get(server.url("/ping"), timeout=5).status_code == 200, 5,
-                 "the server to answer /ping")
+        for values in ([1, 2], [3, 4, 5]):
+            ws.send(json.dumps({"values": values}))
+            opcode, data = ws.recv_data()
+            assert opcode == websocket.ABNF.OPCODE_TEXT
+            assert json.loads(data) == {"sum": sum(values)}
+        # A message the model cannot take: the stream is closed with the reason.
+        ws.send("{not json")
+        code, reason, _ = receive_close(ws)
+        assert code == 1008 and "JSON" in reason
     finally:
-        server.kill()
+        ws.close()
+    ws = connect(server)
+    try:
+        ws.send(json.dumps({"fail": True}))
+        code, reason, _ = receive_close(ws)
+        assert code == 1011 and "predict" in reason and "secret" not in reason
+    finally:
+        ws.close()
+    wait_for(lambda: requests.get(server.url("/ping"), timeout=5).status_code == 200, 5,
+             "the server to answer /ping")
