@@ -109,7 +109,8 @@ def test_a_session_opened_on_one_worker_is_used_on_the_other_and_closed(serve, t
 
 
 def test_a_session_survives_a_worker_killed_and_expires_on_time(serve, tmp_path, markers):
-    server = sessions_server(serve, tmp_path, markers, "--sessions-expiration", "3")
+    server = sessions_server(serve, tmp_path, markers, "--sessions-expiration", "5")
+    opened = time.monotonic()
     session = open_session(server)
     first = post(server, {"word": "a"}, session=session).json()
     os.kill(first["pid"], signal.SIGKILL)  # the worker that answered it
@@ -119,7 +120,7 @@ def test_a_session_survives_a_worker_killed_and_expires_on_time(serve, tmp_path,
         return response.status_code == 200 and response.json()["words"][-1] == "b"
     wait_for(answered, 15, "the session answered after a worker was killed")
     assert post(server, {"word": "c"}, session=session).json()["words"][:1] == ["a"]
-    time.sleep(3.2)
+    time.sleep(max(0.0, opened + 5.2 - time.monotonic()))
     expired = post(server, {"word": "d"}, session=session)
     assert expired.status_code == 400 and "expired" in expired.json()["message"]
     assert post(server, {"word": "e"}, session=session).status_code == 400
