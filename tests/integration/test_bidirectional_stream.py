@@ -71,6 +71,8 @@ PLAIN_MODEL = """
     def predict_fn(data, model):
         if data.get("fail"):
             raise ValueError("secret")
+        if data.get("stream"):  # a streamed answer: one message in fragments
+            return (f"{v} " for v in data["values"])
         return {"sum": sum(data["values"])}
 """
 
@@ -272,6 +274,24 @@ def test_five_unanswered_pings_close_the_stream(server):
         raw.close()
 
 
+@pytest.mark.parametrize("frame, code", [
+    # A masked text frame whose payload is not UTF-8: wsproto's check, 1007.
+    (b"\x81\x82\x00\x00\x00\x00\xc3\x28", 1007),
+    # An unmasked frame from a client (RFC 6455 5.1 forbids it): a protocol error, 1002.
+    (b"\x81\x02hi", 1002),
+])
+def test_frames_that_break_the_protocol_close_with_its_code(server, frame, code):
+    raw = RawClient(server)
+    try:
+        raw.read(lambda e: isinstance(e, ws_events.AcceptConnection))
+        raw.sock.sendall(frame)
+        events = raw.read(lambda e: isinstance(e, ws_events.CloseConnection))
+        assert isinstance(events[-1], ws_events.CloseConnection) and events[-1].code == code
+    finally:
+        raw.close()
+    assert requests.get(server.url("/ping"), timeout=5).status_code == 200
+
+
 def test_a_model_error_mid_stream_closes_with_1011_and_nothing_else_breaks(server):
     ws = connect(server)
     try:
@@ -454,6 +474,9 @@ def test_without_stream_fn_each_message_is_one_invocation(serve, tmp_path):
             opcode, data = ws.recv_data()
             assert opcode == websocket.ABNF.OPCODE_TEXT
             assert json.loads(data) == {"sum": sum(values)}
+        ws.send(json.dumps({"values": [7, 8, 9], "stream": True}))
+        opcode, data = ws.recv_data()  # websocket-client joins the fragments
+        assert opcode == websocket.ABNF.OPCODE_TEXT and data == b"7 8 9 "
         # A message the model cannot take: the stream is closed with the reason.
         ws.send("{not json")
         code, reason, _ = receive_close(ws)
