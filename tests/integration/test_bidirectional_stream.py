@@ -28,6 +28,7 @@ STREAM_PATH = "/invocations-bidirectional-stream"
 STREAM_MODEL = """
     import json
     import os
+    import time
 
     def model_fn(model_dir):
         return {"greeting": "hello"}
@@ -61,6 +62,10 @@ STREAM_MODEL = """
             elif op == "bye":
                 yield "bye"
                 return
+            elif op == "talk":  # never reads again: only a limit can end it
+                while True:
+                    yield "more"
+                    time.sleep(0.01)
 """
 
 #: No stream_fn: each message goes through the default pipeline, one answer each.
@@ -463,6 +468,18 @@ def test_limits_of_a_worker_idle_time_and_sigterm(serve, tmp_path):
     third.close()
     second.close()
     assert server.proc.wait(30) == 0
+
+
+def test_a_model_that_never_reads_is_ended_by_the_lifetime_limit(serve, tmp_path):
+    server = serve(write_model_dir(tmp_path, STREAM_MODEL), "--workers", "1",
+                   "--stream-max-seconds", "1")
+    ws = connect(server)
+    started = time.monotonic()
+    ws.send(json.dumps({"op": "talk"}))
+    code, reason, before = receive_close(ws)
+    assert code == 1008 and "SERVING_STREAM_MAX_SECONDS" in reason
+    assert len(before) > 10 and time.monotonic() - started < 3
+    ws.close()
 
 
 def test_without_stream_fn_each_message_is_one_invocation(serve, tmp_path):

@@ -254,6 +254,16 @@ class Channel:
             self.asked = time.monotonic()
             self._receive()
 
+    def past_limits(self) -> tuple[int, str] | None:
+        """Whether the worker's stop or the stream's lifetime ends it now: checked before
+        each message out, as well as while waiting for one in."""
+        if self.stopping.is_set():
+            return GOING_AWAY, "the server is stopping"
+        if time.monotonic() >= self.opened + self.limits.max_seconds:
+            return POLICY, (f"the stream reached its {self.limits.max_seconds:g} s limit "
+                            f"(SERVING_STREAM_MAX_SECONDS)")
+        return None
+
     def _receive(self) -> None:
         """Wait for bytes (sending pings on time), and turn them into messages. Idle time
         counts from the last message or from when the model asked for this one, whichever
@@ -262,11 +272,9 @@ class Channel:
         while not self.ready and not self.peer_closed:
             now = time.monotonic()
             idle_at = max(self.last_message, self.asked) + limits.idle_seconds
-            if self.stopping.is_set():
-                raise StreamClosed(GOING_AWAY, "the server is stopping")
-            if now >= self.opened + limits.max_seconds:
-                raise StreamClosed(POLICY, f"the stream reached its {limits.max_seconds:g} s "
-                                           f"limit (SERVING_STREAM_MAX_SECONDS)")
+            ending = self.past_limits()
+            if ending is not None:
+                raise StreamClosed(*ending)
             if now >= idle_at:
                 raise StreamClosed(POLICY, f"idle: no message for {limits.idle_seconds:g} s "
                                            f"(SERVING_STREAM_IDLE_TIMEOUT)")
@@ -595,6 +603,9 @@ def _converse(channel: Channel, pipeline: Pipeline, answer: Answerer, headers: H
                 return MODEL_ERROR, f"stream_fn raised {type(exc).__name__}"
             if channel.closed:
                 return NORMAL, ""  # the client left: what the model says now has no reader
+            ending = channel.past_limits()  # a model that yields without ever reading
+            if ending is not None:
+                return ending
             try:
                 channel.send(item, to_json)
             except StreamClosed as closing:
