@@ -201,3 +201,27 @@ def test_a_killed_replica_is_replaced_and_only_its_request_fails(pid_server):
 
     wait_for(replaced, 120, "a new replica in place of the killed one")
     assert victim not in seen
+
+
+def test_a_stream_fn_is_a_clear_start_up_error_on_ray(tmp_path):
+    """Ray Serve takes WebSockets only through a FastAPI ingress: a model that answers
+    bidirectional streams must not start on Ray as if it were served."""
+    from tests.ray.conftest import RAY_READY_SECONDS, Served
+
+    model_dir = write_model_dir(tmp_path, """
+        def model_fn(model_dir):
+            return None
+
+        def predict_fn(data, model):
+            return data
+
+        def stream_fn(messages, model):
+            yield from messages
+    """)
+    served = Served(model_dir, engine="ray", log_path=tmp_path / "ray.log")
+    try:
+        status = served.proc.wait(RAY_READY_SECONDS)
+    finally:
+        served.stop(timeout=10)
+    assert status != 0
+    assert "stream_fn (bidirectional streaming) is served by --engine gunicorn only" in served.log
