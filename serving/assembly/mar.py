@@ -1,0 +1,232 @@
+"""TorchServe model archives (``.mar``): the manifest read, the archive unpacked safely.
+
+A ``.mar`` is a zip made by ``torch-model-archiver``: the model's files at its root and
+``MAR-INF/MANIFEST.json``, whose ``model`` names them (``modelName``, ``serializedFile``,
+``handler``, ``modelFile``, ``requirementsFile``, ``configFile``, and ``extraFiles`` in
+older archivers; 0.12 puts extra files at the root without naming them). An archive
+comes from whoever built it, so unpacking trusts nothing in it:
+
+- every entry's name must stay inside the destination: no absolute path, no ``..``, no
+  drive or backslash tricks;
+- no symbolic links (a zip entry whose mode says link is refused, not followed);
+- at most ``MAX_ENTRIES`` entries and ``max_bytes`` in all, counted from what is actually
+  decompressed (a zip's declared sizes can lie), and no entry that inflates more than
+  ``MAX_RATIO`` times (a zip bomb);
+- every file the manifest names must be a regular file inside the archive.
+
+The model-config YAML (``configFile``) maps onto our settings
+(:func:`settings_from_config`): ``batchSize``, ``maxBatchDelay`` (ms), ``responseTimeout``
+(s) and ``minWorkers``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import posixpath
+import stat
+import typing as t
+import zipfile
+
+from serving.errors import StartupError
+
+__all__ = ["ArchiveError", "MANIFEST", "Manifest", "read_manifest", "settings_from_config",
+           "unpack"]
+
+MANIFEST = "MAR-INF/MANIFEST.json"
+#: Most entries an archive may hold, and most times one entry may inflate.
+MAX_ENTRIES = 10_000
+MAX_RATIO = 1000
+_CHUNK = 1024 * 1024
+
+
+class ArchiveError(StartupError):
+    """A model archive that cannot be served as it is; the message says what and where."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Manifest:
+    """What ``MAR-INF/MANIFEST.json`` says of the model (paths relative to the archive)."""
+
+    model_name: str
+    version: str | None
+    serialized_file: str | None
+    handler: str | None
+    model_file: str | None
+    requirements_file: str | None
+    config_file: str | None
+    extra_files: tuple[str, ...]
+    #: The whole manifest, as TorchServe hands it to a handler (``context.manifest``).
+    raw: dict[str, t.Any]
+
+    def named_files(self) -> list[str]:
+        """The files the manifest names (a handler may also be a built-in's name)."""
+        files = [f for f in (self.serialized_file, self.model_file, self.requirements_file,
+                             self.config_file) if f]
+        if self.handler and self.handler.endswith(".py"):
+            files.append(self.handler)
+        elif self.handler and ":" in self.handler and self.handler.split(":")[0].endswith(".py"):
+            files.append(self.handler.split(":")[0])
+        return files + list(self.extra_files)
+
+
+def _safe_name(name: str, source: str) -> str:
+    """``name`` as a relative path that stays inside the archive, or an ArchiveError."""
+    if "\\" in name or "\0" in name:
+        raise ArchiveError(f"{source}: the entry {name!r} has a backslash or NUL in its name")
+    normal = posixpath.normpath(name)
+    if (name.startswith("/") or normal == ".." or normal.startswith("../")
+            or (len(name) > 1 and name[1] == ":")):
+        raise ArchiveError(f"{source}: the entry {name!r} points outside the archive")
+    return normal
+
+
+def parse_manifest(text: bytes, source: str) -> Manifest:
+    try:
+        document = json.loads(text)
+    except ValueError as exc:
+        raise ArchiveError(f"{source}: {MANIFEST} is not JSON: {exc}") from None
+    model = document.get("model") if isinstance(document, dict) else None
+    if not isinstance(model, dict) or not isinstance(model.get("modelName"), str):
+        raise ArchiveError(f"{source}: {MANIFEST} has no model.modelName")
+    fields: dict[str, str | None] = {}
+    for key in ("modelVersion", "serializedFile", "handler", "modelFile", "requirementsFile",
+                "configFile"):
+        value = model.get(key)
+        if value is not None and not isinstance(value, str):
+            raise ArchiveError(f"{source}: {MANIFEST}: model.{key} must be a string")
+        fields[key] = value or None
+    extra = model.get("extraFiles") or ""
+    if not isinstance(extra, str):
+        raise ArchiveError(f"{source}: {MANIFEST}: model.extraFiles must be a string")
+    manifest = Manifest(
+        model_name=model["modelName"], version=fields["modelVersion"],
+        serialized_file=fields["serializedFile"], handler=fields["handler"],
+        model_file=fields["modelFile"], requirements_file=fields["requirementsFile"],
+        config_file=fields["configFile"],
+        extra_files=tuple(f.strip() for f in extra.split(",") if f.strip()), raw=document)
+    for name in manifest.named_files():
+        _safe_name(name, source)
+    return manifest
+
+
+def read_manifest(path: str) -> Manifest:
+    """The manifest of a ``.mar`` file or of an unpacked archive (a directory with
+    ``MAR-INF/MANIFEST.json``)."""
+    if os.path.isdir(path):
+        try:
+            with open(os.path.join(path, MANIFEST), "rb") as f:
+                return parse_manifest(f.read(), path)
+        except FileNotFoundError:
+            raise ArchiveError(f"{path}: no {MANIFEST}: not an unpacked model archive") from None
+    try:
+        with zipfile.ZipFile(path) as archive:
+            try:
+                return parse_manifest(archive.read(MANIFEST), path)
+            except KeyError:
+                raise ArchiveError(f"{path}: no {MANIFEST}: not a model archive") from None
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise ArchiveError(f"{path}: not a readable zip archive: {exc}") from None
+
+
+def unpack(path: str, destination: str, max_bytes: int) -> Manifest:
+    """Unpack the ``.mar`` at ``path`` into ``destination`` (made empty, or new), under the
+    rules of the module's text; its manifest, every file it names checked to be there."""
+    try:
+        archive = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise ArchiveError(f"{path}: not a readable zip archive: {exc}") from None
+    with archive:
+        entries = archive.infolist()
+        if len(entries) > MAX_ENTRIES:
+            raise ArchiveError(f"{path}: {len(entries)} entries, more than {MAX_ENTRIES}")
+        try:
+            manifest = parse_manifest(archive.read(MANIFEST), path)
+        except KeyError:
+            raise ArchiveError(f"{path}: no {MANIFEST}: not a model archive") from None
+        os.makedirs(destination, exist_ok=True)
+        root = os.path.realpath(destination)
+        total = 0
+        files = set()
+        for entry in entries:
+            name = _safe_name(entry.filename, path)
+            mode = entry.external_attr >> 16
+            if stat.S_ISLNK(mode):
+                raise ArchiveError(f"{path}: the entry {entry.filename!r} is a symbolic link")
+            target = os.path.realpath(os.path.join(root, name))
+            if target != root and not target.startswith(root + os.sep):
+                raise ArchiveError(f"{path}: the entry {entry.filename!r} points outside "
+                                   f"the archive")
+            if entry.is_dir():
+                os.makedirs(target, exist_ok=True)
+                continue
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            written = 0
+            limit = max(entry.compress_size, 1) * MAX_RATIO
+            with archive.open(entry) as source, open(target, "wb") as out:
+                while chunk := source.read(_CHUNK):
+                    written += len(chunk)
+                    total += len(chunk)
+                    if total > max_bytes:
+                        raise ArchiveError(f"{path}: unpacks to more than {max_bytes} bytes")
+                    if written > limit:
+                        raise ArchiveError(f"{path}: the entry {entry.filename!r} inflates "
+                                           f"more than {MAX_RATIO} times (a zip bomb?)")
+                    out.write(chunk)
+            files.add(name)
+    missing = [name for name in manifest.named_files() if posixpath.normpath(name) not in files]
+    if missing:
+        raise ArchiveError(f"{path}: {MANIFEST} names {', '.join(missing)}, not in the archive")
+    return manifest
+
+
+#: The model-config YAML's keys that map onto our settings, in the same units (ms, s).
+CONFIG_SETTINGS = {
+    "batchSize": "max_batch_size",
+    "maxBatchDelay": "max_batch_delay_ms",
+    "responseTimeout": "request_timeout",
+    "minWorkers": "workers",
+}
+
+
+def settings_from_config(directory: str, manifest: Manifest) -> dict[str, t.Any]:
+    """Our settings from the archive's model-config YAML (none without one). Other keys
+    (``maxWorkers``, ``deviceType``, a handler's own section, ...) stay for the handler
+    (``context.model_yaml_config``)."""
+    if manifest.config_file is None:
+        return {}
+    config = model_yaml_config(directory, manifest)
+    settings: dict[str, t.Any] = {}
+    for key, setting in CONFIG_SETTINGS.items():
+        if key not in config:
+            continue
+        value = config[key]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+            raise ArchiveError(f"{manifest.config_file}: {key} must be a number of 0 or "
+                               f"more, not {value!r}")
+        if key in ("batchSize", "minWorkers") and (value != int(value) or value < 1):
+            raise ArchiveError(f"{manifest.config_file}: {key} must be a whole number of 1 "
+                               f"or more, not {value!r}")
+        settings[setting] = int(value) if key in ("batchSize", "minWorkers") else value
+    return settings
+
+
+def model_yaml_config(directory: str, manifest: Manifest) -> dict[str, t.Any]:
+    """The model-config YAML as a dict (TorchServe's ``context.model_yaml_config``)."""
+    if manifest.config_file is None:
+        return {}
+    try:
+        import yaml
+    except ImportError:
+        raise ArchiveError(f"{manifest.config_file}: reading a model-config YAML needs "
+                           f"PyYAML: pip install 'serving-toolkit[torchserve]'") from None
+    path = os.path.join(directory, manifest.config_file)
+    try:
+        with open(path, "rb") as f:
+            config = yaml.safe_load(f) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise ArchiveError(f"{manifest.config_file}: not a readable YAML file: {exc}") from None
+    if not isinstance(config, dict):
+        raise ArchiveError(f"{manifest.config_file}: a model config is a mapping of keys")
+    return config
