@@ -122,7 +122,14 @@ class SessionStore:
     def __init__(self, path: str, expiration: float) -> None:
         self.path = path
         self.expiration = expiration
-        os.makedirs(path, mode=0o700, exist_ok=True)
+        try:
+            os.makedirs(path, mode=0o700, exist_ok=True)
+            if not os.access(path, os.W_OK | os.X_OK):
+                raise PermissionError(13, "not writable")
+        except OSError as exc:
+            raise errors.StartupError(
+                f"SAGEMAKER_SESSIONS_PATH {path}: {exc.strerror or exc}; stateful sessions "
+                f"need a directory every worker can write") from None
         self._swept = 0.0
         self._sweep_lock = threading.Lock()
 

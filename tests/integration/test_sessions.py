@@ -170,3 +170,15 @@ def test_a_stream_joins_a_session_and_keeps_it(serve, tmp_path, markers):
         words = post(server, {"word": "after"}, session=session).json()["words"]
         return words[:2] == ["before", "streamed"]
     wait_for(kept, 5, "the stream's state in the session")
+
+
+def test_a_sessions_path_that_cannot_be_written_stops_serve_at_start(tmp_path):
+    from tests.server_helpers import run_serve
+
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    done = run_serve("--model-dir", str(write_model_dir(tmp_path, SESSION_MODEL)),
+                     "--stateful-sessions", "--sessions-path", str(blocker / "sessions"))
+    assert done.returncode == 1
+    assert "serve: error: SAGEMAKER_SESSIONS_PATH" in done.stderr
+    assert "Traceback" not in done.stderr

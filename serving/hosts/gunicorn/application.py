@@ -226,6 +226,14 @@ def run(config: Config, metrics_dir: str | None) -> int:
             print(f"serve: error: multi-model: no directory for the models' records: {exc}",
                   file=sys.stderr)
             return 1
+    if config.enable_stateful_sessions:
+        from serving.contract.sessions import SessionStore
+
+        try:  # the directory, made now: every worker's store opens it
+            SessionStore(config.sessions_path, config.sessions_expiration)
+        except StartupError as exc:
+            print(f"serve: error: {exc}", file=sys.stderr)
+            return 1
     master = os.getpid()
     try:
         try:

@@ -95,3 +95,10 @@ def test_session_ids_and_request_types():
     assert session_request_type(b'not json "requestType"') is None
     with pytest.raises(errors.BadRequest):
         session_request_type(b'{"requestType": "OPEN"}')
+
+
+def test_a_directory_that_cannot_be_made_is_a_start_up_error(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(errors.StartupError, match="SAGEMAKER_SESSIONS_PATH"):
+        SessionStore(str(blocker / "sessions"), expiration=60)
