@@ -85,6 +85,15 @@ def session_request_type(body: bytes) -> str | None:
     return kind
 
 
+def _state_json(value: t.Any) -> str:
+    """A session's state as JSON, or the model's error saying it is not JSON."""
+    try:
+        return json.dumps(value, sort_keys=True)
+    except (TypeError, ValueError) as exc:
+        raise errors.ModelError(f"the session's state must be JSON (keep other things in "
+                                f"session.directory): {exc}", stage="session") from None
+
+
 class Session:
     """One open session, as a request sees it (``context.session``).
 
@@ -169,7 +178,7 @@ class SessionStore:
         return session
 
     def _write(self, session: Session) -> None:
-        data = json.dumps({"expires": session.expires, "state": session.state}).encode()
+        data = _state_json({"expires": session.expires, "state": session.state}).encode()
         if len(data) > MAX_STATE_BYTES:
             raise errors.ModelError(f"the session's state is over {MAX_STATE_BYTES} bytes of "
                                     f"JSON: keep large things in session.directory",
@@ -206,9 +215,9 @@ class SessionStore:
         written back when the request ends, if it changed."""
         with self._locked(session_id):
             session = self._read(session_id)
-            before = json.dumps(session.state, sort_keys=True)
+            before = _state_json(session.state)
             yield session
-            if json.dumps(session.state, sort_keys=True) != before:
+            if _state_json(session.state) != before:
                 self._write(session)
 
     def get(self, session_id: str) -> Session:

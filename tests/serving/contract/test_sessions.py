@@ -60,6 +60,10 @@ def test_a_half_written_record_never_shows_and_an_oversized_state_is_refused(sto
         with store.use(session.id) as held:
             held.state["big"] = "x" * (1024 * 1024)
     assert store.get(session.id).state == {"kept": 1}  # the record before it
+    with pytest.raises(errors.ModelError, match="must be JSON"):
+        with store.use(session.id) as held:
+            held.state["model"] = object()
+    assert store.get(session.id).state == {"kept": 1}
 
 
 def test_two_requests_of_one_session_take_turns(store):
