@@ -36,6 +36,10 @@ STREAM_MODEL = """
     def predict_fn(data, model):  # /invocations, beside the streams
         return {"invoked": data, "greeting": model["greeting"]}
 
+    def broken_parts():
+        yield "one "
+        raise RuntimeError("secret detail of the failure")
+
     def stream_fn(messages, model, context):
         count = 0
         for message in messages:
@@ -57,6 +61,8 @@ STREAM_MODEL = """
                 yield {"done": True}
             elif op == "fragments":
                 yield iter(["one ", "two ", "three"])
+            elif op == "broken fragments":
+                yield broken_parts()
             elif op == "fail":
                 raise RuntimeError("secret detail of the failure")
             elif op == "bye":
@@ -321,6 +327,16 @@ def test_a_model_error_mid_stream_closes_with_1011_and_nothing_else_breaks(serve
     try:
         ws.send(json.dumps({"op": "echo"}))
         assert json.loads(ws.recv())["count"] == 1
+    finally:
+        ws.close()
+
+
+def test_a_failure_inside_a_fragmented_answer_closes_with_1011(server):
+    ws = connect(server)
+    try:
+        ws.send(json.dumps({"op": "broken fragments"}))
+        code, reason, _ = receive_close(ws)
+        assert code == 1011 and reason == "stream_fn raised RuntimeError"
     finally:
         ws.close()
 

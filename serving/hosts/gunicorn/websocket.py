@@ -608,6 +608,8 @@ def _converse(channel: Channel, pipeline: Pipeline, answer: Answerer, headers: H
                 return ending
             try:
                 channel.send(item, to_json)
+            except OSError:
+                raise  # the connection broke: nothing more can be sent
             except StreamClosed as closing:
                 return closing.code, closing.reason
             except errors.ServingError as error:  # a streamed answer's later chunk
@@ -615,6 +617,9 @@ def _converse(channel: Channel, pipeline: Pipeline, answer: Answerer, headers: H
             except (TypeError, ValueError) as exc:
                 log.exception("stream_fn yielded what cannot be sent")
                 return MODEL_ERROR, f"stream_fn yielded what cannot be sent: {type(exc).__name__}"
+            except Exception as exc:  # the model's code, making a fragmented message's parts
+                log.exception("stream_fn raised")
+                return MODEL_ERROR, f"stream_fn raised {type(exc).__name__}"
     finally:
         close_quietly(items)
 
