@@ -55,6 +55,8 @@ _ID_PATTERN = re.compile(r"[a-zA-Z0-9](?:-*[a-zA-Z0-9])*\Z")
 MAX_ID = 256
 #: The largest session record: state is for small things (a directory holds the rest).
 MAX_STATE_BYTES = 1024 * 1024
+#: Most sessions open at once: each is files in shared memory, and clients open them.
+MAX_SESSIONS = 10_000
 SWEEP_SECONDS = 60.0
 
 
@@ -131,6 +133,7 @@ class SessionStore:
     def __init__(self, path: str, expiration: float) -> None:
         self.path = path
         self.expiration = expiration
+        self.max_sessions = MAX_SESSIONS
         try:
             os.makedirs(path, mode=0o700, exist_ok=True)
             if not os.access(path, os.W_OK | os.X_OK):
@@ -204,6 +207,14 @@ class SessionStore:
     def open(self) -> Session:
         """A new session, written before its id is given out."""
         self.sweep()
+        try:
+            open_now = sum(1 for name in os.listdir(self.path) if name.endswith(".json"))
+        except OSError:
+            open_now = 0
+        if open_now >= self.max_sessions:
+            raise errors.ClientError(f"{open_now} sessions are open, the most this server "
+                                     f"keeps: close one, or wait for one to expire",
+                                     status_code=429)
         session = Session(self, str(uuid.uuid4()), time.time() + self.expiration, {})
         with self._locked(session.id, create=True):
             self._write(session)

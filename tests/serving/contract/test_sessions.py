@@ -106,3 +106,14 @@ def test_a_directory_that_cannot_be_made_is_a_start_up_error(tmp_path):
     blocker.write_text("")
     with pytest.raises(errors.StartupError, match="SAGEMAKER_SESSIONS_PATH"):
         SessionStore(str(blocker / "sessions"), expiration=60)
+
+
+def test_open_sessions_are_bounded(store):
+    store.max_sessions = 2
+    first = store.open()
+    store.open()
+    with pytest.raises(errors.ClientError, match="2 sessions are open") as refused:
+        store.open()
+    assert refused.value.status_code == 429
+    store.close(first.id)
+    assert store.open().id  # room again
