@@ -349,6 +349,21 @@ class Config:
         "Multi-model endpoint: models are loaded, listed and unloaded at run time through "
         "/models (the SageMaker multi-model contract); the model directory may be empty "
         "or absent.", switch=True)
+    model_store: str | None = setting(
+        "--model-store", "SERVING_MODEL_STORE", None, _path,
+        "A TorchServe model store: a directory of model archives (.mar files, or unpacked "
+        "archives with MAR-INF/MANIFEST.json), each served by its name at "
+        "/predictions/<name> (--models says which). --model-dir may also be one archive.",
+        metavar="DIR")
+    models: str = setting(
+        "--models", "SERVING_MODELS", "all", _text,
+        "With --model-store, the archives to serve, as TorchServe takes them: all, or "
+        "name=file.mar,... (a bare file.mar is named by its manifest's modelName).",
+        metavar="LIST")
+    archive_max_mb: float = setting(
+        "--archive-max-mb", "SERVING_ARCHIVE_MAX_MB", 10240, _positive_number,
+        "The most one model archive may unpack to, in MiB, counted as it is unpacked.",
+        metavar="MB")
     models_memory_mb: float | None = setting(
         "--models-memory-mb", "SERVING_MODELS_MEMORY_MB", None,
         _positive_number, "Multi-model: the most the loaded models may take, in MiB (a "
@@ -482,7 +497,19 @@ class Config:
 
     def _check(self) -> None:
         """Checks that look at the filesystem or at several settings."""
+        if self.model_store is not None:
+            if self.multi_model:
+                raise ConfigError(f"{self.where('model_store')} and "
+                                  f"{self.where('multi_model')}: a model store's archives are "
+                                  f"loaded at start; choose one")
+            if not os.path.isdir(self.model_store):
+                raise ConfigError(f"model store {self.model_store} "
+                                  f"({self.where('model_store')}) is not a directory")
+            _check_readable(self.model_store, self.where("model_store"))
+            return self._check_ports()
         _check_reachable(self.model_dir, self.where("model_dir"))
+        if self.model_dir.endswith(".mar") and os.path.isfile(self.model_dir):
+            return self._check_ports()  # one model archive (read at assembly)
         if not os.path.isdir(self.model_dir) and not self.multi_model:
             raise ConfigError(
                 f"model directory {self.model_dir} does not exist or is not a directory "
@@ -490,6 +517,10 @@ class Config:
             )
         if os.path.isdir(self.model_dir):
             _check_readable(self.model_dir, self.where("model_dir"))
+        self._check_ports()
+
+    def _check_ports(self) -> None:
+        """Checks of the ports and engines, whatever serves the model."""
         if self.metrics_port is not None and self.metrics_port == self.port:
             raise ConfigError(f"{self.where('metrics_port')}={self.metrics_port} is the main "
                               f"port; leave it unset to serve /metrics there")

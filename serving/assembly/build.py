@@ -21,6 +21,8 @@ from serving.runtime.batching import Batcher
 from serving.runtime.metrics import Metrics
 
 if t.TYPE_CHECKING:
+    from handlers.content import Registry
+    from serving.assembly.mar import Archive
     from serving.assembly.user_code import UserCode
 
 __all__ = ["Assembly", "DEFAULT_MODEL", "THREAD_VARIABLES", "assemble", "assemble_loaded"]
@@ -98,6 +100,11 @@ def assemble(config: Config, metrics_dir: str | None = None,
         requirements_target,
     )
 
+    from serving.assembly.mar import archives_of
+
+    archives = archives_of(config)  # TorchServe model archives: --model-store, a .mar
+    if archives:
+        config = _with_archive_settings(config, archives)
     plan = plan_devices(config, gpu_count(), cpu_count())
     # GPU serving loads per worker after fork, one worker per GPU by default; a
     # multi-model server loads in its workers, at run time.
@@ -110,6 +117,8 @@ def assemble(config: Config, metrics_dir: str | None = None,
     write_float32_as(config.json_float32)  # every JSON answer: jsonlines and streams too
     base = default_registry()  # built-in handlers and installed plugins, once
     base.limit_decoded(config.max_decoded_bytes)  # and every layer's handlers too
+    if archives:
+        return _assemble_archives(config, plan, archives, base, metrics_dir, batcher_class)
     script = locate_user_script(config)
     code = None
     if script is not None:
@@ -180,6 +189,77 @@ def assemble(config: Config, metrics_dir: str | None = None,
             pipeline.batcher = None
     return Assembly(config=config, plan=plan, models=Models({DEFAULT_MODEL: pipeline}),
                     metrics=metrics)
+
+
+#: Settings a model archive's config YAML may give, when the operator did not.
+_ARCHIVE_SERVER_SETTINGS = ("workers", "request_timeout")
+
+
+def _with_archive_settings(config: Config, archives: list[Archive]) -> Config:
+    """The server-wide settings the archives' config YAMLs give (``minWorkers``,
+    ``responseTimeout``: the largest of them), unless set by flag or variable; and the
+    largest batch size among them, which sizes each worker's threads."""
+    changes: dict[str, t.Any] = {}
+    for name in _ARCHIVE_SERVER_SETTINGS:
+        values = [a.settings[name] for a in archives if name in a.settings]
+        if values and config.sources.get(name, "default") == "default":
+            changes[name] = max(values)
+    sizes = [_archive_batching(config, archive)[0] for archive in archives]
+    changes["max_batch_size"] = max(sizes)
+    return dataclasses.replace(config, **changes)
+
+
+def _archive_batching(config: Config, archive: Archive) -> tuple[int, float]:
+    """An archive's batch size and delay (ms): ``--max-batch-size`` and
+    ``--max-batch-delay-ms`` when set, else its config's ``batchSize`` (1: no batching)
+    and ``maxBatchDelay``."""
+    explicit = config.sources.get("max_batch_size", "default") != "default"
+    size = config.max_batch_size if explicit else archive.settings.get("max_batch_size", 1)
+    explicit = config.sources.get("max_batch_delay_ms", "default") != "default"
+    delay = config.max_batch_delay_ms if explicit \
+        else archive.settings.get("max_batch_delay_ms", config.max_batch_delay_ms)
+    return size, delay
+
+
+def _assemble_archives(config: Config, plan: DevicePlan, archives: list[Archive],
+                       base: Registry, metrics_dir: str | None,
+                       batcher_class: type[Batcher]) -> Assembly:
+    """A server of TorchServe model archives, each by its name, run by its handler
+    (:mod:`serving.protocols.torchserve`)."""
+    from serving.assembly.user_code import install_requirements_file
+    from serving.protocols.torchserve import hosting_module
+
+    pipelines = {}
+    for index, archive in enumerate(archives):
+        manifest = archive.manifest
+        if manifest.requirements_file and config.install_requirements:
+            install_requirements_file(os.path.join(archive.directory,
+                                                   manifest.requirements_file))
+        size, delay = _archive_batching(config, archive)
+        module = hosting_module(
+            archive.directory, manifest, base, batch_size=size,
+            max_form_bytes=config.max_payload_bytes,
+            # Several archives' modules of the same name (handler.py, model.py) each
+            # stay their own.
+            private=None if len(archives) == 1 else f"serving_archive_{index}",
+            debug_errors=config.debug_errors)
+        pipeline = Pipeline.from_module(module, base, model_dir=archive.directory,  # type: ignore[arg-type]
+                                        default_accept=config.default_accept,
+                                        framework="none", debug_errors=config.debug_errors)
+        pipeline.archive = manifest
+        if size > 1:
+            pipeline.enable_batching(size, delay / 1000, batcher_class)
+        pipelines[archive.name] = pipeline
+        log.info("model archive %s: %s, handler %s%s", archive.name, archive.directory,
+                 manifest.handler, f", batches of up to {size}" if size > 1 else "")
+    metrics = Metrics(metrics_dir) if config.metrics else None
+    models = Models(pipelines, default=archives[0].name if len(archives) == 1 else None)
+    if config.preload:
+        for pipeline in pipelines.values():
+            pipeline.load_model()
+            if metrics is not None and pipeline.load_seconds is not None:
+                metrics.model_load_seconds.set(pipeline.load_seconds)
+    return Assembly(config=config, plan=plan, models=models, metrics=metrics)
 
 
 def assemble_loaded(config: Config, threads: int, metrics_dir: str | None = None,

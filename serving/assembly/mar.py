@@ -21,18 +21,24 @@ The model-config YAML (``configFile``) maps onto our settings
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import json
 import os
 import posixpath
+import shutil
 import stat
+import tempfile
 import typing as t
 import zipfile
 
 from serving.errors import StartupError
 
-__all__ = ["ArchiveError", "MANIFEST", "Manifest", "read_manifest", "settings_from_config",
-           "unpack"]
+if t.TYPE_CHECKING:
+    from serving.config import Config
+
+__all__ = ["Archive", "ArchiveError", "MANIFEST", "Manifest", "archives_of", "is_archive",
+           "read_manifest", "settings_from_config", "unpack"]
 
 MANIFEST = "MAR-INF/MANIFEST.json"
 #: Most entries an archive may hold, and most times one entry may inflate.
@@ -230,3 +236,95 @@ def model_yaml_config(directory: str, manifest: Manifest) -> dict[str, t.Any]:
     if not isinstance(config, dict):
         raise ArchiveError(f"{manifest.config_file}: a model config is a mapping of keys")
     return config
+
+
+# -- the archives a server serves --------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Archive:
+    """One model archive, ready to serve: its name, where its files are, its manifest, and
+    the settings its model-config YAML gives (:func:`settings_from_config`)."""
+
+    name: str
+    directory: str
+    manifest: Manifest
+    settings: dict[str, t.Any]
+
+
+def is_archive(path: str) -> bool:
+    """Whether ``path`` is a ``.mar`` file or an unpacked archive."""
+    if os.path.isdir(path):
+        return os.path.isfile(os.path.join(path, MANIFEST))
+    return path.endswith(".mar") and os.path.isfile(path)
+
+
+def _unpack_root() -> str:
+    """Where this server unpacks its archives: a directory removed when the process that
+    made it (the gunicorn master) exits."""
+    global _root
+    if _root is None or not os.path.isdir(_root):
+        _root = tempfile.mkdtemp(prefix="serving-archives-")
+        atexit.register(_remove_root, _root, os.getpid())
+    return _root
+
+
+def _remove_root(path: str, owner: int) -> None:
+    if os.getpid() == owner:  # not the forked workers, which exit through here too
+        shutil.rmtree(path, ignore_errors=True)
+
+
+_root: str | None = None
+
+
+def _open(path: str, max_bytes: int) -> tuple[str, Manifest]:
+    """An archive's directory and manifest: a ``.mar`` unpacked, a directory as it is."""
+    if os.path.isdir(path):
+        return path, read_manifest(path)
+    destination = tempfile.mkdtemp(prefix=os.path.basename(path)[:-4] + "-", dir=_unpack_root())
+    return destination, unpack(path, destination, max_bytes)
+
+
+def archives_of(config: Config) -> list[Archive]:
+    """The archives ``config`` serves: those of ``--model-store`` that ``--models`` names,
+    or the one ``--model-dir`` is; none when it names neither.
+
+    :raises ArchiveError: an archive that cannot be served, a name twice, a ``--models``
+        entry that names no archive of the store.
+    """
+    from serving.contract.models import valid_model_name
+
+    max_bytes = int(config.archive_max_mb * 2**20)
+    wanted: list[tuple[str | None, str]] = []  # (name given or None, path)
+    if config.model_store is not None:
+        store = config.model_store
+        if config.models.strip() == "all":
+            wanted = [(None, os.path.join(store, entry)) for entry in sorted(os.listdir(store))
+                      if is_archive(os.path.join(store, entry))]
+            if not wanted:
+                raise ArchiveError(f"model store {store} holds no model archives (.mar)")
+        else:
+            for part in config.models.split(","):
+                name, _, file = part.strip().rpartition("=")
+                path = os.path.normpath(os.path.join(store, file.strip()))
+                if not file.strip() or os.path.dirname(path) != os.path.normpath(store):
+                    raise ArchiveError(f"--models: {part.strip()!r} is not name=file.mar of "
+                                       f"an archive in {store}")
+                if not is_archive(path):
+                    raise ArchiveError(f"--models: {file.strip()} is not a model archive in "
+                                       f"{store}")
+                wanted.append((name.strip() or None, path))
+    elif is_archive(config.model_dir):
+        wanted = [(None, config.model_dir)]
+    archives: list[Archive] = []
+    for name, path in wanted:
+        directory, manifest = _open(path, max_bytes)
+        name = name or manifest.model_name
+        if not valid_model_name(name):
+            raise ArchiveError(f"{path}: the model name {name!r} is not 1-255 letters, digits "
+                               f"and ._+=- (not starting with one of those)")
+        if any(archive.name == name for archive in archives):
+            raise ArchiveError(f"{path}: a second model named {name}")
+        archives.append(Archive(name, directory, manifest,
+                                settings_from_config(directory, manifest)))
+    return archives

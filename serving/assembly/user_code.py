@@ -30,8 +30,8 @@ from serving.errors import StartupError
 if t.TYPE_CHECKING:
     from handlers.content import Registry
 
-__all__ = ["UserCode", "install_requirements", "load_user_code", "locate_user_script",
-           "requirements_target"]
+__all__ = ["UserCode", "install_requirements", "install_requirements_file", "load_user_code",
+           "locate_user_script", "requirements_target"]
 
 log = logging.getLogger(__name__)
 
@@ -124,10 +124,15 @@ def install_requirements(script: str) -> None:
 
     Raises :class:`StartupError` carrying pip's own output when it fails.
     """
-    directory = os.path.dirname(script)
-    requirements = os.path.join(directory, "requirements.txt")
-    if not os.path.isfile(requirements):
-        return
+    requirements = os.path.join(os.path.dirname(script), "requirements.txt")
+    if os.path.isfile(requirements):
+        install_requirements_file(requirements)
+
+
+def install_requirements_file(requirements: str) -> None:
+    """pip-install ``requirements`` (a model archive's ``requirementsFile``, a script's
+    ``requirements.txt``); see :func:`install_requirements`."""
+    directory = os.path.dirname(requirements)
     target = requirements_target()
     log.info("installing %s%s", requirements, f" into {target}" if target else "")
     # Relative paths in the file are taken from the script's directory.

@@ -90,8 +90,12 @@ class Models:
     #: Whether models come and go at run time (the /models routes).
     multi = False
 
-    def __init__(self, pipelines: t.Mapping[str, Pipeline]) -> None:
+    def __init__(self, pipelines: t.Mapping[str, Pipeline],
+                 default: str | None = DEFAULT_MODEL) -> None:
         self._pipelines = dict(pipelines)
+        #: The model /invocations answers with; ``None``: several, none of them the
+        #: default (a model store's archives, each called by its name).
+        self.default_name = default
         #: Called on each pipeline built after start-up (multi-model; the metrics hook in).
         self.on_build: t.Callable[[Pipeline], None] | None = None
 
@@ -104,11 +108,20 @@ class Models:
 
     @property
     def default(self) -> Pipeline:
-        return self.get(DEFAULT_MODEL)
+        if self.default_name is None:
+            raise errors.NotFound(
+                f"this server holds several models ({', '.join(sorted(self._pipelines))}): "
+                f"name one, as in POST /predictions/<name>")
+        return self.get(self.default_name)
 
     def describe(self, name: str) -> dict[str, str]:
-        """``GET /models/<name>``, in the SageMaker contract's names."""
-        return {"modelName": name, "modelUrl": self.get(name).context.model_dir}
+        """``GET /models/<name>``, in the SageMaker contract's names (and a model
+        archive's version)."""
+        pipeline = self.get(name)
+        described = {"modelName": name, "modelUrl": pipeline.context.model_dir}
+        if pipeline.archive is not None and pipeline.archive.version is not None:
+            described["modelVersion"] = pipeline.archive.version
+        return described
 
     def _listing(self) -> dict[str, dict[str, str]]:
         return {name: self.describe(name) for name in self._pipelines}

@@ -47,6 +47,7 @@ from serving.http.negotiation import Negotiated
 from serving.runtime.batching import Batcher, batch_key
 
 if t.TYPE_CHECKING:
+    from serving.assembly.mar import Manifest
     from serving.assembly.user_code import UserCode
 
 __all__ = ["Pipeline"]
@@ -93,6 +94,9 @@ class Pipeline:
         self.load_seconds: float | None = None
         #: A multi-model server's model: its own modules, released when it is unloaded.
         self.user_code: UserCode | None = None
+        #: A TorchServe model archive's manifest (its name, version, handler); ``None``
+        #: for a SageMaker model.
+        self.archive: Manifest | None = None
         # The three stages, chosen when the model is loaded (see _choose_stages).
         self.decode: t.Callable[[bytes, Negotiated, Context], t.Any]
         self.predict: t.Callable[[t.Any, Context, float], t.Any]

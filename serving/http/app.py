@@ -186,7 +186,7 @@ def create_app(config: Config, models: Models | Pipeline, runtime: Runtime | Non
             except ValueError:
                 content_type = "invalid"
             metrics.request_done(route, status, content_type, elapsed)
-            if route.endswith(("/invocations", "/invoke")):
+            if route.endswith(("/invocations", "/invoke")) or route.startswith("/predictions/"):
                 metrics.bodies(get_content_length(environ) or 0, body_length)
         # /ping comes every few seconds from the host: keep it out of INFO logs.
         path = environ.get("PATH_INFO", "")
@@ -233,10 +233,15 @@ def create_app(config: Config, models: Models | Pipeline, runtime: Runtime | Non
     def end_request(_: BaseException | None) -> None:
         end(request.environ)
 
+    # TorchServe's clients read /ping's JSON; SageMaker's host reads only the status.
+    serves_archives = any(p.archive is not None for p in models.loaded())
+
     @app.get("/ping")
     def ping() -> Response:
         if not models.ready:
             raise errors.ServiceUnavailable("the model is still loading")
+        if serves_archives:
+            return app.json.response({"status": "Healthy"})
         return Response(status=200)
 
     @app.get("/execution-parameters")
@@ -271,6 +276,16 @@ def create_app(config: Config, models: Models | Pipeline, runtime: Runtime | Non
     @app.post("/models/<name>/invoke")
     def invoke_model(name: str) -> Response:
         return invoke(models.get(name))
+
+    @app.route("/predictions/<name>", methods=["GET", "POST", "PUT"])
+    @app.route("/predictions/<name>/<version>", methods=["GET", "POST", "PUT"])
+    def predictions(name: str, version: str | None = None) -> Response:
+        """TorchServe's inference API: the model by its name (and version)."""
+        pipeline = models.get(name)
+        if version is not None and (pipeline.archive is None
+                                    or pipeline.archive.version != version):
+            raise errors.NotFound(f"model {name} has no version {version}")
+        return invoke(pipeline)
 
     @app.get("/models")
     def list_models() -> Response:
@@ -404,7 +419,9 @@ def create_app(config: Config, models: Models | Pipeline, runtime: Runtime | Non
             response = Response(streamed(payload, request_id), status=200,
                                 content_type=media_type)
         else:
-            response = Response(payload, status=200, content_type=media_type)
+            # A TorchServe handler may set its request's status (set_response_status).
+            response = Response(payload, status=reply.get("status", 200),
+                                content_type=media_type)
         if "custom_attributes" in reply:
             response.headers[CUSTOM_ATTRIBUTES_HEADER] = reply["custom_attributes"]
         response.headers.update(reply.get("headers", ()))
@@ -476,7 +493,8 @@ def create_app(config: Config, models: Models | Pipeline, runtime: Runtime | Non
                 payload, media_type, reply = predict(target_model(environ), environ)
                 if isinstance(payload, str):
                     payload = payload.encode("utf-8")
-                if not isinstance(payload, (bytes, bytearray)):  # streamed: werkzeug frames it
+                if not isinstance(payload, (bytes, bytearray)) or "status" in reply:
+                    # Streamed (werkzeug frames it), or a status a handler set.
                     return respond(environ, start_response, response_of(
                         payload, media_type, reply, environ[REQUEST_ID_KEY]))
             except errors.ServingError as exc:

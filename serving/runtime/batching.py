@@ -37,7 +37,7 @@ from serving.errors import DeadlineExceeded
 from serving.runtime import logs
 from serving.runtime.batch_trial import BatchingTrial
 
-__all__ = ["Batcher", "Waiting", "batch_key", "batched", "join", "split"]
+__all__ = ["Batcher", "Items", "Waiting", "batch_key", "batched", "join", "split"]
 
 log = logging.getLogger(__name__)
 
@@ -53,13 +53,21 @@ def batched(fn: t.Callable[..., t.Any]) -> t.Callable[..., t.Any]:
     return fn
 
 
+class Items(list):  # type: ignore[type-arg]
+    """Inputs that are not arrays, one per request row, batched by putting them in one
+    list (a TorchServe handler's request list); the predict returns an ``Items`` with one
+    answer per input, in order."""
+
+
 def batch_key(data: t.Any) -> tuple[t.Any, ...] | None:
     """What inputs must share to be joined, or ``None`` when ``data`` cannot be.
 
     A leading batch dimension means two or more dimensions: a 1-D array is one sample,
     and joining two would make one longer sample. An image as the image decoders give it,
-    (height, width, 3) bytes, is one sample too.
+    (height, width, 3) bytes, is one sample too. :class:`Items` join with other Items.
     """
+    if isinstance(data, Items):
+        return ("items",) if data else None
     if not isinstance(data, np.ndarray) or data.ndim < 2 or data.dtype.kind not in "biuf" \
             or data.shape[0] == 0:
         return None
@@ -68,8 +76,12 @@ def batch_key(data: t.Any) -> tuple[t.Any, ...] | None:
     return (data.dtype.str, data.shape[1:])
 
 
-def join(inputs: t.Sequence[np.ndarray]) -> np.ndarray:
-    return inputs[0] if len(inputs) == 1 else np.concatenate(inputs)
+def join(inputs: t.Sequence[t.Any]) -> t.Any:
+    if len(inputs) == 1:
+        return inputs[0]
+    if isinstance(inputs[0], Items):
+        return Items(item for part in inputs for item in part)
+    return np.concatenate(inputs)
 
 
 def split(output: t.Any, rows: t.Sequence[int]) -> list[t.Any] | None:
@@ -77,6 +89,11 @@ def split(output: t.Any, rows: t.Sequence[int]) -> list[t.Any] | None:
     not arrays, or not one row per input row. Tuples, lists and dicts of arrays are cut
     member by member."""
     total = sum(rows)
+    if isinstance(output, Items):
+        if len(output) != total:
+            return None
+        ends = np.cumsum(rows)
+        return [Items(output[end - count:end]) for end, count in zip(ends, rows)]
     if isinstance(output, np.ndarray):
         if output.ndim == 0 or output.shape[0] != total:
             return None
@@ -106,7 +123,7 @@ class Waiting:
     def __init__(self, data: np.ndarray, key: tuple[t.Any, ...], deadline: float) -> None:
         self.data, self.key, self.deadline = data, key, deadline
         self.queued = time.monotonic()
-        self.rows = data.shape[0]
+        self.rows = len(data) if isinstance(data, Items) else data.shape[0]
         self.request_id = logs.request_id.get()  # for the log lines of its batch
         self.result: t.Any = None
         self.error: BaseException | None = None

@@ -194,18 +194,18 @@ class ServingApplication(BaseApplication):
         return app
 
     def _load_in_worker(self) -> None:
-        pipeline = self.models.default
-        index = pipeline.context.worker_index
-        try:
-            pipeline.load_model()
-        except Exception as exc:
-            log.exception("worker %s: loading the model failed: %s", index, exc)
-            # Exit code 3 tells the master this worker could not boot: it stops the
-            # server instead of restarting the worker for ever.
-            os._exit(Arbiter.WORKER_BOOT_ERROR)
-        log.info("worker %s: model loaded", index)
-        if self.metrics is not None and pipeline.load_seconds is not None:
-            self.metrics.model_load_seconds.set(pipeline.load_seconds)
+        for pipeline in self.models.loaded():  # one; or a model store's archives
+            index = pipeline.context.worker_index
+            try:
+                pipeline.load_model()
+            except Exception as exc:
+                log.exception("worker %s: loading the model failed: %s", index, exc)
+                # Exit code 3 tells the master this worker could not boot: it stops the
+                # server instead of restarting the worker for ever.
+                os._exit(Arbiter.WORKER_BOOT_ERROR)
+            log.info("worker %s: model loaded", index)
+            if self.metrics is not None and pipeline.load_seconds is not None:
+                self.metrics.model_load_seconds.set(pipeline.load_seconds)
 
 
 def run(config: Config, metrics_dir: str | None) -> int:
