@@ -19,6 +19,9 @@
 # make bench:  the codec benchmarks of BENCHMARKS.md, then our load benchmarks (overhead against a
 #              bare Flask echo, batching off and on, cold start, memory with 1/2/4 workers),
 #              which write their tables into BENCHMARKS.md; about 5 minutes.
+# make test-torchserve: TorchServe 0.12 (its own environment under build/peers/envs, Java 17)
+#              and serving-toolkit on the same model archives, the same requests: the same
+#              answers (tests/torchserve); at most TORCHSERVE_TEST_SECONDS (600).
 # make loadtest: serve an example (EXAMPLE=, default numpy-linear) on 127.0.0.1 and load it with
 #              locust (tests/load/locustfile.py) headless: USERS= users (8) for DURATION= seconds
 #              (30); prints locust's summary, writes CSV and HTML under build/loadtest/.
@@ -54,7 +57,7 @@ SDK_REQUIREMENTS := "sagemaker>=2.200,<3" "protobuf<7" scipy pillow
 RAY_VENV := .venv-ray
 RAY_STAMP := $(RAY_VENV)/.installed
 
-.PHONY: install container-tools serve serve-ray test test-ray loadtest bench bench-ray bench-peers bench-faults bench-http bench-streams wrk clean
+.PHONY: install container-tools serve serve-ray test test-ray test-torchserve loadtest bench bench-ray bench-peers bench-faults bench-http bench-streams wrk clean
 
 install: $(STAMP) $(NP2_STAMP) $(SDK_STAMP)
 
@@ -63,7 +66,7 @@ $(STAMP): setup.py
 	$(BIN)/python $(PIP) --upgrade pip
 	$(BIN)/python $(PIP) $(TORCH) "numpy<1.24" "setuptools>=77,<81" wheel
 	$(BIN)/python $(PIP) --no-build-isolation chainer==7.8.1
-	$(BIN)/python $(PIP) -e '.[test,pytorch,chainer,mxnet]'
+	$(BIN)/python $(PIP) -e '.[test,pytorch,chainer,mxnet,torchserve]'
 	touch $(STAMP)
 
 $(NP2_STAMP): setup.py
@@ -114,11 +117,12 @@ serve-ray: $(RAY_STAMP)
 		--ray-replicas $(REPLICAS)
 
 test: install container-tools
-	SETUPTOOLS_USE_DISTUTILS=stdlib $(BIN)/python -m pytest -q tests --ignore=tests/ray
-	$(NP2_VENV)/bin/python -m pytest -q -m "not chainer and not mxnet and not container" tests \
+	SETUPTOOLS_USE_DISTUTILS=stdlib $(BIN)/python -m pytest -q tests --ignore=tests/ray --ignore=tests/torchserve
+	$(NP2_VENV)/bin/python -m pytest -q -m "not chainer and not mxnet and not container and not torchserve" tests \
 		--ignore=tests/handlers/frameworks/test_chainer.py --ignore=tests/handlers/frameworks/test_mxnet.py \
-		--ignore=tests/ray
+		--ignore=tests/ray --ignore=tests/torchserve
 	$(MAKE) test-ray
+	$(MAKE) test-torchserve
 
 RAY_TEST_SECONDS ?= 900
 
@@ -153,6 +157,14 @@ $(PEERS_ENVS)/%/.installed:
 	test -x $(PEERS_ENVS)/$*/bin/python || $(PYTHON) -m venv $(PEERS_ENVS)/$*
 	$(PEERS_ENVS)/$*/bin/python $(PIP) $(TORCH) $(PEER_PACKAGES_$*)
 	touch $@
+
+TORCHSERVE_TEST_SECONDS ?= 600
+
+# TorchServe 0.12 itself (its own environment, the one make bench-peers uses) against us on
+# the same archives, built by its own torch-model-archiver.
+test-torchserve: $(STAMP) $(PEERS_ENVS)/torchserve/.installed
+	timeout --signal=INT --kill-after=30 $(TORCHSERVE_TEST_SECONDS) env SETUPTOOLS_USE_DISTUTILS=stdlib \
+		$(BIN)/python -m pytest -q tests/torchserve
 
 wrk:
 	@command -v wrk >/dev/null || (DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null \

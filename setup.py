@@ -35,6 +35,9 @@ setup(
         "mxnet": ["mxnet>=1.9,<2", "numpy<1.24"],
         # The Ray engine (serve --engine ray) and batch transform on Ray Data.
         "ray": ["ray[serve,data]>=2.40,<3"],
+        # TorchServe model archives and handlers (serve --model-store, a .mar): the handler
+        # base classes, loader and context are TorchServe's own; 0.12 is its last release.
+        "torchserve": ["torchserve==0.12.0", "pyyaml>=6"],
         # The load test users run against their container (tests/load/locustfile.py).
         "load": ["locust>=2.47,<3"],
         "test": ["pytest>=8", "requests>=2.31", "h11>=0.16", "websocket-client>=1.8",

@@ -65,8 +65,6 @@ __all__ = ["Answer", "HandlerRequest", "TorchServeModel", "answer_of", "hosting_
 
 log = logging.getLogger(__name__)
 
-#: What TorchServe's frontend adds to every request's headers.
-_ADDED_HEADERS = {"explain": "False", "url_path": ""}
 #: Most fields one form body may have (werkzeug's default is 1000).
 MAX_FORM_PARTS = 1000
 
@@ -157,8 +155,10 @@ def request_of(body: bytes, headers: t.Mapping[str, str], request_id: str,
     for name, value, content_type in params:
         row[name] = _value(value, content_type)
         items.append((name, {"content-type": content_type}))
-    items.extend(_ADDED_HEADERS.items())
+    # In TorchServe's order: the fields, explain, the request's headers, url_path.
+    items.append(("explain", "False"))
     items.extend((_header_name(name), value) for name, value in headers.items())
+    items.append(("url_path", ""))
     return HandlerRequest(row, RequestHeaders(items), request_id)
 
 
