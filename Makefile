@@ -29,6 +29,8 @@
 #              inference toolkit on MMS, LitServe and a hand-written Flask app, each in its own
 #              environment under build/peers/envs (several GB, made on first use; Java 17 and wrk
 #              needed); about 10 minutes; writes the table into BENCHMARKS.md. Not in make test.
+# make bench-torchserve: TorchServe 0.12 against us on the same .mar (req/s, p99, PSS, cold
+#              start; 3 alternating rounds); about 4 minutes; writes its table into BENCHMARKS.md.
 # make bench-ray: the Ray engine against gunicorn (same model, same wrk load; 2 replicas
 #              against 2 workers); about 3 minutes; writes its table into BENCHMARKS.md.
 # make bench-http: the worker's HTTP/1.1 parser, old (the hand-written one, at commit
@@ -57,7 +59,7 @@ SDK_REQUIREMENTS := "sagemaker>=2.200,<3" "protobuf<7" scipy pillow
 RAY_VENV := .venv-ray
 RAY_STAMP := $(RAY_VENV)/.installed
 
-.PHONY: install container-tools serve serve-ray test test-ray test-torchserve loadtest bench bench-ray bench-peers bench-faults bench-http bench-streams wrk clean
+.PHONY: install container-tools serve serve-ray test test-ray test-torchserve loadtest bench bench-torchserve bench-ray bench-peers bench-faults bench-http bench-streams wrk clean
 
 install: $(STAMP) $(NP2_STAMP) $(SDK_STAMP)
 
@@ -174,6 +176,9 @@ DURATION_PEERS ?= 10
 
 bench-peers: $(NP2_STAMP) wrk $(foreach p,$(PEERS),$(PEERS_ENVS)/$(p)/.installed)
 	$(NP2_VENV)/bin/python benchmarks/peers/run.py --duration $(DURATION_PEERS)
+
+bench-torchserve: $(STAMP) wrk $(PEERS_ENVS)/torchserve/.installed
+	$(BIN)/python benchmarks/torchserve_mar.py
 
 bench-ray: $(RAY_STAMP) wrk
 	$(RAY_VENV)/bin/python benchmarks/ray_serve.py

@@ -277,15 +277,20 @@ def create_app(config: Config, models: Models | Pipeline, runtime: Runtime | Non
     def invoke_model(name: str) -> Response:
         return invoke(models.get(name))
 
-    @app.route("/predictions/<name>", methods=["GET", "POST", "PUT"])
-    @app.route("/predictions/<name>/<version>", methods=["GET", "POST", "PUT"])
-    def predictions(name: str, version: str | None = None) -> Response:
-        """TorchServe's inference API: the model by its name (and version)."""
+    def predictions_model(name: str, version: str | None = None) -> Pipeline:
         pipeline = models.get(name)
         if version is not None and (pipeline.archive is None
                                     or pipeline.archive.version != version):
             raise errors.NotFound(f"model {name} has no version {version}")
-        return invoke(pipeline)
+        return pipeline
+
+    # TorchServe's inference API: the model by its name (and version). Answered by the
+    # direct path (InvocationsPath); the routes are here for 405s, the OpenAPI check and
+    # the metrics' labels.
+    @app.route(PREDICTIONS_RULE, methods=list(PREDICTIONS_METHODS))
+    @app.route(PREDICTIONS_VERSION_RULE, methods=list(PREDICTIONS_METHODS))
+    def predictions(name: str, version: str | None = None) -> Response:
+        return invoke(predictions_model(name, version))
 
     @app.get("/models")
     def list_models() -> Response:
@@ -483,52 +488,70 @@ def create_app(config: Config, models: Models | Pipeline, runtime: Runtime | Non
     def openapi_spec() -> Response:
         return Response(openapi, content_type="application/json")
 
-    def invocations_directly(environ: dict[str, t.Any],
-                             start_response: t.Callable[..., t.Any]) -> t.Iterable[bytes]:
-        """``POST /invocations`` without Flask's request and response objects (see
+    def direct_route(environ: dict[str, t.Any]) -> tuple[str, t.Callable[[], Pipeline]] | None:
+        """The rule and model of a request the direct path answers: ``POST /invocations``
+        and TorchServe's ``/predictions/<name>[/<version>]``; ``None``: Flask's."""
+        path, method = environ.get("PATH_INFO", ""), environ.get("REQUEST_METHOD")
+        if path == INVOCATIONS_RULE:
+            if method == "POST":
+                return INVOCATIONS_RULE, lambda: target_model(environ)
+        elif path.startswith("/predictions/") and method in PREDICTIONS_METHODS:
+            parts = path[len("/predictions/"):].split("/")
+            if len(parts) == 1 and parts[0]:
+                return PREDICTIONS_RULE, lambda: predictions_model(parts[0])
+            if len(parts) == 2 and all(parts):
+                return PREDICTIONS_VERSION_RULE, lambda: predictions_model(*parts)
+        return None
+
+    def invocations_directly(environ: dict[str, t.Any], start_response: t.Callable[..., t.Any],
+                             rule: str, model: t.Callable[[], Pipeline]) -> t.Iterable[bytes]:
+        """An invocation without Flask's request and response objects (see
         :class:`InvocationsPath`): the same steps as the view and the hooks around it."""
         start(environ)
         try:
             try:
-                payload, media_type, reply = predict(target_model(environ), environ)
+                payload, media_type, reply = predict(model(), environ)
                 if isinstance(payload, str):
                     payload = payload.encode("utf-8")
                 if not isinstance(payload, (bytes, bytearray)) or "status" in reply:
                     # Streamed (werkzeug frames it), or a status a handler set.
-                    return respond(environ, start_response, response_of(
+                    return respond(environ, start_response, rule, response_of(
                         payload, media_type, reply, environ[REQUEST_ID_KEY]))
             except errors.ServingError as exc:
-                return respond(environ, start_response, render(exc, environ))
+                return respond(environ, start_response, rule, render(exc, environ))
             except Exception as exc:  # as Flask's handler for bugs answers them
-                return respond(environ, start_response, render_bug(exc, environ))
+                return respond(environ, start_response, rule, render_bug(exc, environ))
             headers = [("Content-Type", media_type), ("Content-Length", str(len(payload)))]
             if "custom_attributes" in reply:
                 headers.append((CUSTOM_ATTRIBUTES_HEADER, reply["custom_attributes"]))
             headers.extend(reply.get("headers", {}).items())
-            finish(environ, INVOCATIONS_RULE, 200, headers, len(payload))
+            finish(environ, rule, 200, headers, len(payload))
             start_response("200 OK", headers)
             return (payload,)
         finally:
             end(environ)
 
-    def respond(environ: dict[str, t.Any], start_response: t.Callable[..., t.Any],
+    def respond(environ: dict[str, t.Any], start_response: t.Callable[..., t.Any], rule: str,
                 response: Response) -> t.Iterable[bytes]:
-        finish(environ, INVOCATIONS_RULE, response.status_code, response.headers,
-               response.content_length)
+        finish(environ, rule, response.status_code, response.headers, response.content_length)
         return response(environ, start_response)
 
     app.wsgi_app = InvocationsPath(  # type: ignore[method-assign]
-        app.wsgi_app, invocations_directly, metrics_port)
+        app.wsgi_app, invocations_directly, direct_route, metrics_port)
     return app
 
 
-#: The route the direct path answers, as Flask's rule and the metrics' label name it.
+#: The routes the direct path answers, as Flask's rules and the metrics' labels name them.
 INVOCATIONS_RULE = "/invocations"
+PREDICTIONS_RULE = "/predictions/<name>"
+PREDICTIONS_VERSION_RULE = "/predictions/<name>/<version>"
+#: The methods TorchServe's inference API takes on /predictions.
+PREDICTIONS_METHODS = ("GET", "POST", "PUT")
 
 
 class InvocationsPath:
-    """WSGI middleware: ``POST /invocations`` straight to the pipeline, everything else
-    to Flask.
+    """WSGI middleware: invocations (``POST /invocations``, TorchServe's ``/predictions``)
+    straight to the pipeline, everything else to Flask.
 
     Why: at small models most of a request's CPU was Flask's, not the model's: the
     request and app contexts, URL matching, the Request and Response objects, signals
@@ -536,26 +559,29 @@ class InvocationsPath:
     ``Flask.wsgi_app``). The direct path does what the route and its hooks do, in the
     same order, on the environ: request id, the same errors rendered by the same code,
     metrics, the access line; the answer is the same status, headers and body. Every
-    test of ``/invocations`` goes through it, Flask's test client's included, since
-    this is Flask's own middleware slot (``app.wsgi_app``).
+    test of these routes goes through it, Flask's test client's included, since this is
+    Flask's own middleware slot (``app.wsgi_app``).
+
+    :param route: the rule and model of a request the direct path answers, else ``None``.
     """
 
     def __init__(self, flask_app: t.Callable[..., t.Iterable[bytes]],
                  invocations: t.Callable[..., t.Iterable[bytes]],
+                 route: t.Callable[[dict[str, t.Any]], t.Any],
                  metrics_port: str | None) -> None:
         self.flask_app = flask_app
         self.invocations = invocations
+        self.route = route
         #: With /metrics on a port of its own, nothing else is answered there: Flask's
         #: hook refuses it, so requests on that port go through Flask.
         self.metrics_port = metrics_port
 
     def __call__(self, environ: dict[str, t.Any],
                  start_response: t.Callable[..., t.Any]) -> t.Iterable[bytes]:
-        if (environ.get("PATH_INFO") == INVOCATIONS_RULE
-                and environ.get("REQUEST_METHOD") == "POST"
-                and (self.metrics_port is None
-                     or environ.get("SERVER_PORT") != self.metrics_port)):
-            return self.invocations(environ, start_response)
+        if self.metrics_port is None or environ.get("SERVER_PORT") != self.metrics_port:
+            found = self.route(environ)
+            if found is not None:
+                return self.invocations(environ, start_response, *found)
         return self.flask_app(environ, start_response)
 
 

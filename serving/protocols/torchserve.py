@@ -35,6 +35,7 @@ set is sent as ``application/json`` when it was written as JSON (TorchServe send
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import importlib
 import io
@@ -257,6 +258,34 @@ def answer_of(value: t.Any, processor: t.Any, handler: str) -> Answer:
     return Answer(body, content_type, status, phrase, headers)
 
 
+class _Turns:
+    """Mutual exclusion in arrival order: a worker's prediction threads call a handler
+    one at a time, first come first served (a bare lock wakes any waiter, and under load
+    some wait many turns: the tail latency)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._waiting: collections.deque[threading.Lock] = collections.deque()
+        self._held = False
+
+    def __enter__(self) -> None:
+        with self._lock:
+            if not self._held:
+                self._held = True
+                return
+            turn = threading.Lock()
+            turn.acquire()
+            self._waiting.append(turn)
+        turn.acquire()  # released by the holder before us, which hands its turn over
+
+    def __exit__(self, *_: t.Any) -> None:
+        with self._lock:
+            if self._waiting:
+                self._waiting.popleft().release()  # still held: now the next one's
+            else:
+                self._held = False
+
+
 class TorchServeModel:
     """One archive's handler, initialised in this process: TorchServe's ``Service`` (its
     context and entry point), called one batch at a time."""
@@ -269,7 +298,7 @@ class TorchServeModel:
         self.code = code
         self.name = name
         self.debug_errors = debug_errors
-        self._turn = threading.Lock()
+        self._turn = _Turns()
 
     def handle(self, requests: Items) -> Items:
         """``handle(data, context)`` on the requests (one, or a batch): one
