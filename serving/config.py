@@ -357,9 +357,16 @@ class Config:
         metavar="DIR")
     models: str = setting(
         "--models", "SERVING_MODELS", "all", _text,
-        "With --model-store, the archives to serve, as TorchServe takes them: all, or "
-        "name=file.mar,... (a bare file.mar is named by its manifest's modelName).",
+        "With --model-store, the archives to serve from the start, as TorchServe takes "
+        "them: all, none (with --management-port: loaded later), or name=file.mar,... (a "
+        "bare file.mar is named by its manifest's modelName).",
         metavar="LIST")
+    management_port: int | None = setting(
+        "--management-port", "SERVING_MANAGEMENT_PORT", None, _int_in(1, 65535),
+        "Serve TorchServe's management API (GET, POST and DELETE /models) on this port, "
+        "and nothing else there: model archives are then loaded and unloaded at run time. "
+        "Needs --model-store or a .mar as --model-dir; the gunicorn engine only.",
+        metavar="PORT", default_help="off")
     archive_max_mb: float = setting(
         "--archive-max-mb", "SERVING_ARCHIVE_MAX_MB", 10240, _positive_number,
         "The most one model archive may unpack to, in MiB, counted as it is unpacked.",
@@ -497,6 +504,18 @@ class Config:
 
     def _check(self) -> None:
         """Checks that look at the filesystem or at several settings."""
+        if self.management_port is not None:
+            if self.model_store is None and not self.model_dir.endswith(".mar") and not \
+                    os.path.isfile(os.path.join(self.model_dir, "MAR-INF", "MANIFEST.json")):
+                raise ConfigError(f"{self.where('management_port')}: the management API "
+                                  f"serves TorchServe model archives: set --model-store (or "
+                                  f"a .mar as --model-dir)")
+            if self.management_port in (self.port, self.metrics_port):
+                raise ConfigError(f"{self.where('management_port')}={self.management_port} "
+                                  f"is taken by another of the server's ports")
+            if self.engine != "gunicorn":
+                raise ConfigError(f"{self.where('management_port')}: the management API runs "
+                                  f"on the gunicorn engine only")
         if self.model_store is not None:
             if self.multi_model:
                 raise ConfigError(f"{self.where('model_store')} and "

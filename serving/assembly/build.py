@@ -22,10 +22,11 @@ from serving.runtime.metrics import Metrics
 
 if t.TYPE_CHECKING:
     from handlers.content import Registry
-    from serving.assembly.mar import Archive
+    from serving.assembly.mar import Archive, Manifest
     from serving.assembly.user_code import UserCode
 
-__all__ = ["Assembly", "DEFAULT_MODEL", "THREAD_VARIABLES", "assemble", "assemble_loaded"]
+__all__ = ["Assembly", "DEFAULT_MODEL", "THREAD_VARIABLES", "archive_batching", "assemble",
+           "assemble_loaded"]
 
 log = logging.getLogger("serving")
 
@@ -100,10 +101,10 @@ def assemble(config: Config, metrics_dir: str | None = None,
         requirements_target,
     )
 
-    from serving.assembly.mar import archives_of
+    from serving.assembly.mar import archives_of, is_archive, remove_unpacked, serves_archives
 
     archives = archives_of(config)  # TorchServe model archives: --model-store, a .mar
-    if archives:
+    if serves_archives(config):
         config = _with_archive_settings(config, archives)
     plan = plan_devices(config, gpu_count(), cpu_count())
     # GPU serving loads per worker after fork, one worker per GPU by default; a
@@ -117,8 +118,9 @@ def assemble(config: Config, metrics_dir: str | None = None,
     write_float32_as(config.json_float32)  # every JSON answer: jsonlines and streams too
     base = default_registry()  # built-in handlers and installed plugins, once
     base.limit_decoded(config.max_decoded_bytes)  # and every layer's handlers too
-    if archives:
-        return _assemble_archives(config, plan, archives, base, metrics_dir, batcher_class)
+    if serves_archives(config):
+        return _assemble_archives(config, plan, archives, base, metrics_dir, models_dir,
+                                  batcher_class)
     script = locate_user_script(config)
     code = None
     if script is not None:
@@ -143,10 +145,12 @@ def assemble(config: Config, metrics_dir: str | None = None,
             log.warning("SERVING_MAX_BATCH_SIZE is set, but a multi-model server does not "
                         "batch: requests are not batched")
 
-        def build_model(model_dir: str, token: str, first: bool) -> Pipeline:
+        def build_model(model_dir: str, token: str, first: bool, name: str) -> Pipeline:
             """The model's own code/inference.py in a namespace of its own, else the
             container's script. ``first``: the load POST /models asked for; the other
             workers' loads of it find its requirements installed."""
+            if is_archive(model_dir):  # a TorchServe model archive, unpacked by resolve
+                return build_archive(model_dir, token, first, name)
             own = os.path.join(model_dir, "code", "inference.py")
             if not os.path.isfile(own):
                 return build(model_dir)
@@ -161,17 +165,19 @@ def assemble(config: Config, metrics_dir: str | None = None,
             pipeline.user_code = model_code
             return pipeline
 
+        build_archive = _archive_builder(config, base, batcher_class)
         if config.install_requirements:
             requirements_target()  # on every worker's sys.path, where one is needed
-        budget = (int(config.models_memory_mb * 2**20) if config.models_memory_mb is not None
-                  else memory_bytes() // 2 // plan.workers)
+        budget = _models_budget(config, plan)
         log.info("multi-model: models are loaded through POST /models; budget %.0f MiB",
                  budget / 2**20)
         # Models may bring their own input_fn: the first few content types seen are labelled.
         metrics = Metrics(metrics_dir) if config.metrics else None
         return Assembly(config=config, plan=plan, metrics=metrics,
                         models=ModelRepository(models_dir, build_model, budget,
-                                               lock_timeout=config.deadline_seconds))
+                                               lock_timeout=config.deadline_seconds,
+                                               resolve=_archive_resolver(config),
+                                               forget=remove_unpacked))
     pipeline = build(config.model_dir)
     metrics = Metrics(metrics_dir, content_types=pipeline.input_types) if config.metrics \
         else None
@@ -204,62 +210,136 @@ def _with_archive_settings(config: Config, archives: list[Archive]) -> Config:
         values = [a.settings[name] for a in archives if name in a.settings]
         if values and config.sources.get(name, "default") == "default":
             changes[name] = max(values)
-    sizes = [_archive_batching(config, archive)[0] for archive in archives]
-    changes["max_batch_size"] = max(sizes)
+    sizes = [archive_batching(config, archive.settings)[0] for archive in archives]
+    changes["max_batch_size"] = max(sizes, default=config.max_batch_size)
     return dataclasses.replace(config, **changes)
 
 
-def _archive_batching(config: Config, archive: Archive) -> tuple[int, float]:
+def archive_batching(config: Config, settings: dict[str, t.Any]) -> tuple[int, float]:
     """An archive's batch size and delay (ms): ``--max-batch-size`` and
     ``--max-batch-delay-ms`` when set, else its config's ``batchSize`` (1: no batching)
     and ``maxBatchDelay``."""
     explicit = config.sources.get("max_batch_size", "default") != "default"
-    size = config.max_batch_size if explicit else archive.settings.get("max_batch_size", 1)
+    size = config.max_batch_size if explicit else settings.get("max_batch_size", 1)
     explicit = config.sources.get("max_batch_delay_ms", "default") != "default"
     delay = config.max_batch_delay_ms if explicit \
-        else archive.settings.get("max_batch_delay_ms", config.max_batch_delay_ms)
+        else settings.get("max_batch_delay_ms", config.max_batch_delay_ms)
     return size, delay
 
 
-def _assemble_archives(config: Config, plan: DevicePlan, archives: list[Archive],
-                       base: Registry, metrics_dir: str | None,
-                       batcher_class: type[Batcher]) -> Assembly:
-    """A server of TorchServe model archives, each by its name, run by its handler
-    (:mod:`serving.protocols.torchserve`)."""
-    from serving.assembly.user_code import install_requirements_file
+def _archive_pipeline(config: Config, name: str, directory: str, manifest: Manifest,
+                      settings: dict[str, t.Any], base: Registry, private: str | None,
+                      batcher_class: type[Batcher]) -> Pipeline:
+    """The (unloaded) pipeline of one TorchServe model archive served as ``name``, run by
+    its handler (:mod:`serving.protocols.torchserve`); ``private``: its modules' own
+    package."""
     from serving.protocols.torchserve import hosting_module
 
-    pipelines = {}
-    for index, archive in enumerate(archives):
-        manifest = archive.manifest
-        if manifest.requirements_file and config.install_requirements:
-            install_requirements_file(os.path.join(archive.directory,
-                                                   manifest.requirements_file))
-        size, delay = _archive_batching(config, archive)
-        module = hosting_module(
-            archive.directory, manifest, base, batch_size=size,
-            max_form_bytes=config.max_payload_bytes,
-            # Several archives' modules of the same name (handler.py, model.py) each
-            # stay their own.
-            private=None if len(archives) == 1 else f"serving_archive_{index}",
-            debug_errors=config.debug_errors)
-        pipeline = Pipeline.from_module(module, base, model_dir=archive.directory,  # type: ignore[arg-type]
-                                        default_accept=config.default_accept,
-                                        framework="none", debug_errors=config.debug_errors)
-        pipeline.archive = manifest
-        if size > 1:
-            pipeline.enable_batching(size, delay / 1000, batcher_class)
-        pipelines[archive.name] = pipeline
-        log.info("model archive %s: %s, handler %s%s", archive.name, archive.directory,
-                 manifest.handler, f", batches of up to {size}" if size > 1 else "")
+    size, delay = archive_batching(config, settings)
+    module = hosting_module(name, directory, manifest, base, batch_size=size,
+                            max_form_bytes=config.max_payload_bytes, private=private,
+                            debug_errors=config.debug_errors)
+    pipeline = Pipeline.from_module(module, base, model_dir=directory,  # type: ignore[arg-type]
+                                    default_accept=config.default_accept, framework="none",
+                                    debug_errors=config.debug_errors)
+    pipeline.archive = manifest
+    pipeline.user_code = module  # type: ignore[assignment]  # release(): the handler's modules
+    if size > 1:
+        pipeline.enable_batching(size, delay / 1000, batcher_class)
+    log.info("model archive %s: %s, handler %s%s", name, directory,
+             manifest.handler, f", batches of up to {size}" if size > 1 else "")
+    return pipeline
+
+
+def _install_archive_requirements(config: Config, directory: str, manifest: Manifest) -> None:
+    from serving.assembly.user_code import install_requirements_file
+
+    if manifest.requirements_file and config.install_requirements:
+        install_requirements_file(os.path.join(directory, manifest.requirements_file))
+
+
+def _assemble_archives(config: Config, plan: DevicePlan, archives: list[Archive],
+                       base: Registry, metrics_dir: str | None, models_dir: str | None,
+                       batcher_class: type[Batcher]) -> Assembly:
+    """A server of TorchServe model archives, each by its name: fixed at start, or (with
+    --management-port) in a model repository that loads and unloads them at run time."""
     metrics = Metrics(metrics_dir) if config.metrics else None
-    models = Models(pipelines, default=archives[0].name if len(archives) == 1 else None)
-    if config.preload:
-        for pipeline in pipelines.values():
-            pipeline.load_model()
-            if metrics is not None and pipeline.load_seconds is not None:
-                metrics.model_load_seconds.set(pipeline.load_seconds)
-    return Assembly(config=config, plan=plan, models=models, metrics=metrics)
+    default = archives[0].name if len(archives) == 1 else None
+    if config.management_port is None:
+        pipelines = {}
+        for index, archive in enumerate(archives):
+            _install_archive_requirements(config, archive.directory, archive.manifest)
+            # Several archives' modules of the same name (handler.py, model.py) each stay
+            # their own.
+            pipelines[archive.name] = _archive_pipeline(
+                config, archive.name, archive.directory, archive.manifest, archive.settings, base,
+                None if len(archives) == 1 else f"serving_archive_{index}", batcher_class)
+        models = Models(pipelines, default=default)
+        if config.preload:
+            for pipeline in pipelines.values():
+                pipeline.load_model()
+                if metrics is not None and pipeline.load_seconds is not None:
+                    metrics.model_load_seconds.set(pipeline.load_seconds)
+        return Assembly(config=config, plan=plan, models=models, metrics=metrics)
+    from serving.assembly.mar import remove_unpacked
+
+    if models_dir is None:
+        raise ValueError("a management API needs a directory for its models' records")
+    repository = ModelRepository(models_dir, _archive_builder(config, base, batcher_class),
+                                 _models_budget(config, plan),
+                                 lock_timeout=config.deadline_seconds,
+                                 resolve=_archive_resolver(config), forget=remove_unpacked,
+                                 default=default)
+    for archive in archives:
+        if config.preload:  # loaded here: the workers share it, as a preloaded model
+            repository.load(archive.name, archive.directory, archive.source)
+        else:
+            _install_archive_requirements(config, archive.directory, archive.manifest)
+            repository.register(archive.name, archive.directory, archive.source)
+    repository.startup = tuple(archive.name for archive in archives)
+    log.info("model archives: %s; the management API on port %d",
+             ", ".join(repository.startup) or "none yet", config.management_port)
+    return Assembly(config=config, plan=plan, models=repository, metrics=metrics)
+
+
+def _archive_builder(config: Config, base: Registry,
+                     batcher_class: type[Batcher]
+                     ) -> t.Callable[[str, str, bool, str], Pipeline]:
+    """How a model repository builds an archive's pipeline (see ModelRepository)."""
+    from serving.assembly.mar import read_manifest, settings_from_config
+
+    def build_archive(directory: str, token: str, first: bool, name: str) -> Pipeline:
+        manifest = read_manifest(directory)
+        if first:
+            _install_archive_requirements(config, directory, manifest)
+        return _archive_pipeline(config, name, directory, manifest,
+                                 settings_from_config(directory, manifest), base,
+                                 f"serving_model_{token}", batcher_class)
+
+    return build_archive
+
+
+def _archive_resolver(config: Config) -> t.Callable[[str], str]:
+    """A load's url as the directory to load: a ``.mar`` unpacked (a 400 when it cannot
+    be), anything else as it is."""
+    from serving import errors
+    from serving.assembly.mar import ArchiveError, is_archive, open_archive
+
+    def resolve(url: str) -> str:
+        if not (os.path.isfile(url) and is_archive(url)):
+            return url
+        try:
+            return open_archive(url, int(config.archive_max_mb * 2**20))[0]
+        except ArchiveError as exc:
+            raise errors.BadRequest(str(exc)) from None
+
+    return resolve
+
+
+def _models_budget(config: Config, plan: DevicePlan) -> int:
+    """The most a model repository's models may add up to, in bytes."""
+    return (int(config.models_memory_mb * 2**20) if config.models_memory_mb is not None
+            else memory_bytes() // 2 // plan.workers)
 
 
 def assemble_loaded(config: Config, threads: int, metrics_dir: str | None = None,

@@ -38,7 +38,8 @@ if t.TYPE_CHECKING:
     from serving.config import Config
 
 __all__ = ["Archive", "ArchiveError", "MANIFEST", "Manifest", "archives_of", "is_archive",
-           "read_manifest", "settings_from_config", "unpack"]
+           "open_archive", "read_manifest", "remove_unpacked", "serves_archives",
+           "settings_from_config", "unpack"]
 
 MANIFEST = "MAR-INF/MANIFEST.json"
 #: Most entries an archive may hold, and most times one entry may inflate.
@@ -250,6 +251,20 @@ class Archive:
     directory: str
     manifest: Manifest
     settings: dict[str, t.Any]
+    #: Where it came from, as TorchServe shows it: its file name in the store, or its path.
+    source: str
+
+
+def serves_archives(config: Config) -> bool:
+    """Whether ``config`` serves TorchServe model archives (a model store, or a .mar)."""
+    return config.model_store is not None or is_archive(config.model_dir)
+
+
+def remove_unpacked(directory: str) -> None:
+    """Remove ``directory`` if this server unpacked it (an unloaded archive's files)."""
+    if _root is not None and os.path.dirname(os.path.realpath(directory)) == \
+            os.path.realpath(_root):
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 def is_archive(path: str) -> bool:
@@ -277,8 +292,9 @@ def _remove_root(path: str, owner: int) -> None:
 _root: str | None = None
 
 
-def _open(path: str, max_bytes: int) -> tuple[str, Manifest]:
-    """An archive's directory and manifest: a ``.mar`` unpacked, a directory as it is."""
+def open_archive(path: str, max_bytes: int) -> tuple[str, Manifest]:
+    """An archive's directory and manifest: a ``.mar`` unpacked (under this server's
+    directory for them, made by the master: every worker sees it), a directory as it is."""
     if os.path.isdir(path):
         return path, read_manifest(path)
     destination = tempfile.mkdtemp(prefix=os.path.basename(path)[:-4] + "-", dir=_unpack_root())
@@ -295,10 +311,16 @@ def archives_of(config: Config) -> list[Archive]:
     from serving.contract.models import valid_model_name
 
     max_bytes = int(config.archive_max_mb * 2**20)
+    if config.management_port is not None:
+        _unpack_root()  # made by the master, so that every worker unpacks into the same one
     wanted: list[tuple[str | None, str]] = []  # (name given or None, path)
     if config.model_store is not None:
         store = config.model_store
-        if config.models.strip() == "all":
+        if config.models.strip() == "none":
+            if config.management_port is None:
+                raise ArchiveError("--models none: nothing to serve without "
+                                   "--management-port to load archives later")
+        elif config.models.strip() == "all":
             wanted = [(None, os.path.join(store, entry)) for entry in sorted(os.listdir(store))
                       if is_archive(os.path.join(store, entry))]
             if not wanted:
@@ -318,13 +340,14 @@ def archives_of(config: Config) -> list[Archive]:
         wanted = [(None, config.model_dir)]
     archives: list[Archive] = []
     for name, path in wanted:
-        directory, manifest = _open(path, max_bytes)
+        directory, manifest = open_archive(path, max_bytes)
         name = name or manifest.model_name
         if not valid_model_name(name):
             raise ArchiveError(f"{path}: the model name {name!r} is not 1-255 letters, digits "
                                f"and ._+=- (not starting with one of those)")
         if any(archive.name == name for archive in archives):
             raise ArchiveError(f"{path}: a second model named {name}")
+        source = os.path.basename(path) if config.model_store is not None else path
         archives.append(Archive(name, directory, manifest,
-                                settings_from_config(directory, manifest)))
+                                settings_from_config(directory, manifest), source))
     return archives

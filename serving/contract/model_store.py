@@ -33,10 +33,13 @@ class Entry:
     bytes: int
     #: Unique to this load: a model unloaded and loaded again under its name gets another.
     token: str
+    #: The url as the load named it, when ``url`` is what was made of it (a model
+    #: archive's unpacked directory): what the listings show.
+    source: str | None = None
 
     def describe(self) -> dict[str, str]:
         """As ``GET /models`` lists it (the SageMaker contract's names)."""
-        return {"modelName": self.name, "modelUrl": self.url}
+        return {"modelName": self.name, "modelUrl": self.source or self.url}
 
 
 class ModelStore:

@@ -89,6 +89,8 @@ class Models:
 
     #: Whether models come and go at run time (the /models routes).
     multi = False
+    #: Models every worker loads when it starts, before /ping answers (a repository's).
+    startup: tuple[str, ...] = ()
 
     def __init__(self, pipelines: t.Mapping[str, Pipeline],
                  default: str | None = DEFAULT_MODEL) -> None:
@@ -176,8 +178,8 @@ class ModelRepository(Models):
     :param build: makes the (unloaded) pipeline of a model directory: its own
         ``code/inference.py``, else the container's, else the default handlers. Called
         with the directory, the load's token (its code's private package is named by
-        it) and whether this is the load ``POST /models`` asked for (``False``: another
-        worker's, or a restarted one's, first use of it).
+        it), whether this is the load ``POST /models`` asked for (``False``: another
+        worker's, or a restarted one's, first use of it), and the model's name.
     :param budget_bytes: the most the loaded models' files may add up to.
     :param lock_timeout: how long a load or unload waits for the one in progress, in
         seconds; past it, 503.
@@ -185,9 +187,19 @@ class ModelRepository(Models):
 
     multi = True
 
-    def __init__(self, directory: str, build: t.Callable[[str, str, bool], Pipeline],
-                 budget_bytes: int, lock_timeout: float = 60.0) -> None:
-        super().__init__({})
+    def __init__(self, directory: str, build: t.Callable[[str, str, bool, str], Pipeline],
+                 budget_bytes: int, lock_timeout: float = 60.0, *,
+                 resolve: t.Callable[[str], str] | None = None,
+                 forget: t.Callable[[str], None] | None = None,
+                 default: str | None = None) -> None:
+        super().__init__({}, default=default)
+        #: Turns a load's url into the directory to load (a model archive unpacked), and
+        #: removes what it made once that directory is no longer needed (the load failed,
+        #: or the model was unloaded).
+        self.resolve, self.forget = resolve, forget
+        #: Models every worker loads when it starts (a model store's archives), before
+        #: /ping answers.
+        self.startup: tuple[str, ...] = ()
         self.directory = directory
         self.lock_timeout = lock_timeout
         self.build = build
@@ -205,14 +217,25 @@ class ModelRepository(Models):
 
     @property
     def ready(self) -> bool:
-        # SageMaker health-checks a multi-model container before it loads any model.
-        return True
+        # SageMaker health-checks a multi-model container before it loads any model; a
+        # model store's archives are loaded first.
+        if not self.startup:
+            return True
+        self.sync()  # one read of shared memory; a startup model unloaded since is not waited for
+        return all(name in self._held for name in self.startup if name in self._entries)
 
     def loaded(self) -> list[Pipeline]:
         return [held.pipeline for held in list(self._held.values())]
 
     def enter_worker(self, index: int, device: str, threads: int) -> None:
         self._worker = (index, device, threads)
+        for held in self._held.values():  # loaded in the master before fork (preload)
+            held.pipeline.enter_worker(index, device, threads)
+
+    def load_startup(self) -> None:
+        """Load the :attr:`startup` models in this worker (those the master did not)."""
+        for name in self.startup:
+            self.get(name)
 
     def get(self, name: str) -> Pipeline:
         """The pipeline of ``name``, loaded in this worker on its first use here."""
@@ -242,7 +265,7 @@ class ModelRepository(Models):
 
     # -- loading and unloading (POST and DELETE /models) -------------------------------
 
-    def load(self, name: str, url: str) -> Entry:
+    def load(self, name: str, url: str, source: str | None = None) -> Entry:
         """Load the model in directory ``url`` as ``name``, here and (on first use) in
         every other worker.
 
@@ -250,6 +273,18 @@ class ModelRepository(Models):
         :raises errors.InsufficientStorage: 507, the model alone is over the budget.
         :raises errors.BadRequest: no such directory, or nothing there to serve.
         """
+        if self.resolve is None:
+            return self._load_directory(name, url, source)
+        directory = self.resolve(url)
+        try:
+            return self._load_directory(name, directory,
+                                        source or (url if directory != url else None))
+        except BaseException:
+            if directory != url and self.forget is not None:
+                self.forget(directory)
+            raise
+
+    def _load_directory(self, name: str, url: str, source: str | None) -> Entry:
         if not os.path.isdir(url):
             raise errors.BadRequest(f"url {url} is not a directory")
         with self.store.exclusive():
@@ -262,7 +297,8 @@ class ModelRepository(Models):
                     f"model {name} takes more than the whole budget of "
                     f"{_mib(self.budget_bytes)} (SERVING_MODELS_MEMORY_MB)")
             self._make_room(size)
-            entry = Entry(name=name, url=url, bytes=size, token=os.urandom(8).hex())
+            entry = Entry(name=name, url=url, bytes=size, token=os.urandom(8).hex(),
+                          source=source)
             held = self._load(entry, first=True)
             try:
                 self._write(entry)
@@ -274,15 +310,52 @@ class ModelRepository(Models):
         log.info("model %s loaded from %s (%s)", name, url, _mib(size))
         return entry
 
+    def register(self, name: str, url: str, source: str | None = None) -> Entry:
+        """Record the model directory ``url`` as ``name`` for every worker to load on its
+        own (the master, when it does not preload), loading nothing here.
+
+        :raises errors.Conflict: ``name`` is recorded already.
+        :raises errors.InsufficientStorage: the model alone is over the budget.
+        """
+        with self.store.exclusive():
+            self.sync()
+            if name in self._entries:
+                raise errors.Conflict(f"model {name} is loaded already")
+            size = directory_bytes(url, limit=self.budget_bytes)
+            if not model_budget.fits_alone(size, self.budget_bytes):
+                raise errors.InsufficientStorage(
+                    f"model {name} takes more than the whole budget of "
+                    f"{_mib(self.budget_bytes)} (SERVING_MODELS_MEMORY_MB)")
+            entry = Entry(name=name, url=url, bytes=size, token=os.urandom(8).hex(),
+                          source=source)
+            self._write(entry)
+            self.store.bump()
+        return entry
+
+    def entry(self, name: str) -> Entry:
+        """The record of ``name``; :class:`~serving.errors.NotFound` if not loaded."""
+        self.sync()
+        entry = self._entries.get(name)
+        if entry is None:
+            raise errors.NotFound(f"model {name} is not loaded")
+        return entry
+
+    def held(self, name: str) -> bool:
+        """Whether this worker holds ``name`` loaded now."""
+        return name in self._held
+
     def unload(self, name: str) -> None:
         """Unload ``name`` from every worker; :class:`~serving.errors.NotFound` if not loaded."""
         with self.store.exclusive():
             self.sync()
-            if name not in self._entries:
+            entry = self._entries.get(name)
+            if entry is None:
                 raise errors.NotFound(f"model {name} is not loaded")
             self._remove(name)
             self.store.bump()
         self.sync()
+        if self.forget is not None:
+            self.forget(entry.url)
         log.info("model %s unloaded", name)
 
     def _make_room(self, size: int) -> None:
@@ -349,7 +422,7 @@ class ModelRepository(Models):
 
     def _load(self, entry: Entry, first: bool) -> _Held:
         try:
-            pipeline = self.build(entry.url, entry.token, first)
+            pipeline = self.build(entry.url, entry.token, first, entry.name)
         except errors.StartupError as exc:
             raise errors.BadRequest(f"model {entry.name}: {exc}") from None
         try:

@@ -257,6 +257,8 @@ def create_app(config: Config, models: Models | Pipeline, runtime: Runtime | Non
         if not models.multi:
             return models.default
         target = environ.get("HTTP_X_AMZN_SAGEMAKER_TARGET_MODEL")
+        if target is None and models.default_name is not None:  # one archive at start
+            return models.get(models.default_name)
         if target is None:
             raise errors.BadRequest(f"a multi-model endpoint needs the model's name: in "
                                     f"{TARGET_MODEL_HEADER}, or POST /models/<name>/invoke")
@@ -536,8 +538,13 @@ def create_app(config: Config, models: Models | Pipeline, runtime: Runtime | Non
         finish(environ, rule, response.status_code, response.headers, response.content_length)
         return response(environ, start_response)
 
+    management = None
+    if config.management_port is not None and isinstance(models, ModelRepository):
+        from serving.protocols.torchserve_management import management_app
+
+        management = (str(config.management_port), management_app(config, models))
     app.wsgi_app = InvocationsPath(  # type: ignore[method-assign]
-        app.wsgi_app, invocations_directly, direct_route, metrics_port)
+        app.wsgi_app, invocations_directly, direct_route, metrics_port, management)
     return app
 
 
@@ -563,22 +570,30 @@ class InvocationsPath:
     Flask's own middleware slot (``app.wsgi_app``).
 
     :param route: the rule and model of a request the direct path answers, else ``None``.
+    :param management: TorchServe's management API: its port, and the app that answers
+        everything there (nothing else is answered on it).
     """
 
     def __init__(self, flask_app: t.Callable[..., t.Iterable[bytes]],
                  invocations: t.Callable[..., t.Iterable[bytes]],
                  route: t.Callable[[dict[str, t.Any]], t.Any],
-                 metrics_port: str | None) -> None:
+                 metrics_port: str | None,
+                 management: tuple[str, t.Callable[..., t.Iterable[bytes]]] | None = None
+                 ) -> None:
         self.flask_app = flask_app
         self.invocations = invocations
         self.route = route
         #: With /metrics on a port of its own, nothing else is answered there: Flask's
         #: hook refuses it, so requests on that port go through Flask.
         self.metrics_port = metrics_port
+        self.management_port, self.management_app = management or (None, None)
 
     def __call__(self, environ: dict[str, t.Any],
                  start_response: t.Callable[..., t.Any]) -> t.Iterable[bytes]:
-        if self.metrics_port is None or environ.get("SERVER_PORT") != self.metrics_port:
+        port = environ.get("SERVER_PORT")
+        if self.management_app is not None and port == self.management_port:
+            return self.management_app(environ, start_response)
+        if self.metrics_port is None or port != self.metrics_port:
             found = self.route(environ)
             if found is not None:
                 return self.invocations(environ, start_response, *found)

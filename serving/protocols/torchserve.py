@@ -409,9 +409,9 @@ def _handler_module(directory: str, manifest: Manifest, registry: Registry,
                            f"of the archive nor one of TorchServe's built-in handlers") from None
 
 
-def load_handler(directory: str, manifest: Manifest, registry: Registry, *, device: str,
-                 batch_size: int, private: str | None, debug_errors: bool
-                 ) -> TorchServeModel:
+def load_handler(name: str, directory: str, manifest: Manifest, registry: Registry, *,
+                 device: str, batch_size: int, private: str | None,
+                 debug_errors: bool) -> TorchServeModel:
     """Import the archive's handler and run its ``initialize(context)``, as TorchServe's
     worker does.
 
@@ -443,23 +443,33 @@ def load_handler(directory: str, manifest: Manifest, registry: Registry, *, devi
         config_file_path=os.path.join(os.path.dirname(ts.__file__), "configs", "metrics.yaml"))
     metrics.initialize_cache()
     gpu_id = int(device.partition(":")[2] or 0) if device.startswith("cuda") else None
-    service = Service(manifest.model_name, directory, manifest.raw, entry_point, gpu_id,
-                      batch_size, True, metrics)
+    service = Service(name, directory, manifest.raw, entry_point, gpu_id, batch_size, True,
+                      metrics)
     with _archive_on_path(directory, manifest, keep=private is None):
         initialize(service.context)
-    return TorchServeModel(service, manifest.model_name, debug_errors, code)
+    return TorchServeModel(service, name, debug_errors, code)
 
 
-def hosting_module(directory: str, manifest: Manifest, registry: Registry, *,
+def hosting_module(name: str, directory: str, manifest: Manifest, registry: Registry, *,
                    batch_size: int, max_form_bytes: int, private: str | None,
                    debug_errors: bool) -> types.SimpleNamespace:
     """The hosting functions that serve an archive through the pipeline: ``model_fn``
     initialises the handler, ``input_fn`` makes the handler's request,
-    ``predict_fn`` (batched) calls it, ``output_fn`` sends its answer."""
+    ``predict_fn`` (batched) calls it, ``output_fn`` sends its answer; and ``release()``,
+    which forgets the handler's modules (an archive unloaded)."""
+    loaded: list[TorchServeModel] = []
 
     def model_fn(model_dir: str, context: Context) -> TorchServeModel:
-        return load_handler(directory, manifest, registry, device=context.device,
-                            batch_size=batch_size, private=private, debug_errors=debug_errors)
+        model = load_handler(name, directory, manifest, registry, device=context.device,
+                             batch_size=batch_size, private=private, debug_errors=debug_errors)
+        loaded.append(model)
+        return model
+
+    def release() -> None:
+        while loaded:
+            code = loaded.pop().code
+            if code is not None:
+                code.release()
 
     def input_fn(body: bytes, content_type: str, context: Context) -> Items:
         return Items([request_of(body, context.headers, context.request_id or "",
@@ -480,5 +490,6 @@ def hosting_module(directory: str, manifest: Manifest, registry: Registry, *,
 
     return types.SimpleNamespace(
         __file__=os.path.join(directory, manifest.handler or "handler"),
-        __name__=f"torchserve archive {manifest.model_name}",
-        model_fn=model_fn, input_fn=input_fn, predict_fn=predict_fn, output_fn=output_fn)
+        __name__=f"torchserve archive {name}",
+        model_fn=model_fn, input_fn=input_fn, predict_fn=predict_fn, output_fn=output_fn,
+        release=release)

@@ -47,7 +47,10 @@ class TorchServe:
             f"metrics_address=http://127.0.0.1:{free_port()}\n"
             "default_workers_per_model=1\n"
             "disable_token_authorization=true\n"
-            "install_py_dep_per_model=false\n")
+            "install_py_dep_per_model=false\n"
+            # Registering and unregistering through the management API (off by default
+            # since TorchServe 0.11).
+            "enable_model_api=true\n")
         self.log_path = run / "torchserve.log"
         self._log = open(self.log_path, "wb")
         variables = {k: v for k, v in os.environ.items() if not k.startswith("TS_")}

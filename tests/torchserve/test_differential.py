@@ -196,3 +196,79 @@ def test_a_batching_handler_gets_batches_and_each_request_its_own_answer(torchse
 def test_every_archive_is_served(torchserve, ours):
     for name in ARCHIVES:
         assert requests.get(ours.url(f"/models/{name}"), timeout=10).status_code == 200
+
+
+# -- the management API ----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def managed(store, serve):
+    """Ours with TorchServe's management API on a port of its own."""
+    from tests.server_helpers import free_port
+
+    port = free_port()
+    server = serve(store, "--model-store", str(store), "--models", "all", "--workers", "2",
+                   "--management-port", str(port))
+    server.management = lambda path: f"http://127.0.0.1:{port}{path}"
+    return server
+
+
+def both_managed(torchserve, managed, method: str, path: str, **kwargs):
+    theirs = requests.request(method, torchserve.management(path), timeout=60, **kwargs)
+    mine = requests.request(method, managed.management(path), timeout=60, **kwargs)
+    return theirs, mine
+
+
+def test_management_lists_the_models(torchserve, managed):
+    theirs, mine = both_managed(torchserve, managed, "GET", "/models")
+    assert theirs.status_code == mine.status_code == 200
+    listing = lambda answer: sorted((m["modelName"], m["modelUrl"])  # noqa: E731
+                                    for m in answer.json()["models"])
+    assert listing(mine) == listing(theirs) == sorted((n, f"{n}.mar") for n in ARCHIVES)
+
+
+@pytest.mark.parametrize("name", ["probe", "batching"])
+def test_management_describes_a_model(torchserve, managed, name):
+    theirs, mine = both_managed(torchserve, managed, "GET", f"/models/{name}")
+    assert theirs.status_code == mine.status_code == 200
+    (theirs,), (mine,) = theirs.json(), mine.json()
+    for key in ("modelName", "modelVersion", "modelUrl", "runtime", "batchSize",
+                "loadedAtStartup"):
+        assert mine[key] == theirs[key], key
+    if name == "batching":  # from the archive's config YAML
+        assert mine["maxBatchDelay"] == theirs["maxBatchDelay"] == 200
+    assert theirs["workers"][0]["status"] == mine["workers"][0]["status"] == "READY"
+
+
+def test_management_registers_and_unregisters(torchserve, managed):
+    register = "/models?url=probe.mar&model_name=probe2&initial_workers=1&synchronous=true"
+    theirs, mine = both_managed(torchserve, managed, "POST", register)
+    assert theirs.status_code == mine.status_code == 200, (theirs.text, mine.text)
+    pattern = r'Model "probe2" Version: 2\.0 registered with \d+ initial workers'
+    assert re.fullmatch(pattern, theirs.json()["status"])
+    assert re.fullmatch(pattern, mine.json()["status"])
+    for server in (torchserve, managed):
+        answer = requests.post(server.url("/predictions/probe2"), json={"a": 1}, timeout=30)
+        assert answer.status_code == 200 and answer.json()["model_name"] == "probe2"
+    again = both_managed(torchserve, managed, "POST", register)
+    assert [a.status_code for a in again] == [409, 409]
+    theirs, mine = both_managed(torchserve, managed, "DELETE", "/models/probe2")
+    assert theirs.status_code == mine.status_code == 200
+    assert theirs.json() == mine.json() == {"status": 'Model "probe2" unregistered'}
+    for server in (torchserve, managed):
+        assert requests.post(server.url("/predictions/probe2"), json={},
+                             timeout=30).status_code == 404
+
+
+@pytest.mark.parametrize("method, path", [("GET", "/models/nope"),
+                                          ("DELETE", "/models/nope"),
+                                          ("GET", "/models/probe/9.9")])
+def test_management_of_what_is_not_there(torchserve, managed, method, path):
+    theirs, mine = both_managed(torchserve, managed, method, path)
+    assert theirs.status_code == mine.status_code == 404
+    assert theirs.json()["code"] == mine.json()["code"] == 404
+
+
+def test_management_refuses_a_register_without_url(torchserve, managed):
+    theirs, mine = both_managed(torchserve, managed, "POST", "/models")
+    assert theirs.status_code == mine.status_code == 400

@@ -107,6 +107,8 @@ def gunicorn_options(config: Config) -> dict[str, t.Any]:
     bind = [_address(config.host, config.port)]
     if config.metrics and config.metrics_port is not None:
         bind.append(_address(config.host, config.metrics_port))
+    if config.management_port is not None:
+        bind.append(_address(config.host, config.management_port))
     return {
         "bind": bind,
         "workers": config.workers,
@@ -195,11 +197,19 @@ class ServingApplication(BaseApplication):
 
     def load(self) -> t.Any:
         app = create_app(self.config, self.models, self.runtime, self.metrics)
-        if not self.config.preload and not self.models.multi:
+        if not self.config.preload and (not self.models.multi or self.models.startup):
             threading.Thread(target=self._load_in_worker, name="model-loader", daemon=True).start()
         return app
 
     def _load_in_worker(self) -> None:
+        if self.models.multi:  # a model store's archives, in a repository
+            try:
+                self.models.load_startup()
+            except Exception as exc:
+                log.exception("worker: loading the model archives failed: %s", exc)
+                os._exit(Arbiter.WORKER_BOOT_ERROR)
+            gc.freeze()
+            return
         for pipeline in self.models.loaded():  # one; or a model store's archives
             index = pipeline.context.worker_index
             try:
@@ -226,7 +236,7 @@ def run(config: Config, metrics_dir: str | None) -> int:
 
     # Multi-model: the records of the loaded models, which every worker reads.
     models_dir = None
-    if config.multi_model:
+    if config.multi_model or config.management_port is not None:
         try:
             models_dir = make_shared_dir("serving-models-")
         except OSError as exc:

@@ -23,7 +23,7 @@ def model_dir(tmp_path, name: str, size: int = 100, fails: bool = False):
     return str(path)
 
 
-def build(directory: str, token: str, first: bool) -> Pipeline:
+def build(directory: str, token: str, first: bool, name: str) -> Pipeline:
     module = types.ModuleType("inference")
     module.__file__ = "inference.py"
 
