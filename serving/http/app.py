@@ -126,9 +126,13 @@ def create_app(config: Config, models: Models | Pipeline, runtime: Runtime | Non
                 if config.enable_stateful_sessions else None)
 
     def render(error: errors.ServingError, environ: dict[str, t.Any] | None = None) -> Response:
-        body = error.to_dict()
         environ = request.environ if environ is None else environ
-        body["request_id"] = environ.get(REQUEST_ID_KEY) or logs.request_id.get() or None
+        path = environ.get("PATH_INFO", "")
+        if path == "/v2" or path.startswith(KSERVE_PREFIXES):
+            body: dict[str, t.Any] = {"error": error.message}  # KServe's protocols' errors
+        else:
+            body = error.to_dict()
+            body["request_id"] = environ.get(REQUEST_ID_KEY) or logs.request_id.get() or None
         response = app.json.response(body)
         response.status_code = error.status_code
         response.headers.update(error.headers)
@@ -481,6 +485,34 @@ def create_app(config: Config, models: Models | Pipeline, runtime: Runtime | Non
         finally:
             stream.close()
 
+    def invoke_for_protocol(pipeline: Pipeline, body: bytes, content_type: str,
+                            accept: str) -> tuple[bytes, str]:
+        """One invocation a protocol's route made up (KServe's): its body, Content-Type and
+        Accept, under the request's deadline; the answer whole."""
+        environ = request.environ
+        if not pipeline.ready:
+            raise errors.ServiceUnavailable("the model is still loading")
+        negotiated = negotiate(content_type, accept, pipeline.decoders, pipeline.encoders,
+                               config.default_accept)
+        arrived = environ[ARRIVED_KEY]
+        details = {"request_id": environ[REQUEST_ID_KEY], "reply": {}}
+        payload, media_type = runtime.call(
+            pipeline.invoke, body, negotiated, EnvironHeaders(environ),
+            arrived + runtime.deadline_seconds, details, started=arrived)
+        if isinstance(payload, Stream):
+            payload.close()
+            raise errors.ModelError("the model streamed its answer, which a KServe "
+                                    "prediction cannot be", stage="encode")
+        return payload, media_type
+
+    from serving import __version__
+    from serving.protocols.kserve import blueprint as kserve_routes
+
+    app.register_blueprint(kserve_routes(
+        config, models, invoke_for_protocol,
+        lambda fn, *args: runtime.call(fn, *args, started=request.environ[ARRIVED_KEY]),
+        lambda: read_body(request.environ, limit), __version__))
+
     if metrics is not None:
         @app.get("/metrics")
         def prometheus_metrics() -> Response:
@@ -548,6 +580,9 @@ def create_app(config: Config, models: Models | Pipeline, runtime: Runtime | Non
     return app
 
 
+#: Where KServe's v1 and v2 routes live: errors there are answered as those protocols
+#: define them (``{"error": message}``), whatever route, or none, they reached.
+KSERVE_PREFIXES = ("/v1/", "/v2/")
 #: The routes the direct path answers, as Flask's rules and the metrics' labels name them.
 INVOCATIONS_RULE = "/invocations"
 PREDICTIONS_RULE = "/predictions/<name>"

@@ -62,7 +62,7 @@ if t.TYPE_CHECKING:
     from serving.contract.context import Context
 
 __all__ = ["Answer", "HandlerRequest", "TorchServeModel", "answer_of", "hosting_module",
-           "request_of"]
+           "request_headers", "request_of"]
 
 log = logging.getLogger(__name__)
 
@@ -156,11 +156,18 @@ def request_of(body: bytes, headers: t.Mapping[str, str], request_id: str,
     for name, value, content_type in params:
         row[name] = _value(value, content_type)
         items.append((name, {"content-type": content_type}))
-    # In TorchServe's order: the fields, explain, the request's headers, url_path.
+    return HandlerRequest(row, request_headers(headers, items), request_id)
+
+
+def request_headers(headers: t.Mapping[str, str],
+                    fields: list[tuple[str, t.Any]] | None = None) -> RequestHeaders:
+    """A request's headers as a handler sees them, in TorchServe's order: each field's
+    content type, explain, the request's headers, url_path."""
+    items = list(fields or [])
     items.append(("explain", "False"))
     items.extend((_header_name(name), value) for name, value in headers.items())
     items.append(("url_path", ""))
-    return HandlerRequest(row, RequestHeaders(items), request_id)
+    return RequestHeaders(items)
 
 
 def _multipart_fields(body: bytes, boundary: str,
@@ -304,40 +311,56 @@ class TorchServeModel:
         """``handle(data, context)`` on the requests (one, or a batch): one
         :class:`Answer` each, in order."""
         from ts.context import RequestProcessor
-        from ts.utils.util import PredictionException
 
+        processors = [RequestProcessor(request.headers) for request in requests]
         with self._turn:
-            context = self.service.context
-            ids = {index: request.request_id for index, request in enumerate(requests)}
-            processors = [RequestProcessor(request.headers) for request in requests]
-            context.request_ids = ids
-            context.request_processor = processors
-            context.cl_socket = None
-            if context.metrics is not None:
-                context.metrics.request_ids = ids
-            try:
-                answers = self.service._entry_point([r.row for r in requests], context)
-            except PredictionException as exc:  # the handler's own status and message
-                raise _prediction_error(exc) from exc
-            except MemoryError as exc:
-                raise errors.InsufficientStorage("out of memory while the handler ran") \
-                    from exc
-            except Exception as exc:
-                log.exception("the %s handler raised", self.name)
-                kind = type(exc).__name__
-                message = f"the {self.name} handler raised {kind}"
-                if self.debug_errors:
-                    message += f": {exc}"
-                raise ModelError(message, stage="predict", exception=kind) from exc
-            if not isinstance(answers, list):
-                raise ModelError(f"the {self.name} handler answered a "
-                                 f"{type(answers).__name__}, not a list of one answer per "
-                                 f"request", stage="predict")
+            answers = self._call([r.row for r in requests], processors,
+                                 [r.request_id for r in requests])
             if len(answers) != len(requests):
                 raise ModelError(f"the {self.name} handler answered {len(answers)} times to "
                                  f"{len(requests)} request(s)", stage="predict")
             return Items(answer_of(answer, processor, self.name)
                          for answer, processor in zip(answers, processors))
+
+    def handle_raw(self, data: list[t.Any], headers: t.Mapping[str, str],
+                   request_id: str) -> list[t.Any]:
+        """``handle(data, context)`` for one request whose ``data`` a protocol made (as
+        TorchServe's KServe envelopes make it): the handler's answers as they are."""
+        from ts.context import RequestProcessor
+
+        with self._turn:
+            return self._call(data, [RequestProcessor(request_headers(headers))],
+                              [request_id])
+
+    def _call(self, data: list[t.Any], processors: list[t.Any],
+              ids: list[str]) -> list[t.Any]:
+        """The entry point on ``data``, the context made for this call (its turn held)."""
+        from ts.utils.util import PredictionException
+
+        context = self.service.context
+        by_index = dict(enumerate(ids))
+        context.request_ids = by_index
+        context.request_processor = processors
+        context.cl_socket = None
+        if context.metrics is not None:
+            context.metrics.request_ids = by_index
+        try:
+            answers = self.service._entry_point(data, context)
+        except PredictionException as exc:  # the handler's own status and message
+            raise _prediction_error(exc) from exc
+        except MemoryError as exc:
+            raise errors.InsufficientStorage("out of memory while the handler ran") from exc
+        except Exception as exc:
+            log.exception("the %s handler raised", self.name)
+            kind = type(exc).__name__
+            message = f"the {self.name} handler raised {kind}"
+            if self.debug_errors:
+                message += f": {exc}"
+            raise ModelError(message, stage="predict", exception=kind) from exc
+        if not isinstance(answers, list):
+            raise ModelError(f"the {self.name} handler answered a {type(answers).__name__}, "
+                             f"not a list of one answer per request", stage="predict")
+        return answers
 
 
 def _prediction_error(exc: t.Any) -> errors.ServingError:

@@ -16,6 +16,19 @@ from tests.torchserve.archives import handler_source, write_archive
 
 pytestmark = [pytest.mark.torchserve, pytest.mark.pytorch]
 
+
+@pytest.fixture
+def serve(serve, tmp_path):
+    """The suite's serve, unpacking archives under tmp_path (the fixture kills servers,
+    which then cannot remove what they unpacked)."""
+    (tmp_path / "tmp").mkdir()
+
+    def start(model_dir, *args, **kwargs):
+        env = {"TMPDIR": str(tmp_path / "tmp"), **(kwargs.pop("env", None) or {})}
+        return serve(model_dir, *args, env=env, **kwargs)
+
+    return start
+
 ECHO = textwrap.dedent('''
     def handle(data, context):
         if data is None:
@@ -186,3 +199,63 @@ def test_archives_that_cannot_be_served_stop_serve_with_the_reason(tmp_path, cas
     assert reason in done.stderr + done.stdout, done.stderr[-3000:]
     if case != "initialize raises":  # the handler's own failure is logged with its traceback
         assert "Traceback" not in done.stderr, done.stderr[-3000:]
+
+
+def test_the_management_api_loads_and_unloads_archives(serve, tmp_path):
+    store = tmp_path / "store"
+    store.mkdir()
+    write_archive(store / "echo.mar", "echo", {"echo.py": ECHO}, version="1.2",
+                  handler="echo.py")
+    raising = b"class H:\n    def initialize(self, context):\n        raise OSError('no weights')\n" \
+              b"    def handle(self, data, context):\n        return data\n"
+    write_archive(store / "broken.mar", "broken", {"h.py": raising}, handler="h.py")
+    port = free_port()
+    server = serve(store, "--model-store", str(store), "--models", "none", "--workers", "2",
+                   "--management-port", str(port))
+    manage = f"http://127.0.0.1:{port}"
+    assert requests.get(f"{manage}/models", timeout=10).json() == {"models": []}
+    loaded = requests.post(f"{manage}/models?url=echo.mar&model_name=e1", timeout=60)
+    assert loaded.status_code == 200, loaded.text
+    assert loaded.json()["status"] == 'Model "e1" Version: 1.2 registered with 2 initial workers'
+    # Every worker answers for it (new connections, so both get turns).
+    for _ in range(6):
+        answer = requests.post(server.url("/predictions/e1"), json=[1],
+                               headers={"Connection": "close"}, timeout=10)
+        assert answer.json() == {"model": "e1", "body": [1]}
+    (described,) = requests.get(f"{manage}/models/e1", timeout=10).json()
+    assert described["modelVersion"] == "1.2" and described["modelUrl"] == "echo.mar"
+    # A handler that fails in initialize: not served, the reason in the answer.
+    broken = requests.post(f"{manage}/models?url=broken.mar", timeout=60)
+    assert broken.status_code == 500 and broken.json()["exception"] == "OSError"
+    assert requests.post(server.url("/predictions/broken"), json=1,
+                         timeout=10).status_code == 404
+    for url, why in (("../echo.mar", "not an archive of the model store"),
+                     ("http://example.com/x.mar", "only local archives"),
+                     ("missing.mar", "no such archive")):
+        refused = requests.post(f"{manage}/models", params={"url": url}, timeout=10)
+        assert refused.status_code == 400 and why in refused.json()["message"]
+    refused = requests.post(f"{manage}/models?url=echo.mar&model_name=e2&batch_size=8",
+                            timeout=10)
+    assert refused.status_code == 400 and "config YAML" in refused.json()["message"]
+    # The management port answers nothing else, the main port no management call.
+    assert requests.post(f"{manage}/predictions/e1", json=1, timeout=10).status_code == 404
+    assert requests.get(server.url("/models/e1"), timeout=10).json()["modelName"] == "e1"
+    gone = requests.delete(f"{manage}/models/e1", timeout=30)
+    assert gone.json() == {"status": 'Model "e1" unregistered'}
+    assert requests.post(server.url("/predictions/e1"), json=1, timeout=10).status_code == 404
+    # Its unpacked files went with it; loaded again, it comes back.
+    assert list((tmp_path / "tmp").glob("serving-archives-*/echo-*")) == []
+    again = requests.post(f"{manage}/models?url=echo.mar&model_name=e1", timeout=60)
+    assert again.status_code == 200
+
+
+def test_a_sagemaker_multi_model_endpoint_loads_a_mar(serve, tmp_path):
+    mar = write_archive(tmp_path / "echo.mar", "echo", {"echo.py": ECHO}, handler="echo.py")
+    server = serve(tmp_path / "none", "--multi-model", "--workers", "2")
+    loaded = requests.post(server.url("/models"), json={"model_name": "m1", "url": str(mar)},
+                           timeout=60)
+    assert loaded.status_code == 200, loaded.text
+    answer = requests.post(server.url("/models/m1/invoke"), json={"q": 1}, timeout=10)
+    assert answer.json() == {"model": "m1", "body": {"q": 1}}
+    assert requests.post(server.url("/predictions/m1"), json=2, timeout=10).json()["body"] == 2
+    assert requests.get(server.url("/models/m1"), timeout=10).json()["modelUrl"] == str(mar)

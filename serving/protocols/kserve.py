@@ -1,0 +1,482 @@
+"""KServe's inference protocols on the same models: v1 and the Open Inference Protocol
+(v2) REST API, with its binary tensor data extension.
+
+Routes (a Flask blueprint on the main port):
+
+- v1: ``GET /v1/models``, ``GET /v1/models/<name>``, ``POST /v1/models/<name>:predict``
+  (``{"instances": [...]}`` → ``{"predictions": [...]}``);
+- v2: ``GET /v2`` (server metadata), ``GET /v2/health/live`` and ``/ready``,
+  ``GET /v2/models/<name>[/versions/<v>]`` (metadata) and ``.../ready``,
+  ``POST /v2/models/<name>[/versions/<v>]/infer``.
+
+Errors on these routes are the protocols' own: ``{"error": "<message>"}`` (the app's
+error rendering writes them so under /v1/ and /v2), with our status codes (400 a request that does not fit the protocol, 404 an unknown model or
+version, 413, 503, 504, 500 a model failure).
+
+How a request reaches a model:
+
+- **A TorchServe archive's handler** gets what TorchServe's KServe envelopes give it
+  (``ts/torch_handler/request_envelope``): v1, the list of ``instances``, its answer
+  list becoming ``predictions``; v2, one item per input tensor (``name``, ``shape``,
+  ``datatype``, ``data`` as nested lists), each answer becoming an output named as the
+  input it answers, flattened (TorchServe's v2 envelope writes a 1-D shape).
+- **Our hosting functions**: v1, the instances as a JSON body (``application/json`` in
+  and out, through the content handlers or the user's ``input_fn`` / ``output_fn``);
+  v2, the input tensors as an NPY body (one input) or an NPZ body keyed by input name
+  (several), the answer read back the same way (NPY: one output, ``output-0``; NPZ: an
+  output per member; JSON: one output).
+
+Tensors (v2): ``datatype`` one of BOOL, UINT8-64, INT8-64, FP16, FP32, FP64, BYTES;
+``shape`` a list of sizes whose product is the number of elements ``data`` (flat or
+nested) holds, or, with the binary extension, that its ``binary_data_size`` bytes hold.
+Anything else is a 400 before the model is called.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import struct
+import typing as t
+
+import numpy as np
+from flask import Blueprint, Response, request
+from werkzeug.routing import BaseConverter
+
+from serving import errors
+
+if t.TYPE_CHECKING:
+    from serving.config import Config
+    from serving.contract.models import Models
+    from serving.contract.pipeline import Pipeline
+
+__all__ = ["HEADER_LENGTH", "blueprint", "decode_infer_request", "encode_infer_response"]
+
+#: The binary tensor data extension's header: the length of the JSON part of the body.
+HEADER_LENGTH = "Inference-Header-Content-Length"
+
+DATATYPES: dict[str, np.dtype] = {
+    "BOOL": np.dtype(np.bool_), "UINT8": np.dtype(np.uint8), "UINT16": np.dtype(np.uint16),
+    "UINT32": np.dtype(np.uint32), "UINT64": np.dtype(np.uint64), "INT8": np.dtype(np.int8),
+    "INT16": np.dtype(np.int16), "INT32": np.dtype(np.int32), "INT64": np.dtype(np.int64),
+    "FP16": np.dtype(np.float16), "FP32": np.dtype(np.float32), "FP64": np.dtype(np.float64),
+    "BYTES": np.dtype(object),
+}
+_BY_KIND = {dtype: name for name, dtype in DATATYPES.items() if name != "BYTES"}
+
+
+class ProtocolError(errors.BadRequest):
+    """A v1 / v2 request that does not fit the protocol."""
+
+
+def datatype_of(array: np.ndarray) -> str:
+    if array.dtype.kind in "SUO":
+        return "BYTES"
+    name = _BY_KIND.get(array.dtype.newbyteorder("=") if array.dtype.byteorder == ">"
+                        else array.dtype)
+    if name is None:
+        raise errors.ModelError(f"the model answered a {array.dtype} tensor, which the "
+                                f"protocol has no datatype for", stage="encode")
+    return name
+
+
+# -- v2 tensors in and out ------------------------------------------------------------
+
+
+def _shape(value: t.Any, where: str) -> tuple[int, ...]:
+    if not isinstance(value, list) or not all(
+            isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in value):
+        raise ProtocolError(f"{where}: shape must be a list of sizes (whole numbers, 0 or "
+                            f"more)")
+    return tuple(value)
+
+
+def _bytes_elements(raw: bytes, where: str) -> list[bytes]:
+    """BYTES tensor data in the binary extension: each element a 4-byte little-endian
+    length, then that many bytes."""
+    elements, at = [], 0
+    while at < len(raw):
+        if at + 4 > len(raw):
+            raise ProtocolError(f"{where}: BYTES data ends inside an element's length")
+        (size,) = struct.unpack_from("<I", raw, at)
+        at += 4
+        if at + size > len(raw):
+            raise ProtocolError(f"{where}: BYTES data ends inside an element")
+        elements.append(raw[at:at + size])
+        at += size
+    return elements
+
+
+def _tensor(spec: t.Any, binary: memoryview, at: int, index: int) -> tuple[np.ndarray, int]:
+    """One input tensor of an infer request, and where the next one's binary data starts."""
+    if not isinstance(spec, dict):
+        raise ProtocolError(f"inputs[{index}] must be an object")
+    name = spec.get("name")
+    where = f"input {name!r}" if isinstance(name, str) else f"inputs[{index}]"
+    if not isinstance(name, str) or not name:
+        raise ProtocolError(f"{where}: name must be a non-empty string")
+    datatype = spec.get("datatype")
+    if datatype not in DATATYPES:
+        raise ProtocolError(f"{where}: datatype {datatype!r} is not one of "
+                            f"{', '.join(DATATYPES)}")
+    shape = _shape(spec.get("shape"), where)
+    count = math.prod(shape)
+    parameters = spec.get("parameters") or {}
+    if not isinstance(parameters, dict):
+        raise ProtocolError(f"{where}: parameters must be an object")
+    dtype = DATATYPES[datatype]
+    size = parameters.get("binary_data_size")
+    if size is not None:
+        if "data" in spec:
+            raise ProtocolError(f"{where}: has both data and binary_data_size")
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0 \
+                or at + size > len(binary):
+            raise ProtocolError(f"{where}: binary_data_size {size!r} is more than the "
+                                f"{len(binary) - at} bytes of binary data left")
+        raw = bytes(binary[at:at + size])
+        at += size
+        if datatype == "BYTES":
+            elements = _bytes_elements(raw, where)
+            if len(elements) != count:
+                raise ProtocolError(f"{where}: shape {list(shape)} holds {count} elements, "
+                                    f"the data {len(elements)}")
+            array = np.empty(count, dtype=object)
+            array[:] = elements
+        else:
+            if size != count * dtype.itemsize:
+                raise ProtocolError(f"{where}: shape {list(shape)} of {datatype} takes "
+                                    f"{count * dtype.itemsize} bytes, not {size}")
+            array = np.frombuffer(raw, dtype=dtype.newbyteorder("<")).astype(dtype)
+        return array.reshape(shape), at
+    data = spec.get("data")
+    if data is None:
+        raise ProtocolError(f"{where}: no data (nor binary_data_size)")
+    flat = _flatten(data if isinstance(data, list) else [data])
+    if len(flat) != count:
+        raise ProtocolError(f"{where}: shape {list(shape)} holds {count} elements, the data "
+                            f"{len(flat)}")
+    if datatype == "BYTES":
+        if not all(isinstance(x, str) for x in flat):
+            raise ProtocolError(f"{where}: BYTES data must be strings")
+        array = np.empty(count, dtype=object)
+        array[:] = [x.encode("utf-8") for x in flat]
+    else:
+        kinds = (bool,) if datatype == "BOOL" else (int, float) if dtype.kind == "f" \
+            else (int,)
+        if not all(isinstance(x, kinds) and (datatype == "BOOL" or not isinstance(x, bool))
+                   for x in flat):
+            raise ProtocolError(f"{where}: {datatype} data must be "
+                                f"{'booleans' if datatype == 'BOOL' else 'numbers'}")
+        try:
+            array = np.array(flat, dtype=dtype)
+        except (OverflowError, ValueError) as exc:
+            raise ProtocolError(f"{where}: {exc}") from None
+    return array.reshape(shape), at
+
+
+def _flatten(data: list[t.Any]) -> list[t.Any]:
+    flat: list[t.Any] = []
+    stack = [iter(data)]
+    while stack:
+        for item in stack[-1]:
+            if isinstance(item, list):
+                stack.append(iter(item))
+                break
+            flat.append(item)
+        else:
+            stack.pop()
+    return flat
+
+
+def decode_infer_request(body: bytes, header_length: str | None
+                         ) -> tuple[dict[str, t.Any], dict[str, np.ndarray]]:
+    """An infer request's JSON and its input tensors by name, in order.
+
+    :param header_length: ``Inference-Header-Content-Length``: the body is that much JSON,
+        then the inputs' binary data.
+    """
+    if header_length is not None:
+        if not header_length.isdigit() or int(header_length) > len(body):
+            raise ProtocolError(f"{HEADER_LENGTH} {header_length!r} is not a length within "
+                                f"the {len(body)}-byte body")
+        head, binary = body[:int(header_length)], memoryview(body)[int(header_length):]
+    else:
+        head, binary = body, memoryview(b"")
+    try:
+        document = json.loads(head)
+    except ValueError as exc:
+        raise ProtocolError(f"the request is not JSON: {exc}") from None
+    if not isinstance(document, dict) or not isinstance(document.get("inputs"), list) \
+            or not document["inputs"]:
+        raise ProtocolError('the request must be an object with "inputs": a list of tensors')
+    tensors: dict[str, np.ndarray] = {}
+    at = 0
+    for index, spec in enumerate(document["inputs"]):
+        array, at = _tensor(spec, binary, at, index)
+        if spec["name"] in tensors:
+            raise ProtocolError(f"input {spec['name']!r} appears twice")
+        tensors[spec["name"]] = array
+    if at != len(binary):
+        raise ProtocolError(f"{len(binary) - at} bytes of binary data no input claims")
+    outputs = document.get("outputs")
+    if outputs is not None and (not isinstance(outputs, list) or not all(
+            isinstance(o, dict) and isinstance(o.get("name"), str) for o in outputs)):
+        raise ProtocolError('"outputs" must be a list of objects with a name')
+    return document, tensors
+
+
+def _wanted_binary(document: dict[str, t.Any], name: str) -> bool:
+    for output in document.get("outputs") or ():
+        if output["name"] == name:
+            parameters = output.get("parameters") or {}
+            if "binary_data" in parameters:
+                return bool(parameters["binary_data"])
+    parameters = document.get("parameters") or {}
+    return bool(isinstance(parameters, dict) and parameters.get("binary_data_output"))
+
+
+def encode_infer_response(document: dict[str, t.Any], model_name: str,
+                          model_version: str | None, outputs: list[tuple[str, np.ndarray, list[int] | None]]
+                          ) -> Response:
+    """The infer response: ``outputs`` as ``(name, array, shape to report or None)``,
+    in JSON or (as the request asks, per output or for all) binary data."""
+    wanted = [o["name"] for o in document.get("outputs") or ()]
+    known = {name for name, _, _ in outputs}
+    missing = [name for name in wanted if name not in known]
+    if missing:
+        raise ProtocolError(f"no output named {', '.join(map(repr, missing))}; the model "
+                            f"answers {', '.join(sorted(known))}")
+    entries, chunks = [], []
+    for name, array, shape in outputs:
+        if wanted and name not in wanted:
+            continue
+        datatype = datatype_of(array)
+        entry: dict[str, t.Any] = {"name": name, "datatype": datatype,
+                                   "shape": list(shape if shape is not None else array.shape)}
+        if _wanted_binary(document, name):
+            if datatype == "BYTES":
+                raw = b"".join(struct.pack("<I", len(b)) + b
+                               for b in (_as_bytes(x) for x in array.ravel()))
+            else:
+                raw = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
+            entry["parameters"] = {"binary_data_size": len(raw)}
+            chunks.append(raw)
+        elif datatype == "BYTES":
+            entry["data"] = [_as_bytes(x).decode("utf-8", "replace") for x in array.ravel()]
+        else:
+            entry["data"] = array.ravel().tolist()
+        entries.append(entry)
+    answer: dict[str, t.Any] = {"model_name": model_name}
+    if model_version is not None:
+        answer["model_version"] = model_version
+    if isinstance(document.get("id"), str):
+        answer["id"] = document["id"]
+    answer["outputs"] = entries
+    head = json.dumps(answer).encode("utf-8")
+    if not chunks:
+        return Response(head, content_type="application/json")
+    response = Response(b"".join([head, *chunks]), content_type="application/octet-stream")
+    response.headers[HEADER_LENGTH] = str(len(head))
+    return response
+
+
+def _as_bytes(value: t.Any) -> bytes:
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, np.bytes_):
+        return bytes(value)
+    return str(value).encode("utf-8")
+
+
+# -- the models behind the routes ---------------------------------------------------
+
+
+def _npy(array: np.ndarray) -> np.ndarray:
+    """An input as NPY can hold it: BYTES as fixed-width bytes (NPY takes no objects)."""
+    if array.dtype == object:
+        return array.astype(bytes)
+    return array
+
+
+def _arrays_of(payload: bytes, media_type: str) -> list[tuple[str, np.ndarray]]:
+    """Our pipeline's answer as output tensors."""
+    bare = media_type.partition(";")[0].strip().lower()
+    try:
+        if bare == "application/x-npy":
+            return [("output-0", np.load(io.BytesIO(payload), allow_pickle=False))]
+        if bare == "application/x-npz":
+            with np.load(io.BytesIO(payload), allow_pickle=False) as archive:
+                return [(name, archive[name]) for name in archive.files]
+        if bare.endswith("json"):
+            return [("output-0", np.asarray(json.loads(payload)))]
+    except Exception as exc:
+        raise errors.ModelError(f"the model's {bare} answer cannot be read as tensors: "
+                                f"{type(exc).__name__}", stage="encode") from None
+    raise errors.ModelError(f"the model answered {bare}, which is not tensors (NPY, NPZ or "
+                            f"JSON)", stage="encode")
+
+
+def blueprint(config: Config, models: Models,
+              invoke: t.Callable[[Pipeline, bytes, str, str], tuple[bytes, str]],
+              call: t.Callable[..., t.Any], read_body: t.Callable[[], bytes],
+              server_version: str) -> Blueprint:
+    """The v1 and v2 routes.
+
+    :param invoke: runs one invocation of a pipeline (body, content type, accept) under
+        the request's deadline: ``(payload, media type)``.
+    :param call: runs a function on a prediction thread under the request's deadline.
+    :param read_body: the request's body, bounded by the payload limit.
+    """
+    routes = Blueprint("kserve", __name__)
+    # A model name is one path segment without ":" (v1's ":predict" follows it).
+    routes.record_once(lambda state: state.app.url_map.converters.setdefault(
+        "model", _ModelName))
+
+    def model(name: str, version: str | None = None) -> Pipeline:
+        pipeline = models.get(name)
+        if version is not None and (pipeline.archive is None
+                                    or pipeline.archive.version != version):
+            raise errors.NotFound(f"model {name} has no version {version}")
+        return pipeline
+
+    def ready(pipeline: Pipeline) -> bool:
+        return pipeline.ready
+
+    def loaded() -> list[str]:
+        return [m["modelName"] for m in models.page(None, 1000)["models"]]
+
+    # -- v1 ------------------------------------------------------------------------
+
+    @routes.get("/v1/models")
+    def v1_models() -> Response:
+        return Response(json.dumps({"models": loaded()}), content_type="application/json")
+
+    @routes.get("/v1/models/<model:name>")
+    def v1_model(name: str) -> Response:
+        return Response(json.dumps({"name": name, "ready": ready(model(name))}),
+                        content_type="application/json")
+
+    @routes.post("/v1/models/<model:name>:predict")
+    def v1_predict(name: str) -> Response:
+        pipeline = model(name)
+        try:
+            document = json.loads(read_body())
+        except ValueError as exc:
+            raise ProtocolError(f"the request is not JSON: {exc}") from None
+        if not isinstance(document, dict) or not isinstance(document.get("instances"), list):
+            raise ProtocolError('the request must be an object with "instances": a list')
+        instances = document["instances"]
+        if pipeline.archive is not None:
+            predictions = call(_handler(pipeline).handle_raw, instances, request.headers,
+                               _request_id())
+        else:
+            payload, media_type = invoke(pipeline, json.dumps(instances).encode("utf-8"),
+                                         "application/json", "application/json")
+            try:
+                predictions = json.loads(payload)
+            except ValueError:
+                raise errors.ModelError(f"the model's answer ({media_type}) is not JSON",
+                                        stage="encode") from None
+        return Response(json.dumps({"predictions": predictions}),
+                        content_type="application/json")
+
+    # -- v2 ------------------------------------------------------------------------
+
+    @routes.get("/v2")
+    def v2_server() -> Response:
+        return Response(json.dumps({"name": "serving-toolkit", "version": server_version,
+                                    "extensions": ["binary_tensor_data"]}),
+                        content_type="application/json")
+
+    @routes.get("/v2/health/live")
+    def v2_live() -> Response:
+        return Response(json.dumps({"live": True}), content_type="application/json")
+
+    @routes.get("/v2/health/ready")
+    def v2_ready() -> Response:
+        if not models.ready:
+            raise errors.ServiceUnavailable("the models are still loading")
+        return Response(json.dumps({"ready": True}), content_type="application/json")
+
+    @routes.get("/v2/models/<name>")
+    @routes.get("/v2/models/<name>/versions/<version>")
+    def v2_metadata(name: str, version: str | None = None) -> Response:
+        pipeline = model(name, version)
+        archive = pipeline.archive
+        metadata = {"name": name,
+                    "versions": [archive.version] if archive and archive.version else [],
+                    "platform": "torchserve" if archive else (pipeline.framework_name or
+                                                              "python"),
+                    "inputs": [], "outputs": []}
+        return Response(json.dumps(metadata), content_type="application/json")
+
+    @routes.get("/v2/models/<name>/ready")
+    @routes.get("/v2/models/<name>/versions/<version>/ready")
+    def v2_model_ready(name: str, version: str | None = None) -> Response:
+        pipeline = model(name, version)
+        if not ready(pipeline):
+            raise errors.ServiceUnavailable(f"model {name} is still loading")
+        return Response(json.dumps({"name": name, "ready": True}),
+                        content_type="application/json")
+
+    @routes.post("/v2/models/<name>/infer")
+    @routes.post("/v2/models/<name>/versions/<version>/infer")
+    def v2_infer(name: str, version: str | None = None) -> Response:
+        pipeline = model(name, version)
+        document, tensors = decode_infer_request(read_body(), request.headers.get(HEADER_LENGTH))
+        archive = pipeline.archive
+        outputs: list[tuple[str, np.ndarray, list[int] | None]] = []
+        if archive is not None:
+            # TorchServe's v2 envelope: an item per input, an output per answer.
+            items = [{"name": n, "shape": list(a.shape), "datatype": spec["datatype"],
+                      "data": (a.ravel()[0].decode("utf-8", "replace")
+                               if spec["datatype"] == "BYTES" and a.size else a.tolist())}
+                     for (n, a), spec in zip(tensors.items(), document["inputs"])]
+            answers = call(_handler(pipeline).handle_raw, items, request.headers,
+                           _request_id())
+            names = list(tensors)
+            if len(answers) > len(names):
+                raise errors.ModelError(f"the {name} handler answered {len(answers)} times "
+                                        f"to {len(names)} input(s)", stage="predict")
+            for output_name, answer in zip(names, answers):
+                try:
+                    flat = np.asarray(answer).ravel()
+                except Exception:
+                    raise errors.ModelError(f"the {name} handler's answer is not a tensor",
+                                            stage="encode") from None
+                outputs.append((output_name, flat, [flat.size]))
+        else:
+            if len(tensors) == 1:
+                (array,) = tensors.values()
+                buffer = io.BytesIO()
+                np.save(buffer, _npy(array), allow_pickle=False)
+                body, content_type = buffer.getvalue(), "application/x-npy"
+            else:
+                buffer = io.BytesIO()
+                np.savez(buffer, **{n: _npy(a) for n, a in tensors.items()})
+                body, content_type = buffer.getvalue(), "application/x-npz"
+            payload, media_type = invoke(pipeline, body, content_type,
+                                         "application/x-npy, application/x-npz, "
+                                         "application/json;q=0.5")
+            outputs = [(n, a, None) for n, a in _arrays_of(payload, media_type)]
+        return encode_infer_response(document, name, archive.version if archive else None,
+                                     outputs)
+
+    return routes
+
+
+class _ModelName(BaseConverter):
+    regex = "[^/:]+"
+
+
+def _handler(pipeline: Pipeline) -> t.Any:
+    if not pipeline.ready:
+        raise errors.ServiceUnavailable("the model is still loading")
+    return pipeline.model
+
+
+def _request_id() -> str:
+    from serving.http.app import REQUEST_ID_KEY
+
+    return request.environ.get(REQUEST_ID_KEY, "")
