@@ -42,7 +42,9 @@ setup(
         "load": ["locust>=2.47,<3"],
         "test": ["pytest>=8", "requests>=2.31", "h11>=0.16", "websocket-client>=1.8",
                  "boto3>=1.34", "hypothesis>=6.100",
-                 "locust>=2.47,<3", "schemathesis>=4,<5"],
+                 "locust>=2.47,<3", "schemathesis>=4,<5",
+                 # The Open Inference Protocol's client (KServe v2 REST, binary tensors).
+                 "tritonclient[http]>=2.40"],
     },
     entry_points={"console_scripts": ["serve=serving.cli:main"]},
 )
