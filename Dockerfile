@@ -10,6 +10,8 @@
 #   TORCH        the torch requirement (a CUDA build's index goes in PIP_OPTIONS).
 #   RAY          true: Ray Serve and Ray Data too, so that SERVING_ENGINE=ray serves the model on
 #                Ray Serve inside the container (same port, same /ping and /invocations).
+#   TORCHSERVE   true: the torchserve extra too (torchserve 0.12's handler classes), so that
+#                the image serves TorchServe model archives (serve --model-store DIR).
 ARG BASE_IMAGE=python:3.11-slim
 
 # -- build: a virtual environment with the framework and the server ---------------------
@@ -40,12 +42,14 @@ RUN set -eu; \
       *) echo "FRAMEWORK must be none, pytorch, chainer or mxnet, not ${FRAMEWORK}" >&2; exit 1 ;; \
     esac
 ARG RAY=false
+ARG TORCHSERVE=false
 COPY setup.py README.md /src/
 COPY serving /src/serving
 COPY handlers /src/handlers
 RUN set -eu; \
     extras=""; [ "${FRAMEWORK}" = none ] || extras="${FRAMEWORK}"; \
     [ "${RAY}" != true ] || extras="${extras:+${extras},}ray"; \
+    [ "${TORCHSERVE}" != true ] || extras="${extras:+${extras},}torchserve"; \
     extra=""; [ -z "${extras}" ] || extra="[${extras}]"; \
     /opt/serving/bin/pip install ${PIP_OPTIONS} "/src${extra}"; \
     find /opt/serving -name __pycache__ -prune -exec rm -rf {} +

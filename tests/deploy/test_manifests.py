@@ -131,3 +131,33 @@ def test_sagemaker_script_dry_run_checks_its_calls_against_the_api(tmp_path):
          "deploy.check('sagemaker', 'create_endpoint', {'EndpointName': 'x', 'Bogus': 1})"],
         capture_output=True, text=True, cwd=REPO, timeout=60)
     assert bad.returncode != 0 and "Bogus" in bad.stderr
+
+
+def test_kserve_runtime_for_torchserve_archives(tmp_path):
+    """The TorchServe replacement: a ClusterServingRuntime speaking v1 and v2, whose serve
+    takes the arguments it gives, probed at routes the server has; and an
+    InferenceService on it with protocolVersion v2."""
+    runtime = yaml.safe_load((DEPLOY / "kserve" / "servingruntime-torchserve.yaml").read_text())
+    assert runtime["kind"] == "ClusterServingRuntime"
+    assert set(runtime["spec"]["protocolVersions"]) == {"v1", "v2"}
+    [container] = runtime["spec"]["containers"]
+    args = container["args"]
+    assert args[0] == "serve" and args[args.index("--model-store") + 1] == \
+        "/mnt/models/model-store"  # KServe's storage initializer unpacks into /mnt/models
+    store = tmp_path / "model-store"
+    store.mkdir()
+    rewritten = [str(store) if a == "/mnt/models/model-store" else a for a in args[1:]]
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert set(env) <= SETTING_VARIABLES
+    config = Config.load(rewritten, environ=env)
+    assert config.model_store == str(store) and config.port == 8080
+    routes = get_routes()
+    for probe in ("readinessProbe", "livenessProbe"):
+        assert container[probe]["httpGet"]["path"] in routes
+    service = yaml.safe_load((DEPLOY / "kserve" / "inferenceservice-torchserve-v2.yaml")
+                             .read_text())
+    model = service["spec"]["predictor"]["model"]
+    assert model["protocolVersion"] == "v2"
+    assert model["runtime"] == runtime["metadata"]["name"]
+    assert model["modelFormat"]["name"] in {f["name"] for f in
+                                            runtime["spec"]["supportedModelFormats"]}
