@@ -517,6 +517,10 @@ class Config:
                 raise ConfigError(f"{self.where('management_port')}: the management API runs "
                                   f"on the gunicorn engine only")
         if self.model_store is not None:
+            if self.engine == "ray":
+                raise ConfigError(f"{self.where('model_store')}: a model store runs on the "
+                                  f"gunicorn engine only (a Ray replica serves one model; a "
+                                  f"single .mar as --model-dir runs on either)")
             if self.multi_model:
                 raise ConfigError(f"{self.where('model_store')} and "
                                   f"{self.where('multi_model')}: a model store's archives are "

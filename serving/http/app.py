@@ -238,7 +238,12 @@ def create_app(config: Config, models: Models | Pipeline, runtime: Runtime | Non
         end(request.environ)
 
     # TorchServe's clients read /ping's JSON; SageMaker's host reads only the status.
-    serves_archives = any(p.archive is not None for p in models.loaded())
+    serves_archives = any(p.archive is not None for p in models.loaded()) or \
+        config.model_store is not None
+    if metrics is not None and (serves_archives or models.multi):
+        from serving.protocols import torchserve
+
+        torchserve.report_metric = metrics.handler_metric  # what handlers report
 
     @app.get("/ping")
     def ping() -> Response:

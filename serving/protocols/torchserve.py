@@ -46,7 +46,6 @@ import sys
 import threading
 import types
 import typing as t
-
 from urllib.parse import parse_qsl
 
 from werkzeug.http import parse_options_header
@@ -462,8 +461,9 @@ def load_handler(name: str, directory: str, manifest: Manifest, registry: Regist
             entry_point, initialize = loader._get_class_entry_point(module)
     except ValueError as exc:  # not one class with handle, as TorchServe's loader says
         raise StartupError(f"{manifest.model_name}: {exc}") from None
-    metrics = MetricsCacheYamlImpl(
+    metrics = _counted(MetricsCacheYamlImpl, name)(
         config_file_path=os.path.join(os.path.dirname(ts.__file__), "configs", "metrics.yaml"))
+    metrics.model_name = name  # the ModelName dimension of its log lines
     metrics.initialize_cache()
     gpu_id = int(device.partition(":")[2] or 0) if device.startswith("cuda") else None
     service = Service(name, directory, manifest.raw, entry_point, gpu_id, batch_size, True,
@@ -471,6 +471,31 @@ def load_handler(name: str, directory: str, manifest: Manifest, registry: Regist
     with _archive_on_path(directory, manifest, keep=private is None):
         initialize(service.context)
     return TorchServeModel(service, name, debug_errors, code)
+
+
+#: Where the handlers' metrics go besides TorchServe's log lines: the server's
+#: :meth:`~serving.runtime.metrics.Metrics.handler_metric` (set by the app, one a process).
+report_metric: t.Callable[[str, str, str, str, float], None] | None = None
+
+
+def _counted(cache_class: type, model: str) -> type:
+    """TorchServe's metrics cache, each metric it makes also counted in our /metrics."""
+
+    class CountedCache(cache_class):  # type: ignore[misc, valid-type]
+        def add_metric_to_cache(self, metric_name: str, unit: str, *args: t.Any,
+                                **kwargs: t.Any) -> t.Any:
+            metric = super().add_metric_to_cache(metric_name, unit, *args, **kwargs)
+            emit = metric.emit_metrics
+
+            def emit_and_count(request_id: str, value: float, dimensions: str) -> None:
+                if report_metric is not None:
+                    report_metric(model, metric_name, unit, metric.metric_type.name, value)
+                emit(request_id, value, dimensions)
+
+            metric.emit_metrics = emit_and_count
+            return metric
+
+    return CountedCache
 
 
 def hosting_module(name: str, directory: str, manifest: Manifest, registry: Registry, *,

@@ -40,7 +40,7 @@ import threading
 import typing as t
 
 import prometheus_client
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, multiprocess
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Summary, multiprocess
 from prometheus_client import values as prometheus_values
 from prometheus_client.mmap_dict import MmapedDict
 from prometheus_client.multiprocess import MultiProcessCollector
@@ -124,6 +124,10 @@ def retire_process(path: str, pid: int) -> None:
         multiprocess.mark_process_dead(pid, path)  # its live gauges (in flight)
         for name in glob.glob(os.path.join(path, f"*_{pid}.db")):  # and all the rest
             os.remove(name)
+
+
+#: The most (model, metric, unit, type) series of TorchServe handlers' metrics per process.
+MAX_HANDLER_METRICS = 100
 
 
 class Metrics:
@@ -210,6 +214,12 @@ class Metrics:
         self.stream_seconds = Histogram(
             "serving_stream_duration_seconds", "How long each bidirectional stream was open.",
             buckets=STREAM_BUCKETS, registry=own)
+        self.handler_metrics = Summary(
+            "serving_handler_metric", "What TorchServe handlers report through "
+            "context.metrics (add_time, add_counter, add_size, ...): the count and sum of "
+            "the values, by model, metric, unit and TorchServe's type (COUNTER, GAUGE, "
+            "HISTOGRAM); at most 100 of them a worker.",
+            ["model", "metric", "unit", "type"], registry=own)
         # Children by label values, made once: .labels() takes a lock and hashes each time.
         self._children: dict[tuple[t.Any, ...], t.Any] = {}
         # What was counted since the last flush: counter → amount; histogram →
@@ -306,6 +316,18 @@ class Metrics:
         self._count(self._child(self.stream_messages, "in"), messages_in)
         self._count(self._child(self.stream_messages, "out"), messages_out)
         self._observe(self.stream_seconds, seconds)
+
+    def handler_metric(self, model: str, metric: str, unit: str, kind: str,
+                       value: float) -> None:
+        """A TorchServe handler's metric update; the 101st distinct series of this
+        process, and every one after it, is left out (a handler's names are its own)."""
+        key = (self.handler_metrics, model, metric, unit, kind)
+        if key not in self._children:
+            with self._lock:
+                if sum(1 for k in self._children if k[0] is self.handler_metrics) \
+                        >= MAX_HANDLER_METRICS:
+                    return
+        self._child(self.handler_metrics, model, metric, unit, kind).observe(value)
 
     def batching_trial(self, pays: bool) -> None:
         self._count(self._child(self.batching_trials, "batch" if pays else "alone"))

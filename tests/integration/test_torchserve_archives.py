@@ -4,7 +4,7 @@ archives whose modules share names, and archives that must not be served."""
 
 from __future__ import annotations
 
-import json
+import re
 import textwrap
 import zipfile
 
@@ -125,6 +125,11 @@ def test_a_model_store_keeps_each_archives_modules_its_own(serve, tmp_path):
         assert answer.json() == {"helper": name, "y": y, "class": f"Scale{name.title()}"}
     listing = requests.get(server.url("/models"), timeout=10).json()
     assert sorted(m["modelName"] for m in listing["models"]) == ["double", "triple"]
+    # BaseHandler's own metric (context.metrics.add_time) lands in /metrics.
+    exposition = requests.get(server.url("/metrics"), timeout=10).text
+    counts = re.findall(r'serving_handler_metric_count\{metric="HandlerTime",model="double",'
+                        r'type="GAUGE",unit="([^"]+)"\} (\d+)', exposition)
+    assert counts and int(float(counts[0][1])) >= 2, exposition[-2000:]
     # /invocations needs to know which: several archives, none is the default.
     plain = requests.post(server.url("/invocations"), json={"x": 1}, timeout=10)
     assert plain.status_code == 404 and "/predictions/<name>" in plain.json()["message"]
