@@ -4,6 +4,8 @@
 #   .venv-np2  the package with numpy 2 and torch only: the core suite runs here too;
 #   .venv-sdk  the SageMaker Python SDK v2 (numpy 2, protobuf < 7), the client the tests drive
 #              the server with, as users do.
+#   .venv-kserve KServe's Python package (its InferenceRESTClient, v1 and v2), another client
+#              the tests drive the server with; its FastAPI, pandas and grpc pins stay there.
 # make container-tools: buildah and debootstrap (apt-get, as root), for the container tests
 #              where there is no Docker engine; best effort, the tests say why they skip.
 #   .venv-ray  Ray Serve and Ray Data (ray[serve,data]), numpy 2 and torch: the Ray engine and
@@ -56,12 +58,14 @@ NP2_STAMP := $(NP2_VENV)/.installed
 SDK_VENV := .venv-sdk
 SDK_STAMP := $(SDK_VENV)/.installed
 SDK_REQUIREMENTS := "sagemaker>=2.200,<3" "protobuf<7" scipy pillow
+KSERVE_VENV := .venv-kserve
+KSERVE_STAMP := $(KSERVE_VENV)/.installed
 RAY_VENV := .venv-ray
 RAY_STAMP := $(RAY_VENV)/.installed
 
 .PHONY: install container-tools serve serve-ray test test-ray test-torchserve loadtest bench bench-torchserve bench-ray bench-peers bench-faults bench-http bench-streams wrk clean
 
-install: $(STAMP) $(NP2_STAMP) $(SDK_STAMP)
+install: $(STAMP) $(NP2_STAMP) $(SDK_STAMP) $(KSERVE_STAMP)
 
 $(STAMP): setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -82,6 +86,11 @@ $(SDK_STAMP):
 	test -x $(SDK_VENV)/bin/python || $(PYTHON) -m venv $(SDK_VENV)
 	$(SDK_VENV)/bin/python $(PIP) $(SDK_REQUIREMENTS)
 	touch $(SDK_STAMP)
+
+$(KSERVE_STAMP):
+	test -x $(KSERVE_VENV)/bin/python || $(PYTHON) -m venv $(KSERVE_VENV)
+	$(KSERVE_VENV)/bin/python $(PIP) kserve==0.21.0
+	touch $(KSERVE_STAMP)
 
 $(RAY_STAMP): setup.py
 	test -x $(RAY_VENV)/bin/python || $(PYTHON) -m venv $(RAY_VENV)
@@ -193,4 +202,4 @@ bench-faults: $(STAMP)
 	$(BIN)/python benchmarks/faults.py
 
 clean:
-	rm -rf $(VENV) $(NP2_VENV) $(SDK_VENV) $(RAY_VENV) *.egg-info .pytest_cache build
+	rm -rf $(VENV) $(NP2_VENV) $(SDK_VENV) $(KSERVE_VENV) $(RAY_VENV) *.egg-info .pytest_cache build

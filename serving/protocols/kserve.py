@@ -348,6 +348,12 @@ def blueprint(config: Config, models: Models,
 
     # -- v1 ------------------------------------------------------------------------
 
+    @routes.get("/")
+    def v1_live() -> Response:
+        # KServe's model server answers its v1 liveness here, and its client
+        # (InferenceRESTClient.is_server_live) asks nowhere else.
+        return Response(json.dumps({"status": "alive"}), content_type="application/json")
+
     @routes.get("/v1/models")
     def v1_models() -> Response:
         return Response(json.dumps({"models": loaded()}), content_type="application/json")

@@ -1,11 +1,13 @@
 """KServe's protocols on a real server: v2 (the Open Inference Protocol) through NVIDIA's
-tritonclient, JSON and binary tensors; v1 by hand; errors as the protocols define them;
+tritonclient, JSON and binary tensors; v1 by hand; v1 and v2 through KServe's own REST client
+(from its own environment, .venv-kserve); errors as the protocols define them;
 our hosting functions and a TorchServe archive's handler alike."""
 
 from __future__ import annotations
 
 import json
 import struct
+import subprocess
 
 import numpy as np
 import pytest
@@ -13,7 +15,10 @@ import requests
 import tritonclient.http as triton
 from tritonclient.utils import InferenceServerException
 
-from tests.server_helpers import write_model_dir
+from tests.server_helpers import REPO, write_model_dir
+
+KSERVE_PYTHON = REPO / ".venv-kserve" / "bin" / "python"
+KSERVE_CLIENT = REPO / "tests" / "clients" / "kserve_client.py"
 
 INFERENCE = '''
 import numpy as np
@@ -180,6 +185,30 @@ def test_v1_predict_and_models(server):
     missing = requests.post(server.url("/v1/models/nope:predict"), json={"instances": []},
                             timeout=10)
     assert missing.status_code == 404 and set(missing.json()) == {"error"}
+
+
+def test_kserve_rest_client_v1_and_v2(server):
+    assert KSERVE_PYTHON.exists(), f"{KSERVE_PYTHON} is missing: run `make install`"
+    result = subprocess.run([str(KSERVE_PYTHON), str(KSERVE_CLIENT), server.url(""), "default"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    v2, v1 = out["v2"], out["v1"]
+    assert (v2["live"], v2["ready"], v2["model_ready"], v2["unknown_ready"]) == \
+        (True, True, True, False)
+    doubled = [[3.0, 4.0, 6.0], [8.0, 10.0, 12.0]]
+    for kind in ("json", "binary"):
+        assert v2[kind]["id"] == "r-1" and v2[kind]["model_name"] == "default"
+        assert v2[kind]["outputs"] == {"output-0": {"datatype": "FP32", "shape": [2, 3],
+                                                    "data": doubled}}, kind
+    assert v2["int64"] == {"output-0": {"datatype": "INT64", "shape": [2, 2],
+                                        "data": [[0, 2], [4, 6]]}}
+    assert v2["bad_shape"]["status"] == 400
+    assert "shape [2, 2] holds 4 elements, the data 3" in v2["bad_shape"]["message"]
+    assert v1["live"] is True and v1["model_ready"] is True
+    assert v1["predict"] == {"predictions": [[2, 4], [6, 8]]}
+    assert v1["unknown"]["status"] == 404
+    assert "model no-such-model is not loaded" in v1["unknown"]["message"]
 
 
 # -- a TorchServe archive's handler -----------------------------------------------------
