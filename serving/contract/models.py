@@ -84,6 +84,16 @@ def directory_bytes(path: str, limit: int | None = None) -> int:
     return total
 
 
+def versioned(models: Models | ModelRepository, name: str, version: str | None) -> Pipeline:
+    """Model ``name``, which must be a model archive of ``version`` when one is named
+    (TorchServe's and KServe's ``/<name>/<version>`` routes); :class:`~serving.errors.NotFound`
+    if it is not loaded, or is not that version."""
+    pipeline = models.get(name)
+    if version is not None and (pipeline.archive is None or pipeline.archive.version != version):
+        raise errors.NotFound(f"model {name} has no version {version}")
+    return pipeline
+
+
 class Models:
     """A single-model server's models: one pipeline per name, all loaded at start-up."""
 
@@ -288,14 +298,7 @@ class ModelRepository(Models):
         if not os.path.isdir(url):
             raise errors.BadRequest(f"url {url} is not a directory")
         with self.store.exclusive():
-            self.sync()
-            if name in self._entries:
-                raise errors.Conflict(f"model {name} is loaded already")
-            size = directory_bytes(url, limit=self.budget_bytes)
-            if not model_budget.fits_alone(size, self.budget_bytes):
-                raise errors.InsufficientStorage(
-                    f"model {name} takes more than the whole budget of "
-                    f"{_mib(self.budget_bytes)} (SERVING_MODELS_MEMORY_MB)")
+            size = self._admit(name, url)
             self._make_room(size)
             entry = Entry(name=name, url=url, bytes=size, token=os.urandom(8).hex(),
                           source=source)
@@ -310,6 +313,23 @@ class ModelRepository(Models):
         log.info("model %s loaded from %s (%s)", name, url, _mib(size))
         return entry
 
+    def _admit(self, name: str, url: str) -> int:
+        """The size of model directory ``url``, to be recorded as ``name`` (under the
+        store's lock, the records read again).
+
+        :raises errors.Conflict: ``name`` is recorded already.
+        :raises errors.InsufficientStorage: the model alone is over the budget.
+        """
+        self.sync()
+        if name in self._entries:
+            raise errors.Conflict(f"model {name} is loaded already")
+        size = directory_bytes(url, limit=self.budget_bytes)
+        if not model_budget.fits_alone(size, self.budget_bytes):
+            raise errors.InsufficientStorage(
+                f"model {name} takes more than the whole budget of "
+                f"{_mib(self.budget_bytes)} (SERVING_MODELS_MEMORY_MB)")
+        return size
+
     def register(self, name: str, url: str, source: str | None = None) -> Entry:
         """Record the model directory ``url`` as ``name`` for every worker to load on its
         own (the master, when it does not preload), loading nothing here.
@@ -318,14 +338,7 @@ class ModelRepository(Models):
         :raises errors.InsufficientStorage: the model alone is over the budget.
         """
         with self.store.exclusive():
-            self.sync()
-            if name in self._entries:
-                raise errors.Conflict(f"model {name} is loaded already")
-            size = directory_bytes(url, limit=self.budget_bytes)
-            if not model_budget.fits_alone(size, self.budget_bytes):
-                raise errors.InsufficientStorage(
-                    f"model {name} takes more than the whole budget of "
-                    f"{_mib(self.budget_bytes)} (SERVING_MODELS_MEMORY_MB)")
+            size = self._admit(name, url)
             entry = Entry(name=name, url=url, bytes=size, token=os.urandom(8).hex(),
                           source=source)
             self._write(entry)

@@ -24,6 +24,7 @@ from serving.contract.models import (
     ModelRepository,
     Models,
     valid_model_name,
+    versioned,
 )
 from serving.contract.pipeline import Pipeline
 from serving.contract.sessions import (
@@ -288,20 +289,13 @@ def create_app(config: Config, models: Models | Pipeline, runtime: Runtime | Non
     def invoke_model(name: str) -> Response:
         return invoke(models.get(name))
 
-    def predictions_model(name: str, version: str | None = None) -> Pipeline:
-        pipeline = models.get(name)
-        if version is not None and (pipeline.archive is None
-                                    or pipeline.archive.version != version):
-            raise errors.NotFound(f"model {name} has no version {version}")
-        return pipeline
-
     # TorchServe's inference API: the model by its name (and version). Answered by the
     # direct path (InvocationsPath); the routes are here for 405s, the OpenAPI check and
     # the metrics' labels.
     @app.route(PREDICTIONS_RULE, methods=list(PREDICTIONS_METHODS))
     @app.route(PREDICTIONS_VERSION_RULE, methods=list(PREDICTIONS_METHODS))
     def predictions(name: str, version: str | None = None) -> Response:
-        return invoke(predictions_model(name, version))
+        return invoke(versioned(models, name, version))
 
     @app.get("/models")
     def list_models() -> Response:
@@ -537,9 +531,9 @@ def create_app(config: Config, models: Models | Pipeline, runtime: Runtime | Non
         elif path.startswith("/predictions/") and method in PREDICTIONS_METHODS:
             parts = path[len("/predictions/"):].split("/")
             if len(parts) == 1 and parts[0]:
-                return PREDICTIONS_RULE, lambda: predictions_model(parts[0])
+                return PREDICTIONS_RULE, lambda: versioned(models, parts[0], None)
             if len(parts) == 2 and all(parts):
-                return PREDICTIONS_VERSION_RULE, lambda: predictions_model(*parts)
+                return PREDICTIONS_VERSION_RULE, lambda: versioned(models, *parts)
         return None
 
     def invocations_directly(environ: dict[str, t.Any], start_response: t.Callable[..., t.Any],

@@ -45,6 +45,7 @@ from flask import Blueprint, Response, request
 from werkzeug.routing import BaseConverter
 
 from serving import errors
+from serving.contract.models import versioned
 
 if t.TYPE_CHECKING:
     from serving.config import Config
@@ -334,11 +335,7 @@ def blueprint(config: Config, models: Models,
         "model", _ModelName))
 
     def model(name: str, version: str | None = None) -> Pipeline:
-        pipeline = models.get(name)
-        if version is not None and (pipeline.archive is None
-                                    or pipeline.archive.version != version):
-            raise errors.NotFound(f"model {name} has no version {version}")
-        return pipeline
+        return versioned(models, name, version)
 
     def ready(pipeline: Pipeline) -> bool:
         return pipeline.ready
