@@ -103,6 +103,23 @@ def test_concurrent_requests_are_joined_and_each_gets_its_own_rows(model_dir):
         server.terminate()
 
 
+def test_more_clients_than_threads_with_small_batches_are_all_answered(model_dir):
+    # Batches of 2 on 4 threads: no thread beyond the core ones. A request that came while
+    # all 4 were busy and a batch gathered once waited for a spare thread that did not
+    # exist, and was never answered (found serving a TorchServe snapshot's batchSize 2).
+    server = start(model_dir, "--threads", "4", "--max-batch-size", "2",
+                   "--max-batch-delay-ms", "40")
+    try:
+        for round_ in range(3):
+            bodies = [[[100 * round_ + i, i]] for i in range(12)]
+            answers = concurrently(server.url(), bodies)
+            assert [a.status_code for a in answers] == [200] * 12
+            assert [a.json() for a in answers] == [[[100 * round_ + i, 2 * i]]
+                                                   for i in range(12)]
+    finally:
+        server.terminate()
+
+
 def test_a_bad_request_in_a_batch_fails_only_itself(model_dir):
     server = start(model_dir, "--max-batch-size", "32", "--max-batch-delay-ms", "200")
     try:

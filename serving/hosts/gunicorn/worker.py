@@ -344,8 +344,10 @@ class ServingWorker(Worker):
             self.busy += 1
         # A spare thread only while the core ones are all taken and a batch is gathering:
         # else the request queues for a core thread, which stays warm, rather than waking
-        # a cold one (a wake-up per request cost more than the wait).
-        if self.core_busy >= self.core_threads \
+        # a cold one (a wake-up per request cost more than the wait). A worker whose
+        # batches are no larger than half its threads has no spare ones at all (its
+        # request would wait in their queue for ever).
+        if self.core_busy >= self.core_threads and self.threads > self.core_threads \
                 and any(batcher.wants_threads for batcher in self.batchers):
             self.spare_tasks.put(conn)
         else:
