@@ -57,6 +57,12 @@ def main(argv: t.Sequence[str] | None = None) -> None:
     from serving.runtime import logs
 
     logs.configure(config.log_level, config.log_format)
+    if config.ts_config is not None:
+        log.info("--ts-config %s: %s%s", config.ts_config,
+                 ", ".join(sorted({source[10:] for source in config.sources.values()
+                                   if source.startswith("ts-config:")})) or "nothing we read",
+                 f"; not used here: {', '.join(config.ts_ignored)}" if config.ts_ignored
+                 else "")
     if config.metrics and config.metrics_port == 0:  # --metrics-port auto
         try:
             config = dataclasses.replace(config, metrics_port=_free_port(config))

@@ -144,6 +144,18 @@ def _path(text: str) -> str:
     return os.path.abspath(os.path.expanduser(_text(text)))
 
 
+def _read_ts_config(path: str | None, environ: t.Mapping[str, str]) -> t.Any:
+    """TorchServe's config.properties at ``path`` (``--ts-config``), or None."""
+    if path is None or not path.strip():
+        return None
+    from serving.torchserve_config import TorchServeConfigError, read_ts_config
+
+    try:
+        return read_ts_config(_path(path), environ)
+    except TorchServeConfigError as exc:
+        raise ConfigError(str(exc)) from None
+
+
 def cpu_count() -> int:
     # The CPUs this process may run on (cgroup and taskset aware), not the host's.
     try:
@@ -361,12 +373,25 @@ class Config:
         "them: all, none (with --management-port: loaded later), or name=file.mar,... (a "
         "bare file.mar is named by its manifest's modelName).",
         metavar="LIST")
+    ts_config: str | None = setting(
+        "--ts-config", "TS_CONFIG_FILE", None, _path,
+        "A TorchServe config.properties, read as TorchServe 0.12 reads it: its addresses, "
+        "model_store, load_models or model_snapshot (each model's batchSize, "
+        "maxBatchDelay, responseTimeout, minWorkers), default_workers_per_model, "
+        "default_response_timeout, max_request_size, install_py_dep_per_model. A flag or "
+        "variable of ours wins over the file; keys that change nothing here are listed "
+        "in the start-up log.", metavar="FILE", default_help="none")
     management_port: int | None = setting(
         "--management-port", "SERVING_MANAGEMENT_PORT", None, _int_in(1, 65535),
         "Serve TorchServe's management API (GET, POST and DELETE /models) on this port, "
         "and nothing else there: model archives are then loaded and unloaded at run time. "
         "Needs --model-store or a .mar as --model-dir; the gunicorn engine only.",
         metavar="PORT", default_help="off")
+    management_host: str | None = setting(
+        "--management-host", "SERVING_MANAGEMENT_HOST", None, _text,
+        "Address the management API listens on (TorchServe's management_address keeps "
+        "it on 127.0.0.1 by default, away from the inference port's clients).",
+        metavar="ADDR", default_help="--host")
     archive_max_mb: float = setting(
         "--archive-max-mb", "SERVING_ARCHIVE_MAX_MB", 10240, _positive_number,
         "The most one model archive may unpack to, in MiB, counted as it is unpacked.",
@@ -443,8 +468,13 @@ class Config:
         "--trust-pickled-models", "SERVING_TRUST_PICKLED_MODELS",
         False, _bool, "Let the PyTorch handler load a pickled nn.Module (torch.save(model)); "
         "unpickling runs code from the file.", switch=True)
-    #: Where each value came from: "flag", "env" or "default".
+    #: Where each value came from: "flag", "env", "default", or "ts-config:<its key>".
     sources: t.Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
+    #: Model archive name -> (settings, whether they win over its YAML): --ts-config's.
+    archive_settings: t.Mapping[str, tuple[dict[str, t.Any], bool]] = field(
+        default_factory=dict, compare=False, repr=False)
+    #: --ts-config's keys that change nothing here (the start-up log lists them).
+    ts_ignored: tuple[str, ...] = field(default=(), compare=False, repr=False)
 
     @property
     def max_payload_bytes(self) -> int:
@@ -480,12 +510,17 @@ class Config:
         """
         environ = os.environ if environ is None else environ
         flags = vars(build_parser().parse_args(argv))
+        ts_config = _read_ts_config(flags.get("ts_config") or environ.get("TS_CONFIG_FILE"),
+                                    environ)
         values: dict[str, t.Any] = {}
         sources: dict[str, str] = {}
         for setting in SETTINGS:
             raw, source = flags.get(setting.name), "flag"
             if raw is None and setting.env and setting.env in environ:
                 raw, source = environ[setting.env], "env"
+            if raw is None and ts_config is not None and setting.name in ts_config.values:
+                raw, key = ts_config.values[setting.name]
+                source = f"ts-config:{key}"
             if raw is None:
                 values[setting.name], sources[setting.name] = setting.default_value(), "default"
                 continue
@@ -496,9 +531,14 @@ class Config:
                 values[setting.name] = setting.parse(raw)
             except ValueError as exc:
                 where = setting.flag if source == "flag" else setting.env
+                if source.startswith("ts-config:"):  # the file's key, then the file
+                    raise ConfigError(f"invalid {source[10:]}={raw!r} in "
+                                      f"{ts_config.path}: {exc}") from None  # type: ignore
                 raise ConfigError(f"invalid {where}={raw!r}: {exc}") from None
             sources[setting.name] = source
-        config = cls(**values, sources=sources)
+        more = {} if ts_config is None else {"archive_settings": ts_config.archive_settings,
+                                             "ts_ignored": ts_config.ignored}
+        config = cls(**values, sources=sources, **more)
         config._check()
         return config
 
@@ -573,8 +613,11 @@ class Config:
                               f"({self.where('ray_replicas')}) autoscaling keeps at least")
 
     def where(self, name: str) -> str:
-        """How a setting was given, for messages: ``--port``, ``SM_MODEL_DIR`` or ``default``."""
+        """How a setting was given, for messages: ``--port``, ``SM_MODEL_DIR``, ``default``,
+        or ``inference_address in config.properties``."""
         setting, source = _BY_NAME[name], self.sources.get(name, "default")
+        if source.startswith("ts-config:"):
+            return f"{source[10:]} in {self.ts_config}"
         return {"flag": setting.flag, "env": setting.env or setting.flag}.get(source, "default")
 
 

@@ -306,14 +306,14 @@ def _archive_builder(config: Config, base: Registry,
                      batcher_class: type[Batcher]
                      ) -> t.Callable[[str, str, bool, str], Pipeline]:
     """How a model repository builds an archive's pipeline (see ModelRepository)."""
-    from serving.assembly.mar import read_manifest, settings_from_config
+    from serving.assembly.mar import archive_settings, read_manifest
 
     def build_archive(directory: str, token: str, first: bool, name: str) -> Pipeline:
         manifest = read_manifest(directory)
         if first:
             _install_archive_requirements(config, directory, manifest)
         return _archive_pipeline(config, name, directory, manifest,
-                                 settings_from_config(directory, manifest), base,
+                                 archive_settings(config, name, directory, manifest), base,
                                  f"serving_model_{token}", batcher_class)
 
     return build_archive

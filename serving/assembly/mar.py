@@ -37,9 +37,9 @@ from serving.errors import StartupError
 if t.TYPE_CHECKING:
     from serving.config import Config
 
-__all__ = ["Archive", "ArchiveError", "MANIFEST", "Manifest", "archives_of", "is_archive",
-           "open_archive", "read_manifest", "remove_unpacked", "serves_archives",
-           "settings_from_config", "unpack"]
+__all__ = ["Archive", "ArchiveError", "MANIFEST", "Manifest", "archive_settings",
+           "archives_of", "is_archive", "open_archive", "read_manifest", "remove_unpacked", "serves_archives",
+           "settings_from_config", "settings_from_mapping", "unpack"]
 
 MANIFEST = "MAR-INF/MANIFEST.json"
 #: Most entries an archive may hold, and most times one entry may inflate.
@@ -203,20 +203,37 @@ def settings_from_config(directory: str, manifest: Manifest) -> dict[str, t.Any]
     (``context.model_yaml_config``)."""
     if manifest.config_file is None:
         return {}
-    config = model_yaml_config(directory, manifest)
+    return settings_from_mapping(model_yaml_config(directory, manifest), manifest.config_file)
+
+
+def settings_from_mapping(config: t.Mapping[str, t.Any], where: str) -> dict[str, t.Any]:
+    """Our settings from TorchServe's per-model keys (:data:`CONFIG_SETTINGS`), as a
+    model-config YAML or a config.properties snapshot gives them, checked."""
     settings: dict[str, t.Any] = {}
     for key, setting in CONFIG_SETTINGS.items():
         if key not in config:
             continue
         value = config[key]
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-            raise ArchiveError(f"{manifest.config_file}: {key} must be a number of 0 or "
-                               f"more, not {value!r}")
+            raise ArchiveError(f"{where}: {key} must be a number of 0 or more, not {value!r}")
         if key in ("batchSize", "minWorkers") and (value != int(value) or value < 1):
-            raise ArchiveError(f"{manifest.config_file}: {key} must be a whole number of 1 "
-                               f"or more, not {value!r}")
+            raise ArchiveError(f"{where}: {key} must be a whole number of 1 or more, not "
+                               f"{value!r}")
         settings[setting] = int(value) if key in ("batchSize", "minWorkers") else value
     return settings
+
+
+def archive_settings(config: Config, name: str, directory: str,
+                     manifest: Manifest) -> dict[str, t.Any]:
+    """The settings archive ``name`` is served with: its model-config YAML's, and what
+    ``--ts-config`` gives for the name (a snapshot's winning over the YAML, ``models``'
+    under it, as TorchServe takes them)."""
+    settings = settings_from_config(directory, manifest)
+    given = config.archive_settings.get(name)
+    if given is None:
+        return settings
+    more, wins = given
+    return {**settings, **more} if wins else {**more, **settings}
 
 
 def model_yaml_config(directory: str, manifest: Manifest) -> dict[str, t.Any]:
@@ -245,7 +262,7 @@ def model_yaml_config(directory: str, manifest: Manifest) -> dict[str, t.Any]:
 @dataclasses.dataclass(frozen=True)
 class Archive:
     """One model archive, ready to serve: its name, where its files are, its manifest, and
-    the settings its model-config YAML gives (:func:`settings_from_config`)."""
+    the settings it is served with (:func:`archive_settings`)."""
 
     name: str
     directory: str
@@ -316,11 +333,11 @@ def archives_of(config: Config) -> list[Archive]:
     wanted: list[tuple[str | None, str]] = []  # (name given or None, path)
     if config.model_store is not None:
         store = config.model_store
-        if config.models.strip() == "none":
+        if config.models.strip().lower() == "none":
             if config.management_port is None:
                 raise ArchiveError("--models none: nothing to serve without "
                                    "--management-port to load archives later")
-        elif config.models.strip() == "all":
+        elif config.models.strip().lower() == "all":
             wanted = [(None, os.path.join(store, entry)) for entry in sorted(os.listdir(store))
                       if is_archive(os.path.join(store, entry))]
             if not wanted:
@@ -349,5 +366,5 @@ def archives_of(config: Config) -> list[Archive]:
             raise ArchiveError(f"{path}: a second model named {name}")
         source = os.path.basename(path) if config.model_store is not None else path
         archives.append(Archive(name, directory, manifest,
-                                settings_from_config(directory, manifest), source))
+                                archive_settings(config, name, directory, manifest), source))
     return archives

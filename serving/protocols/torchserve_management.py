@@ -33,7 +33,7 @@ from werkzeug.exceptions import HTTPException
 
 from serving import errors
 from serving.assembly.build import archive_batching
-from serving.assembly.mar import read_manifest, settings_from_config
+from serving.assembly.mar import archive_settings, read_manifest
 from serving.config import Config
 from serving.contract.models import PAGE_SIZE, MAX_PAGE_SIZE, ModelRepository, valid_model_name
 
@@ -70,7 +70,8 @@ def management_app(config: Config, repository: ModelRepository) -> Flask:
     def described(name: str) -> dict[str, t.Any]:
         entry = repository.entry(name)
         manifest = read_manifest(entry.url)
-        size, delay = archive_batching(config, settings_from_config(entry.url, manifest))
+        size, delay = archive_batching(config,
+                                       archive_settings(config, name, entry.url, manifest))
         return {
             "modelName": name, "modelVersion": manifest.version,
             "modelUrl": entry.source or entry.url,

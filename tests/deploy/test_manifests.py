@@ -146,11 +146,32 @@ def test_kserve_runtime_for_torchserve_archives(tmp_path):
         "/mnt/models/model-store"  # KServe's storage initializer unpacks into /mnt/models
     store = tmp_path / "model-store"
     store.mkdir()
-    rewritten = [str(store) if a == "/mnt/models/model-store" else a for a in args[1:]]
+    (tmp_path / "config").mkdir()
+    # The config.properties of KServe's TorchServe examples, as its storage holds it.
+    (tmp_path / "config" / "config.properties").write_text(
+        "inference_address=http://0.0.0.0:8085\n"
+        "management_address=http://0.0.0.0:8085\n"
+        "metrics_address=http://0.0.0.0:8082\n"
+        "grpc_inference_port=7070\n"
+        "enable_metrics_api=true\n"
+        "metrics_format=prometheus\n"
+        "number_of_netty_threads=4\n"
+        "job_queue_size=10\n"
+        "enable_envvars_config=true\n"
+        "install_py_dep_per_model=true\n"
+        "model_store=/mnt/models/model-store\n"
+        'model_snapshot={"name":"startup.cfg","modelCount":1,"models":{"mnist":{"1.0":'
+        '{"defaultVersion":true,"marName":"mnist.mar","minWorkers":1,"maxWorkers":5,'
+        '"batchSize":1,"maxBatchDelay":10,"responseTimeout":120}}}}\n')
+    rewritten = [a.replace("/mnt/models", str(tmp_path)) for a in args[1:]]
     env = {e["name"]: e["value"] for e in container["env"]}
     assert set(env) <= SETTING_VARIABLES
     config = Config.load(rewritten, environ=env)
     assert config.model_store == str(store) and config.port == 8080
+    # The snapshot's model; the file's addresses give way to the ports KServe expects.
+    assert config.models == "mnist=mnist.mar"
+    assert config.metrics_port == int(runtime["spec"]["annotations"]["prometheus.kserve.io/port"])
+    assert config.management_port == 8085
     routes = get_routes()
     for probe in ("readinessProbe", "livenessProbe"):
         assert container[probe]["httpGet"]["path"] in routes

@@ -36,21 +36,30 @@ def store(tmp_path_factory) -> Path:
     return store
 
 
+def write_config(path: Path, port: int, management_port: int, more: str = "") -> Path:
+    """A config.properties as a TorchServe user writes one, listening on these ports."""
+    path.write_text(
+        f"inference_address=http://127.0.0.1:{port}\n"
+        f"management_address=http://127.0.0.1:{management_port}\n"
+        f"metrics_address=http://127.0.0.1:{free_port()}\n"
+        # Its gRPC ports (7070, 7071 by default), so that two TorchServes run side by side.
+        f"grpc_inference_port={free_port()}\ngrpc_management_port={free_port()}\n"
+        "default_workers_per_model=1\n"
+        "disable_token_authorization=true\n"
+        "install_py_dep_per_model=false\n"
+        # Registering and unregistering through the management API (off by default
+        # since TorchServe 0.11).
+        "enable_model_api=true\n" + more)
+    return path
+
+
 class TorchServe:
-    def __init__(self, store: Path, run: Path) -> None:
+    def __init__(self, store: Path, run: Path, more_config: str = "",
+                 models: tuple[str, ...] = ("--models", "all")) -> None:
         env = _environment()
         self.port, self.management_port = free_port(), free_port()
-        config = run / "config.properties"
-        config.write_text(
-            f"inference_address=http://127.0.0.1:{self.port}\n"
-            f"management_address=http://127.0.0.1:{self.management_port}\n"
-            f"metrics_address=http://127.0.0.1:{free_port()}\n"
-            "default_workers_per_model=1\n"
-            "disable_token_authorization=true\n"
-            "install_py_dep_per_model=false\n"
-            # Registering and unregistering through the management API (off by default
-            # since TorchServe 0.11).
-            "enable_model_api=true\n")
+        config = write_config(run / "config.properties", self.port, self.management_port,
+                              more_config)
         self.log_path = run / "torchserve.log"
         self._log = open(self.log_path, "wb")
         variables = {k: v for k, v in os.environ.items() if not k.startswith("TS_")}
@@ -61,7 +70,7 @@ class TorchServe:
                          TMPDIR=str(run))
         self.proc = subprocess.Popen(
             [str(env / "bin" / "torchserve"), "--start", "--foreground", "--ncs",
-             "--model-store", str(store), "--models", "all", "--ts-config", str(config),
+             "--model-store", str(store), *models, "--ts-config", str(config),
              "--disable-token-auth"],
             env=variables, stdout=self._log, stderr=subprocess.STDOUT, cwd=run,
             start_new_session=True)  # its Java frontend and Python workers: one group

@@ -108,7 +108,7 @@ def gunicorn_options(config: Config) -> dict[str, t.Any]:
     if config.metrics and config.metrics_port is not None:
         bind.append(_address(config.host, config.metrics_port))
     if config.management_port is not None:
-        bind.append(_address(config.host, config.management_port))
+        bind.append(_address(config.management_host or config.host, config.management_port))
     return {
         "bind": bind,
         "workers": config.workers,
