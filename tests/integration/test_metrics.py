@@ -171,15 +171,20 @@ def test_metrics_port_auto_is_chosen_inside_the_safe_port_range(serve):
     first port is busy); a port outside it is refused before anything starts."""
     import socket
 
-    with socket.socket() as busy:
+    for _ in range(50):  # a busy port whose next one is free: the range is both
+        busy = socket.socket()
         busy.bind(("127.0.0.1", 0))
-        busy.listen()
         first = busy.getsockname()[1]
-        with socket.socket() as probe:  # is the port after it free? then the range is both
+        with socket.socket() as probe:
             try:
                 probe.bind(("127.0.0.1", first + 1))
-            except OSError:
-                pytest.skip(f"port {first + 1} is taken on this machine")
+                break
+            except (OSError, OverflowError):  # taken (a client's port, say), or past 65535
+                busy.close()
+    else:
+        raise AssertionError("no free port next to 50 ports the kernel gave")
+    with busy:
+        busy.listen()
         server = serve(EXAMPLE, "--workers", "1", "--metrics-port", "auto",
                        env={"SAGEMAKER_SAFE_PORT_RANGE": f"{first}-{first + 1}"})
         chosen = first + 1
