@@ -24,6 +24,9 @@ from dataclasses import dataclass, field
 from serving.hosts import ENGINES
 from serving.http.negotiation import parse_media_type
 
+if t.TYPE_CHECKING:
+    from serving.torchserve_config import TorchServeConfig
+
 __all__ = ["Config", "ConfigError", "SETTINGS", "Setting", "settings_table"]
 
 
@@ -144,7 +147,7 @@ def _path(text: str) -> str:
     return os.path.abspath(os.path.expanduser(_text(text)))
 
 
-def _read_ts_config(path: str | None, environ: t.Mapping[str, str]) -> t.Any:
+def _read_ts_config(path: str | None, environ: t.Mapping[str, str]) -> TorchServeConfig | None:
     """TorchServe's config.properties at ``path`` (``--ts-config``), or None."""
     if path is None or not path.strip():
         return None
@@ -531,9 +534,9 @@ class Config:
                 values[setting.name] = setting.parse(raw)
             except ValueError as exc:
                 where = setting.flag if source == "flag" else setting.env
-                if source.startswith("ts-config:"):  # the file's key, then the file
-                    raise ConfigError(f"invalid {source[10:]}={raw!r} in "
-                                      f"{ts_config.path}: {exc}") from None  # type: ignore
+                if ts_config is not None and source.startswith("ts-config:"):
+                    raise ConfigError(f"invalid {source[10:]}={raw!r} in "  # the file's key
+                                      f"{ts_config.path}: {exc}") from None
                 raise ConfigError(f"invalid {where}={raw!r}: {exc}") from None
             sources[setting.name] = source
         more = {} if ts_config is None else {"archive_settings": ts_config.archive_settings,

@@ -145,7 +145,10 @@ def read_ts_config(path: str, environ: t.Mapping[str, str]) -> TorchServeConfig:
         raise TorchServeConfigError(f"--ts-config {path}: {exc.strerror}") from None
     if len(text) > 1024 * 1024:
         raise TorchServeConfigError(f"--ts-config {path}: more than 1 MiB")
-    properties = parse_properties(text)
+    try:
+        properties = parse_properties(text)
+    except TorchServeConfigError as exc:
+        raise TorchServeConfigError(f"--ts-config {path}: {exc}") from None
     for key, value in properties.items():
         def variable(match: re.Match[str], key: str = key) -> str:
             if match.group(1) not in environ:

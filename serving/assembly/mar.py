@@ -38,8 +38,8 @@ if t.TYPE_CHECKING:
     from serving.config import Config
 
 __all__ = ["Archive", "ArchiveError", "MANIFEST", "Manifest", "archive_settings",
-           "archives_of", "is_archive", "open_archive", "read_manifest", "remove_unpacked", "serves_archives",
-           "settings_from_config", "settings_from_mapping", "unpack"]
+           "archives_of", "is_archive", "open_archive", "read_manifest", "remove_unpacked",
+           "serves_archives", "settings_from_config", "settings_from_mapping", "unpack"]
 
 MANIFEST = "MAR-INF/MANIFEST.json"
 #: Most entries an archive may hold, and most times one entry may inflate.

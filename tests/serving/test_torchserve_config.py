@@ -149,3 +149,8 @@ def test_the_management_api_listens_where_the_file_says(tmp_path, store):
                   ["--metrics-port", "8082"])
     assert gunicorn_options(config)["bind"] == ["0.0.0.0:8085", "0.0.0.0:8082",
                                                 "127.0.0.1:8086"]
+
+
+def test_a_malformed_escape_names_the_file(tmp_path):
+    with pytest.raises(ConfigError, match=r"config.properties: a malformed \\u escape"):
+        load(tmp_path, "key=\\u12\n")
