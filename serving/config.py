@@ -18,6 +18,7 @@ import grp
 import logging
 import os
 import pwd
+import re
 import typing as t
 from dataclasses import dataclass, field
 
@@ -308,6 +309,11 @@ class Config:
         "--sessions-expiration", "SAGEMAKER_SESSIONS_EXPIRATION", 1200, _seconds,
         "Seconds a session lives from its opening; after that its id gets 400.",
         metavar="SECONDS")
+    session_wait: float = setting(
+        "--session-wait", "SERVING_SESSION_WAIT", 5, _seconds,
+        "Seconds a request waits for its session while another request of the same "
+        "session runs; then 429. The wait does not count against its deadline.",
+        metavar="SECONDS")
     sessions_path: str = setting(
         "--sessions-path", "SAGEMAKER_SESSIONS_PATH", "/dev/shm/sagemaker_sessions", _path,
         "Directory of the sessions' files, which every worker shares (shared memory by "
@@ -364,6 +370,11 @@ class Config:
         "Multi-model endpoint: models are loaded, listed and unloaded at run time through "
         "/models (the SageMaker multi-model contract); the model directory may be empty "
         "or absent.", switch=True)
+    multi_model_root: str = setting(
+        "--multi-model-root", "SERVING_MULTI_MODEL_ROOT", "/opt/ml/models", _path,
+        "Multi-model: POST /models loads only from under this directory (symlinks "
+        "followed), where SageMaker puts the models it loads; any other url is a 400.",
+        metavar="DIR")
     model_store: str | None = setting(
         "--model-store", "SERVING_MODEL_STORE", None, _path,
         "A TorchServe model store: a directory of model archives (.mar files, or unpacked "
@@ -390,11 +401,38 @@ class Config:
         "and nothing else there: model archives are then loaded and unloaded at run time. "
         "Needs --model-store or a .mar as --model-dir; the gunicorn engine only.",
         metavar="PORT", default_help="off")
-    management_host: str | None = setting(
-        "--management-host", "SERVING_MANAGEMENT_HOST", None, _text,
-        "Address the management API listens on (TorchServe's management_address keeps "
-        "it on 127.0.0.1 by default, away from the inference port's clients).",
-        metavar="ADDR", default_help="--host")
+    management_host: str = setting(
+        "--management-host", "SERVING_MANAGEMENT_HOST", "127.0.0.1", _text,
+        "Address the management API listens on, whatever --host is: loopback unless an "
+        "address is named for it (as TorchServe keeps it on 127.0.0.1), so that only this "
+        "machine or pod reaches it.", metavar="ADDR")
+    enable_model_api: bool = setting(
+        "--enable-model-api", "SERVING_ENABLE_MODEL_API", False, _bool,
+        "Let the management API register and unregister models (POST and DELETE /models), "
+        "as TorchServe's --enable-model-api and enable_model_api=true do. Off: those calls "
+        "get TorchServe's 405, and the models served are the ones named at start.",
+        switch=True)
+    disable_token_auth: bool = setting(
+        "--disable-token-auth", "SERVING_DISABLE_TOKEN_AUTH", False, _bool,
+        "Turn off TorchServe's token authorization (disable_token_authorization=true). On, "
+        "the management API needs its key (Authorization: Bearer <key>, from --key-file), "
+        "and with --model-store every route of the main port but /openapi.json and "
+        "/metrics needs the inference key, as on TorchServe 0.12.", switch=True)
+    key_file: str = setting(
+        "--key-file", "SERVING_KEY_FILE", lambda: os.path.abspath("key_file.json"), _path,
+        "Where token authorization writes its keys (TorchServe's key_file.json, mode 0600; "
+        "removed when the server stops). TorchServe's model_server_home puts it there.",
+        metavar="FILE", default_help="./key_file.json")
+    token_expiration_min: float = setting(
+        "--token-expiration-min", "SERVING_TOKEN_EXPIRATION_MIN", 60, _positive_number,
+        "Minutes the management and inference keys are good for; GET /token?type=... on "
+        "the management port, with the API key, makes a new one.", metavar="MINUTES")
+    allowed_urls: str | None = setting(
+        "--allowed-urls", "SERVING_ALLOWED_URLS", None, _text,
+        "Management API: where besides the model store POST /models may register from, as "
+        "TorchServe's allowed_urls: comma-separated regular expressions, each matched "
+        "whole against file://<the url's real path> (symlinks followed).",
+        metavar="REGEXES", default_help="the model store only")
     archive_max_mb: float = setting(
         "--archive-max-mb", "SERVING_ARCHIVE_MAX_MB", 10240, _positive_number,
         "The most one model archive may unpack to, in MiB, counted as it is unpacked.",
@@ -488,6 +526,18 @@ class Config:
         return int(self.max_decoded_mb * 2**20)
 
     @property
+    def allowed_url_patterns(self) -> tuple[str, ...]:
+        """--allowed-urls as its regular expressions (TorchServe's comma-separated list)."""
+        if self.allowed_urls is None:
+            return ()
+        return tuple(p.strip() for p in self.allowed_urls.split(",") if p.strip())
+
+    @property
+    def token_auth(self) -> bool:
+        """Whether TorchServe's token authorization guards its APIs here."""
+        return not self.disable_token_auth
+
+    @property
     def batching(self) -> bool:
         return self.max_batch_size > 1
 
@@ -547,6 +597,12 @@ class Config:
 
     def _check(self) -> None:
         """Checks that look at the filesystem or at several settings."""
+        for pattern in self.allowed_url_patterns:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ConfigError(f"{self.where('allowed_urls')}: {pattern!r} is not a "
+                                  f"regular expression: {exc}") from None
         if self.management_port is not None:
             if self.model_store is None and not self.model_dir.endswith(".mar") and not \
                     os.path.isfile(os.path.join(self.model_dir, "MAR-INF", "MANIFEST.json")):

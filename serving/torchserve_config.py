@@ -16,20 +16,26 @@ archives it serves (``load_models``, or a ``model_snapshot``), and each model's 
   ``models`` gives per-model settings that the YAML's own keys win over.
 
 A value in the file is a setting's last resort: our flag, then our variable, then the
-file, then our default (``Config.load``). Keys that change nothing here (TorchServe's own
-threading, queues, token authorization, gRPC) are listed in the log at start-up; an
-address we cannot serve (https, a unix socket) is refused.
+file, then our default (``Config.load``). The keys that say who may do what are honoured
+(``enable_model_api``, ``disable_token_authorization``, ``token_expiration_min``,
+``allowed_urls``, ``use_env_allowed_urls``, ``model_server_home``) or, where this server
+cannot honour them (CORS, TLS, ``blacklist_env_vars``), stop the start with an error
+naming the key: a protection the user had is never dropped quietly. Keys that change
+nothing here (TorchServe's own threading, queues, gRPC ports) are listed in the log at
+start-up; an address we cannot serve (https, a unix socket) is refused.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import re
 import typing as t
 import urllib.parse
 
-__all__ = ["TorchServeConfig", "TorchServeConfigError", "parse_properties", "read_ts_config"]
+__all__ = ["REFUSED", "TorchServeConfig", "TorchServeConfigError", "parse_properties",
+           "read_ts_config"]
 
 
 class TorchServeConfigError(ValueError):
@@ -125,10 +131,31 @@ _PLAIN = {
     "default_response_timeout": "request_timeout",
     "install_py_dep_per_model": "install_requirements",
     "enable_metrics_api": "metrics",
+    # Who may do what: honoured, as TorchServe 0.12 reads them.
+    "enable_model_api": "enable_model_api",
+    "disable_token_authorization": "disable_token_auth",
+    "token_expiration_min": "token_expiration_min",
+    "allowed_urls": "allowed_urls",
+}
+#: Keys that bear on who may do what and that this server cannot honour: a file naming
+#: one does not start (a migrating user's protection is never dropped silently).
+REFUSED = {
+    "cors_allowed_origin": "cross-origin access (CORS) is not served here: put it in a "
+                           "proxy in front, or remove the key",
+    "cors_allowed_methods": "cross-origin access (CORS) is not served here",
+    "cors_allowed_headers": "cross-origin access (CORS) is not served here",
+    "keystore": "TLS ends in front of the server (a load balancer, an ingress, a sidecar)",
+    "keystore_pass": "TLS ends in front of the server",
+    "keystore_type": "TLS ends in front of the server",
+    "certificate_file": "TLS ends in front of the server",
+    "private_key_file": "TLS ends in front of the server",
+    "enable_grpc_ssl": "gRPC is not served here, with TLS or without",
+    "blacklist_env_vars": "handlers run in the server's own workers and see its "
+                          "environment: leave the variables out of the container's instead",
 }
 _READ = {*_PLAIN, "inference_address", "management_address", "metrics_address",
          "load_models", "model_snapshot", "models", "max_request_size", "number_of_gpu",
-         "enable_envvars_config"}
+         "enable_envvars_config", "use_env_allowed_urls", "model_server_home"}
 _VARIABLE = re.compile(r"\$\$([^$]+[^$])\$\$")  # TorchServe's $$NAME$$
 
 
@@ -165,7 +192,17 @@ def read_ts_config(path: str, environ: t.Mapping[str, str]) -> TorchServeConfig:
     def where(key: str) -> str:
         return f"{key} in {path}"
 
+    refused = sorted(key for key in properties if key in REFUSED)
+    if refused:
+        raise TorchServeConfigError(f"{where(refused[0])}: {REFUSED[refused[0]]}")
+    if properties.get("use_env_allowed_urls", "").strip().lower() == "true":
+        # TorchServe's way to give allowed_urls from the environment.
+        if environ.get("TS_ALLOWED_URLS", "").strip():
+            properties["allowed_urls"] = environ["TS_ALLOWED_URLS"]
     values: dict[str, tuple[str, str]] = {}
+    if properties.get("model_server_home", "").strip():
+        values["key_file"] = (os.path.join(properties["model_server_home"].strip(),
+                                           "key_file.json"), "model_server_home")
     for key, name in _PLAIN.items():
         if properties.get(key, "").strip():
             values[name] = (properties[key], key)

@@ -327,7 +327,15 @@ def create_app(config: Config, models: Models | Pipeline, runtime: Runtime | Non
                                         "and ._+=- (not starting with one of those)")
             if not isinstance(url, str) or not url.startswith("/"):
                 raise errors.BadRequest("url must be the model's directory, an absolute path")
-            entry = repository.load(name, url)
+            # Only from where SageMaker puts the models it loads: on Kubernetes, whoever
+            # reaches /invocations reaches this route too, and a model is code.
+            root = os.path.realpath(config.multi_model_root)
+            real = os.path.realpath(url)
+            if os.path.commonpath([real, root]) != root:
+                raise errors.BadRequest(
+                    f"url {url} is outside {root}, the directory models load from "
+                    f"({config.where('multi_model_root')}; set --multi-model-root)")
+            entry = repository.load(name, real, source=url if real != url else None)
             return app.json.response({"status": f"model {entry.name} loaded", **entry.describe()})
 
         @app.delete("/models/<name>")
@@ -574,9 +582,40 @@ def create_app(config: Config, models: Models | Pipeline, runtime: Runtime | Non
         from serving.protocols.torchserve_management import management_app
 
         management = (str(config.management_port), management_app(config, models))
+
+    authorize = None
+    if config.token_auth and config.model_store is not None:
+        # Started as TorchServe is (a model store): its inference API's key, on every
+        # route of the main port but the API's description and the metrics.
+        from serving.protocols.torchserve_tokens import KeyFile
+
+        keys = KeyFile(config.key_file, config.token_expiration_min)
+
+        def authorize(environ: dict[str, t.Any],
+                      start_response: t.Callable[..., t.Any]) -> t.Iterable[bytes] | None:
+            path = environ.get("PATH_INFO", "")
+            if path in OPEN_WITHOUT_KEY:
+                return None
+            try:
+                keys.check(environ.get("HTTP_AUTHORIZATION"), "inference")
+                return None
+            except errors.ServingError as exc:
+                start(environ)
+                try:
+                    return respond(environ, start_response,
+                                   route_of(app, environ.get("REQUEST_METHOD", ""), path),
+                                   render(exc, environ))
+                finally:
+                    end(environ)
+
     app.wsgi_app = InvocationsPath(  # type: ignore[method-assign]
-        app.wsgi_app, invocations_directly, direct_route, metrics_port, management)
+        app.wsgi_app, invocations_directly, direct_route, metrics_port, management, authorize)
     return app
+
+
+#: The main port's routes that need no key under token authorization: TorchServe 0.12
+#: answers its API description and its metrics without one.
+OPEN_WITHOUT_KEY = frozenset({"/openapi.json", "/metrics"})
 
 
 #: Where KServe's v1 and v2 routes live: errors there are answered as those protocols
@@ -606,14 +645,18 @@ class InvocationsPath:
     :param route: the rule and model of a request the direct path answers, else ``None``.
     :param management: TorchServe's management API: its port, and the app that answers
         everything there (nothing else is answered on it).
+    :param authorize: token authorization of the main port: the answer refusing a
+        request, or ``None`` to let it through.
     """
 
     def __init__(self, flask_app: t.Callable[..., t.Iterable[bytes]],
                  invocations: t.Callable[..., t.Iterable[bytes]],
                  route: t.Callable[[dict[str, t.Any]], t.Any],
                  metrics_port: str | None,
-                 management: tuple[str, t.Callable[..., t.Iterable[bytes]]] | None = None
+                 management: tuple[str, t.Callable[..., t.Iterable[bytes]]] | None = None,
+                 authorize: t.Callable[..., t.Iterable[bytes] | None] | None = None
                  ) -> None:
+        self.authorize = authorize
         self.flask_app = flask_app
         self.invocations = invocations
         self.route = route
@@ -628,6 +671,10 @@ class InvocationsPath:
         if self.management_app is not None and port == self.management_port:
             return self.management_app(environ, start_response)
         if self.metrics_port is None or port != self.metrics_port:
+            if self.authorize is not None:
+                refused = self.authorize(environ, start_response)
+                if refused is not None:
+                    return refused
             found = self.route(environ)
             if found is not None:
                 return self.invocations(environ, start_response, *found)

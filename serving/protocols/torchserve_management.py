@@ -20,11 +20,29 @@ The calls scripts make, in TorchServe 0.12's shapes:
 - ``DELETE /models/<name>[/<version>]``: ``{"status": "Model \\"N\\" unregistered"}``.
 
 Errors are our JSON, which is TorchServe's shape (``code``, ``type``, ``message``).
+
+Who may do what, closed by default as TorchServe 0.12 closes it (docs/operating.md,
+"Security"):
+
+- it listens on 127.0.0.1 unless an address is named for it (``--management-host``,
+  ``management_address``);
+- every call needs the management key (:mod:`serving.protocols.torchserve_tokens`)
+  unless token authorization is off; ``GET /token?type=...`` takes the API key;
+- registering and unregistering are TorchServe's 405 unless ``--enable-model-api``
+  (``enable_model_api=true``);
+- a url registers only from the model store or what ``--allowed-urls`` allows, judged
+  on its real path (symlinks followed): TorchServe's 404s otherwise;
+- a call that would change the models is refused (403) when it comes from a browser on
+  another site: it carries an ``Origin`` or a cross-site ``Sec-Fetch-Site``, or a body
+  type an HTML form can send, which no script of TorchServe's users sends; while it
+  listens on loopback, a request naming another host (a DNS rebinding) is refused too.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import re
 import typing as t
 from urllib.parse import urlparse
 
@@ -36,6 +54,7 @@ from serving.assembly.build import archive_batching
 from serving.assembly.mar import archive_settings, read_manifest
 from serving.config import Config
 from serving.contract.models import PAGE_SIZE, MAX_PAGE_SIZE, ModelRepository, valid_model_name
+from serving.protocols.torchserve_tokens import KINDS, KeyFile
 
 __all__ = ["management_app"]
 
@@ -45,10 +64,113 @@ _TAKEN = {"url", "model_name", "initial_workers", "synchronous"}
 _REFUSED = {"batch_size", "max_batch_delay", "response_timeout"}
 
 
+#: Body types an HTML form (or a no-CORS fetch) can send across sites.
+_FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data", "text/plain")
+_CHANGES = ("POST", "PUT", "PATCH", "DELETE")
+
+
+class MethodNotAllowedException(errors.ClientError):
+    """TorchServe's answer to registering or unregistering while the model API is off."""
+
+    status_code = 405
+
+
+class ModelNotFoundException(errors.ClientError):
+    """TorchServe's answer to a url it will not register from."""
+
+    status_code = 404
+
+
+class CrossSiteRequest(errors.ClientError):
+    status_code = 403
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _host_of(header: str) -> str:
+    """The host of a Host header, without its port."""
+    if header.startswith("["):
+        return header[:header.find("]") + 1]
+    return header.rsplit(":", 1)[0] if header.count(":") == 1 else header
+
+
+def cross_site(environ: dict[str, t.Any], bound_to_loopback: bool) -> str | None:
+    """Why a management request may come from a web page on another site, or None.
+
+    A browser adds ``Origin`` (and ``Sec-Fetch-Site``) to every cross-site POST and sends
+    a form's body as one of :data:`_FORM_TYPES`; the scripts and clients of this API
+    send none of these, its calls taking query parameters only.
+    """
+    if bound_to_loopback:
+        host = _host_of(environ.get("HTTP_HOST", "")).lower()
+        if host and not (_loopback(host) or _ip_literal(host)):
+            return f"Host {host!r} is not this machine's address"
+    if environ.get("REQUEST_METHOD") not in _CHANGES:
+        return None
+    if environ.get("HTTP_ORIGIN") is not None:
+        return "it carries an Origin header (a web page's request)"
+    if environ.get("HTTP_SEC_FETCH_SITE", "same-origin") not in ("same-origin", "none"):
+        return f"Sec-Fetch-Site is {environ['HTTP_SEC_FETCH_SITE']!r}"
+    content_type = environ.get("CONTENT_TYPE", "").partition(";")[0].strip().lower()
+    if content_type in _FORM_TYPES:
+        return f"its body is {content_type}, which an HTML form can send"
+    return None
+
+
+def _ip_literal(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+        return True
+    except ValueError:
+        return False
+
+
 def management_app(config: Config, repository: ModelRepository) -> Flask:
     app = Flask("serving.management", static_folder=None)
     app.json.sort_keys = False
     store = config.model_store
+    keys = KeyFile(config.key_file, config.token_expiration_min) if config.token_auth \
+        else None
+    bound_to_loopback = _loopback(config.management_host)
+    allowed = [re.compile(p) for p in config.allowed_url_patterns]
+
+    @app.before_request
+    def who_may() -> None:
+        environ = request.environ
+        why = cross_site(environ, bound_to_loopback)
+        if why is not None:
+            raise CrossSiteRequest(f"refused: this request may come from a web page on "
+                                   f"another site ({why}); call the management API from a "
+                                   f"script or curl")
+        if keys is not None:
+            if request.path == "/token":
+                keys.check(environ.get("HTTP_AUTHORIZATION"), "API",
+                           "Token Authentication failed. Token either incorrect, expired, "
+                           "or not provided correctly")
+            else:
+                keys.check(environ.get("HTTP_AUTHORIZATION"), "management")
+
+    def model_api() -> None:
+        if not config.enable_model_api:
+            raise MethodNotAllowedException("Requested method is not allowed, please refer "
+                                            "to API document.")
+
+    @app.get("/token")
+    def renew_key() -> Response:
+        kind = request.args.get("type")
+        if keys is None:
+            raise errors.NotFound("token authorization is off (--disable-token-auth)")
+        if kind not in KINDS:
+            raise errors.BadRequest(f"type must be one of {', '.join(KINDS)}")
+        keys.renew(kind)
+        return app.json.response({"status": f"{kind} key renewed in {keys.path}"})
 
     @app.errorhandler(errors.ServingError)
     def on_error(error: errors.ServingError) -> Response:
@@ -106,6 +228,7 @@ def management_app(config: Config, repository: ModelRepository) -> Flask:
 
     @app.post("/models")
     def register_model() -> Response:
+        model_api()
         args = request.args
         refused = sorted(_REFUSED & args.keys())
         if refused:
@@ -118,17 +241,7 @@ def management_app(config: Config, repository: ModelRepository) -> Flask:
         url = args.get("url")
         if not url:
             raise errors.BadRequest("url is required: a .mar of the model store, or a path")
-        parsed = urlparse(url)
-        if parsed.scheme not in ("", "file"):
-            raise errors.BadRequest(f"url {url}: only local archives can be registered "
-                                    f"(nothing is downloaded)")
-        path = parsed.path if parsed.scheme == "file" else url
-        if not os.path.isabs(path):
-            if store is None or os.path.normpath(path).startswith(".."):
-                raise errors.BadRequest(f"url {url} is not an archive of the model store")
-            path = os.path.join(store, path)
-        if not os.path.exists(path):
-            raise errors.BadRequest(f"url {url}: no such archive")
+        path = archive_path(url)
         name = args.get("model_name")
         if name is None:
             name = _name_in(path, repository)
@@ -140,9 +253,39 @@ def management_app(config: Config, repository: ModelRepository) -> Flask:
         return app.json.response({"status": f'Model "{name}" Version: {version} registered '
                                             f"with {config.workers} initial workers"})
 
+    def archive_path(url: str) -> str:
+        """The real path of the archive ``url`` names, if it may be registered from.
+
+        As TorchServe: a name in the store, an absolute path or a ``file://`` url; ``..``
+        refused. Stricter: the path's real place (symlinks followed) must be in the
+        store or match ``--allowed-urls`` as ``file://<real path>``.
+        """
+        parsed = urlparse(url)
+        if parsed.scheme not in ("", "file"):
+            raise errors.BadRequest(f"url {url}: only local archives can be registered "
+                                    f"(nothing is downloaded)")
+        path = parsed.path if parsed.scheme == "file" else url
+        if ".." in path.split("/"):
+            raise ModelNotFoundException(f"Relative path is not allowed in url: {url}")
+        if not os.path.isabs(path):
+            if store is None:
+                raise ModelNotFoundException(f"Model not found at: {url}")
+            path = os.path.join(store, path)
+        if not os.path.exists(path):
+            raise ModelNotFoundException(f"Model not found at: {url}")
+        real = os.path.realpath(path)
+        inside = store is not None and os.path.commonpath(
+            [real, os.path.realpath(store)]) == os.path.realpath(store)
+        if not inside and not any(p.fullmatch(f"file://{real}") for p in allowed):
+            raise ModelNotFoundException(
+                f"Given URL {url} does not match any allowed URL(s): it is {real}, outside "
+                f"the model store{' and --allowed-urls' if allowed else ''}")
+        return real
+
     @app.delete("/models/<name>")
     @app.delete("/models/<name>/<version>")
     def unregister_model(name: str, version: str | None = None) -> Response:
+        model_api()
         check_version(name, version)
         repository.unload(name)  # a .mar this server unpacked: its files go with it
         return app.json.response({"status": f'Model "{name}" unregistered'})

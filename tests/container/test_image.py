@@ -242,7 +242,8 @@ def test_no_framework_image_in_multi_model_mode(engine, tmp_path):
     assert labels["com.amazonaws.sagemaker.capabilities.multi-models"] == "false"
     # Bidirectional streaming likewise: SageMaker opens streams only to a labelled image.
     assert labels["com.amazonaws.sagemaker.capabilities.bidirectional-streaming"] == "false"
-    running, url = serve_in_container(engine, image, EXAMPLE / "model", tmp_path, "--multi-model")
+    running, url = serve_in_container(engine, image, EXAMPLE / "model", tmp_path, "--multi-model",
+                                      "--multi-model-root", "/opt/ml/model")
     try:
         assert requests.get(f"{url}/models").json() == {"models": []}
         loaded = requests.post(f"{url}/models", json={"model_name": "linear",

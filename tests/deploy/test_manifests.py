@@ -172,6 +172,8 @@ def test_kserve_runtime_for_torchserve_archives(tmp_path):
     assert config.models == "mnist=mnist.mar"
     assert config.metrics_port == int(runtime["spec"]["annotations"]["prometheus.kserve.io/port"])
     assert config.management_port == 8085
+    # The file opens the management API to 0.0.0.0; the runtime keeps it in the pod.
+    assert config.management_host == "127.0.0.1" and not config.enable_model_api
     routes = get_routes()
     for probe in ("readinessProbe", "livenessProbe"):
         assert container[probe]["httpGet"]["path"] in routes

@@ -9,7 +9,9 @@ import requests
 def start(serve, tmp_path, *flags, env=None):
     empty = tmp_path / "no-model"  # SageMaker starts a multi-model container with none
     empty.mkdir()
-    return serve(empty, "--multi-model", "--workers", "2", "--threads", "2", *flags, env=env)
+    # Models load from under tmp_path here, as from /opt/ml/models on SageMaker.
+    return serve(empty, "--multi-model", "--workers", "2", "--threads", "2",
+                 "--multi-model-root", str(tmp_path), *flags, env=env)
 
 
 def load(server, name, url):

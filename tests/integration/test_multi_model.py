@@ -132,6 +132,17 @@ def test_bad_load_requests_are_4xx(serve, tmp_path):
         response = requests.post(server.url("/models"), json=body)
         assert response.status_code == status, (body, response.text)
         assert response.json()["request_id"]
+    # Nothing loads from outside the root (--multi-model-root: tmp_path here), however
+    # the url gets there: a path above it, "..", a symlink inside pointing out.
+    outside = write_model_dir(tmp_path.parent / f"{tmp_path.name}-outside",
+                              "def model_fn(model_dir):\n    return 1\n")
+    (tmp_path / "link").symlink_to(outside, target_is_directory=True)
+    for url in (str(outside), f"{tmp_path}/../{tmp_path.name}-outside/model",
+                str(tmp_path / "link"), "/etc"):
+        response = requests.post(server.url("/models"), json={"model_name": "x", "url": url})
+        assert response.status_code == 400, (url, response.text)
+        assert "--multi-model-root" in response.json()["message"]
+    assert requests.get(server.url("/models")).json() == {"models": []}
     not_json = requests.post(server.url("/models"), data=b"model_name=x",
                              headers={"Content-Type": "application/x-www-form-urlencoded"})
     assert not_json.status_code == 400

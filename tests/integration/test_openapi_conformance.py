@@ -42,7 +42,7 @@ def test_schemathesis_finds_no_500_and_no_answer_off_the_description(serve, tmp_
                                                                      multi_model):
     if multi_model:  # the example loaded as "default", so that invocations reach a model
         server = serve(tmp_path / "none", "--multi-model", "--workers", "2",
-                       "--models-memory-mb", "64")
+                       "--models-memory-mb", "64", "--multi-model-root", str(EXAMPLE))
         requests.post(server.url("/models"), json={"model_name": "default",
                                                    "url": str(EXAMPLE)}).raise_for_status()
     else:

@@ -118,7 +118,7 @@ def test_a_model_store_keeps_each_archives_modules_its_own(serve, tmp_path):
     _isolated_archive(tmp_path, "double", 2.0)
     _isolated_archive(tmp_path, "triple", 3.0)
     store = tmp_path / "store"
-    server = serve(store, "--model-store", str(store), "--workers", "2")
+    server = serve(store, "--model-store", str(store), "--workers", "2", "--disable-token-auth")
     for name, y in (("double", 6.0), ("triple", 9.0), ("double", 6.0)):
         answer = requests.post(server.url(f"/predictions/{name}"), json={"x": 3}, timeout=10)
         assert answer.status_code == 200, answer.text
@@ -140,7 +140,8 @@ def test_models_names_and_picks_archives(serve, tmp_path):
     store.mkdir()
     write_archive(store / "echo.mar", "echo", {"echo.py": ECHO}, handler="echo.py")
     write_archive(store / "other.mar", "other", {"echo.py": ECHO}, handler="echo.py")
-    server = serve(store, "--model-store", str(store), "--models", "renamed=echo.mar")
+    server = serve(store, "--model-store", str(store), "--models", "renamed=echo.mar",
+                   "--disable-token-auth")
     assert requests.post(server.url("/predictions/renamed"), json=1,
                          timeout=10).json()["body"] == 1
     assert requests.post(server.url("/predictions/other"), json=1,
@@ -216,7 +217,7 @@ def test_the_management_api_loads_and_unloads_archives(serve, tmp_path):
     write_archive(store / "broken.mar", "broken", {"h.py": raising}, handler="h.py")
     port = free_port()
     server = serve(store, "--model-store", str(store), "--models", "none", "--workers", "2",
-                   "--management-port", str(port))
+                   "--management-port", str(port), "--disable-token-auth", "--enable-model-api")
     manage = f"http://127.0.0.1:{port}"
     assert requests.get(f"{manage}/models", timeout=10).json() == {"models": []}
     loaded = requests.post(f"{manage}/models?url=echo.mar&model_name=e1", timeout=60)
@@ -234,11 +235,11 @@ def test_the_management_api_loads_and_unloads_archives(serve, tmp_path):
     assert broken.status_code == 500 and broken.json()["exception"] == "OSError"
     assert requests.post(server.url("/predictions/broken"), json=1,
                          timeout=10).status_code == 404
-    for url, why in (("../echo.mar", "not an archive of the model store"),
-                     ("http://example.com/x.mar", "only local archives"),
-                     ("missing.mar", "no such archive")):
+    for url, status, why in (("../echo.mar", 404, "Relative path is not allowed"),
+                             ("http://example.com/x.mar", 400, "only local archives"),
+                             ("missing.mar", 404, "Model not found at: missing.mar")):
         refused = requests.post(f"{manage}/models", params={"url": url}, timeout=10)
-        assert refused.status_code == 400 and why in refused.json()["message"]
+        assert refused.status_code == status and why in refused.json()["message"]
     refused = requests.post(f"{manage}/models?url=echo.mar&model_name=e2&batch_size=8",
                             timeout=10)
     assert refused.status_code == 400 and "config YAML" in refused.json()["message"]
@@ -256,7 +257,8 @@ def test_the_management_api_loads_and_unloads_archives(serve, tmp_path):
 
 def test_a_sagemaker_multi_model_endpoint_loads_a_mar(serve, tmp_path):
     mar = write_archive(tmp_path / "echo.mar", "echo", {"echo.py": ECHO}, handler="echo.py")
-    server = serve(tmp_path / "none", "--multi-model", "--workers", "2")
+    server = serve(tmp_path / "none", "--multi-model", "--workers", "2",
+                   "--multi-model-root", str(tmp_path))
     loaded = requests.post(server.url("/models"), json={"model_name": "m1", "url": str(mar)},
                            timeout=60)
     assert loaded.status_code == 200, loaded.text

@@ -21,7 +21,8 @@ from tests.torchserve.archives import ARCHIVES
 
 @pytest.fixture(scope="module")
 def ours(store, serve):
-    return serve(store, "--model-store", str(store), "--models", "all", "--workers", "2")
+    return serve(store, "--model-store", str(store), "--models", "all", "--workers", "2",
+                 "--disable-token-auth")
 
 
 @pytest.fixture(scope="module")
@@ -208,7 +209,7 @@ def managed(store, serve):
 
     port = free_port()
     server = serve(store, "--model-store", str(store), "--models", "all", "--workers", "2",
-                   "--management-port", str(port))
+                   "--management-port", str(port), "--disable-token-auth", "--enable-model-api")
     server.management = lambda path: f"http://127.0.0.1:{port}{path}"
     return server
 

@@ -101,6 +101,6 @@ def test_the_models_answer_the_same(theirs, mine):
 
 
 def test_the_file_is_named_in_our_log_with_what_changes_nothing(mine):
-    assert "not used here: disable_token_authorization, enable_model_api, " \
-           "grpc_inference_port, grpc_management_port, job_queue_size, " \
+    # disable_token_authorization and enable_model_api are honoured (not listed).
+    assert "not used here: grpc_inference_port, grpc_management_port, job_queue_size, " \
            "number_of_netty_threads" in mine.log

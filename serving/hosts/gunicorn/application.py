@@ -108,7 +108,7 @@ def gunicorn_options(config: Config) -> dict[str, t.Any]:
     if config.metrics and config.metrics_port is not None:
         bind.append(_address(config.host, config.metrics_port))
     if config.management_port is not None:
-        bind.append(_address(config.management_host or config.host, config.management_port))
+        bind.append(_address(config.management_host, config.management_port))
     return {
         "bind": bind,
         "workers": config.workers,
@@ -251,6 +251,18 @@ def run(config: Config, metrics_dir: str | None) -> int:
         except StartupError as exc:
             print(f"serve: error: {exc}", file=sys.stderr)
             return 1
+    keys = None
+    if config.token_auth and (config.model_store is not None or
+                              config.management_port is not None):
+        from serving.protocols.torchserve_tokens import KeyFile
+
+        try:  # TorchServe's key file, which every worker reads
+            keys = KeyFile.create(config.key_file, config.token_expiration_min)
+        except StartupError as exc:
+            print(f"serve: error: {exc}", file=sys.stderr)
+            return 1
+        log.info("token authorization is on (TorchServe's): keys in %s "
+                 "(--disable-token-auth turns it off)", config.key_file)
     master = os.getpid()
     try:
         try:
@@ -269,3 +281,5 @@ def run(config: Config, metrics_dir: str | None) -> int:
         # The forked workers leave through here too: only the master removes the directory.
         if models_dir is not None and os.getpid() == master:
             shutil.rmtree(models_dir, ignore_errors=True)
+        if keys is not None and os.getpid() == master:
+            keys.remove()
