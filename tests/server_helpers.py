@@ -98,16 +98,19 @@ class Server:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
-    def wait_ready(self, timeout: float = 60) -> None:
+    def wait_ready(self, timeout: float = 60, headers=None) -> None:
+        """Until /ping answers 200. ``headers``: a function giving the headers to send
+        (a key that exists only once the server has written it)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise AssertionError(f"serve exited with {self.proc.returncode}:\n{self.log}")
             try:
-                if requests.get(self.url("/ping"), timeout=2).status_code == 200:
+                sent = headers() if headers is not None else None
+                if requests.get(self.url("/ping"), headers=sent, timeout=2).status_code == 200:
                     return
-            except (requests.ConnectionError, requests.Timeout):
-                pass  # not listening yet, or listening while no worker has loaded
+            except (requests.ConnectionError, requests.Timeout, OSError, ValueError, KeyError):
+                pass  # not listening yet (or no key file yet), or no worker has loaded
             time.sleep(0.1)
         raise AssertionError(f"serve not ready after {timeout}s:\n{self.log}")
 

@@ -36,8 +36,11 @@ def store(tmp_path_factory) -> Path:
     return store
 
 
-def write_config(path: Path, port: int, management_port: int, more: str = "") -> Path:
-    """A config.properties as a TorchServe user writes one, listening on these ports."""
+def write_config(path: Path, port: int, management_port: int, more: str = "",
+                 secure: bool = False) -> Path:
+    """A config.properties as a TorchServe user writes one, listening on these ports;
+    ``secure``: with TorchServe's security defaults (token authorization on, the model
+    API off), else with both opened."""
     path.write_text(
         f"inference_address=http://127.0.0.1:{port}\n"
         f"management_address=http://127.0.0.1:{management_port}\n"
@@ -45,21 +48,22 @@ def write_config(path: Path, port: int, management_port: int, more: str = "") ->
         # Its gRPC ports (7070, 7071 by default), so that two TorchServes run side by side.
         f"grpc_inference_port={free_port()}\ngrpc_management_port={free_port()}\n"
         "default_workers_per_model=1\n"
-        "disable_token_authorization=true\n"
         "install_py_dep_per_model=false\n"
         # Registering and unregistering through the management API (off by default
-        # since TorchServe 0.11).
-        "enable_model_api=true\n" + more)
+        # since TorchServe 0.11), and no keys.
+        + ("" if secure else "disable_token_authorization=true\nenable_model_api=true\n")
+        + more)
     return path
 
 
 class TorchServe:
     def __init__(self, store: Path, run: Path, more_config: str = "",
-                 models: tuple[str, ...] = ("--models", "all")) -> None:
+                 models: tuple[str, ...] = ("--models", "all"), secure: bool = False) -> None:
         env = _environment()
         self.port, self.management_port = free_port(), free_port()
+        self.run = run  # its key_file.json is written there (its working directory)
         config = write_config(run / "config.properties", self.port, self.management_port,
-                              more_config)
+                              more_config, secure)
         self.log_path = run / "torchserve.log"
         self._log = open(self.log_path, "wb")
         variables = {k: v for k, v in os.environ.items() if not k.startswith("TS_")}
@@ -71,7 +75,7 @@ class TorchServe:
         self.proc = subprocess.Popen(
             [str(env / "bin" / "torchserve"), "--start", "--foreground", "--ncs",
              "--model-store", str(store), *models, "--ts-config", str(config),
-             "--disable-token-auth"],
+             *(() if secure else ("--disable-token-auth",))],
             env=variables, stdout=self._log, stderr=subprocess.STDOUT, cwd=run,
             start_new_session=True)  # its Java frontend and Python workers: one group
 
@@ -81,7 +85,14 @@ class TorchServe:
     def management(self, path: str) -> str:
         return f"http://127.0.0.1:{self.management_port}{path}"
 
-    def wait_ready(self, models: list[str], timeout: float = 180) -> None:
+    def keys(self) -> dict[str, str]:
+        """Its token authorization keys, from its key_file.json."""
+        import json
+
+        return {kind: entry["key"] for kind, entry in
+                json.loads((self.run / "key_file.json").read_text()).items()}
+
+    def wait_ready(self, models: list[str], timeout: float = 180, secure: bool = False) -> None:
         """Until each model's workers are READY (its management API says so)."""
         deadline = time.monotonic() + timeout
         waiting = list(models)
@@ -89,14 +100,17 @@ class TorchServe:
             if self.proc.poll() is not None:
                 raise AssertionError(f"torchserve exited:\n{self.log_path.read_text()}")
             try:
+                headers = ({"Authorization": f"Bearer {self.keys()['management']}"}
+                           if secure else None)
                 for model in list(waiting):
-                    answer = requests.get(self.management(f"/models/{model}"), timeout=5)
+                    answer = requests.get(self.management(f"/models/{model}"), timeout=5,
+                                          headers=headers)
                     workers = answer.json()[0]["workers"] if answer.ok else []
                     if workers and all(w["status"] == "READY" for w in workers):
                         waiting.remove(model)
                 if not waiting:
                     return
-            except (requests.RequestException, ValueError, KeyError, IndexError):
+            except (requests.RequestException, ValueError, KeyError, IndexError, OSError):
                 pass
             time.sleep(0.5)
         raise AssertionError(f"torchserve: {waiting} not ready after {timeout}s")
