@@ -26,7 +26,13 @@ import warnings
 import numpy as np
 import orjson
 
-from handlers.content.base import ContentHandler, DecodeError, EncodeError, to_numpy
+from handlers.content.base import (
+    ContentHandler,
+    DecodedTooLarge,
+    DecodeError,
+    EncodeError,
+    to_numpy,
+)
 
 #: Given to orjson for arrays only: the rest of an answer is written without it, so that
 #: every array and NumPy scalar in it reaches _fallback_numpy.
@@ -115,18 +121,38 @@ def as_arrays(value: t.Any) -> t.Any:
 ELEMENT_BYTES, CONTAINER_BYTES = 40, 64
 
 
-def check_elements(handler: ContentHandler, body: bytes) -> None:
-    """Refuse a body whose parsed values would take more than the limit, before parsing.
+def check_decoded_size(body: bytes, max_decoded_bytes: int) -> None:
+    """Refuse a body whose parsed values would take more than ``max_decoded_bytes``,
+    before parsing (:class:`DecodedTooLarge`).
 
     Counted from separators, so a 6 MB ``[[],[],…]`` is refused at C speed instead of
     becoming two million lists; bodies too short to reach the limit are not counted.
     """
-    if len(body) * CONTAINER_BYTES <= handler.max_decoded_bytes:
+    if len(body) * CONTAINER_BYTES <= max_decoded_bytes:
         return
     containers = body.count(b"[") + body.count(b"{")
     elements = body.count(b",") + body.count(b"\n") + 1
-    handler.check_decoded(containers * CONTAINER_BYTES + elements * ELEMENT_BYTES,
-                          f"JSON of about {elements} values")
+    nbytes = containers * CONTAINER_BYTES + elements * ELEMENT_BYTES
+    if nbytes > max_decoded_bytes:
+        raise DecodedTooLarge(f"JSON of about {elements} values decodes to {nbytes} bytes",
+                              max_decoded_bytes)
+
+
+def check_elements(handler: ContentHandler, body: bytes) -> None:
+    """:func:`check_decoded_size` with the handler's limit."""
+    check_decoded_size(body, handler.max_decoded_bytes)
+
+
+#: How deep one JSON body may nest: orjson's own bound, met before any recursion of
+#: ours or of the standard library's (Python's limit is 1000 frames).
+MAX_DEPTH = 1024
+
+
+def loads_bounded(body: bytes, max_decoded_bytes: int, what: str = "body") -> t.Any:
+    """``body`` parsed, within the decoded-size limit and :data:`MAX_DEPTH` (orjson's):
+    :class:`DecodedTooLarge` or :class:`DecodeError` otherwise, never a RecursionError."""
+    check_decoded_size(body, max_decoded_bytes)
+    return loads(body, what)
 
 
 def loads(body: bytes, what: str = "body") -> t.Any:

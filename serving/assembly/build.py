@@ -237,7 +237,8 @@ def _archive_pipeline(config: Config, name: str, directory: str, manifest: Manif
 
     size, delay = archive_batching(config, settings)
     module = hosting_module(name, directory, manifest, base, batch_size=size,
-                            max_form_bytes=config.max_payload_bytes, private=private,
+                            max_form_bytes=config.max_payload_bytes,
+                            max_decoded_bytes=config.max_decoded_bytes, private=private,
                             debug_errors=config.debug_errors)
     pipeline = Pipeline.from_module(module, base, model_dir=directory,  # type: ignore[arg-type]
                                     default_accept=config.default_accept, framework="none",

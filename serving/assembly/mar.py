@@ -31,6 +31,7 @@ import stat
 import tempfile
 import typing as t
 import zipfile
+import zlib
 
 from serving.errors import StartupError
 
@@ -118,21 +119,40 @@ def parse_manifest(text: bytes, source: str) -> Manifest:
     return manifest
 
 
+#: The largest manifest read: TorchServe's are a few hundred bytes.
+MAX_MANIFEST_BYTES = 1024 * 1024
+
+
+def _manifest_bytes(archive: zipfile.ZipFile, path: str) -> bytes:
+    """The manifest's bytes, read no further than :data:`MAX_MANIFEST_BYTES` whatever its
+    entry declares (a small archive may inflate to a huge manifest)."""
+    try:
+        with archive.open(MANIFEST) as f:
+            text = f.read(MAX_MANIFEST_BYTES + 1)
+    except KeyError:
+        raise ArchiveError(f"{path}: no {MANIFEST}: not a model archive") from None
+    except (zipfile.BadZipFile, OSError, EOFError, zlib.error) as exc:
+        raise ArchiveError(f"{path}: {MANIFEST} cannot be read: {exc}") from None
+    if len(text) > MAX_MANIFEST_BYTES:
+        raise ArchiveError(f"{path}: {MANIFEST} is more than {MAX_MANIFEST_BYTES} bytes")
+    return text
+
+
 def read_manifest(path: str) -> Manifest:
     """The manifest of a ``.mar`` file or of an unpacked archive (a directory with
     ``MAR-INF/MANIFEST.json``)."""
     if os.path.isdir(path):
         try:
             with open(os.path.join(path, MANIFEST), "rb") as f:
-                return parse_manifest(f.read(), path)
+                text = f.read(MAX_MANIFEST_BYTES + 1)
         except FileNotFoundError:
             raise ArchiveError(f"{path}: no {MANIFEST}: not an unpacked model archive") from None
+        if len(text) > MAX_MANIFEST_BYTES:
+            raise ArchiveError(f"{path}: {MANIFEST} is more than {MAX_MANIFEST_BYTES} bytes")
+        return parse_manifest(text, path)
     try:
         with zipfile.ZipFile(path) as archive:
-            try:
-                return parse_manifest(archive.read(MANIFEST), path)
-            except KeyError:
-                raise ArchiveError(f"{path}: no {MANIFEST}: not a model archive") from None
+            return parse_manifest(_manifest_bytes(archive, path), path)
     except (zipfile.BadZipFile, OSError) as exc:
         raise ArchiveError(f"{path}: not a readable zip archive: {exc}") from None
 
@@ -148,10 +168,7 @@ def unpack(path: str, destination: str, max_bytes: int) -> Manifest:
         entries = archive.infolist()
         if len(entries) > MAX_ENTRIES:
             raise ArchiveError(f"{path}: {len(entries)} entries, more than {MAX_ENTRIES}")
-        try:
-            manifest = parse_manifest(archive.read(MANIFEST), path)
-        except KeyError:
-            raise ArchiveError(f"{path}: no {MANIFEST}: not a model archive") from None
+        manifest = parse_manifest(_manifest_bytes(archive, path), path)
         os.makedirs(destination, exist_ok=True)
         root = os.path.realpath(destination)
         total = 0
@@ -165,10 +182,17 @@ def unpack(path: str, destination: str, max_bytes: int) -> Manifest:
             if target != root and not target.startswith(root + os.sep):
                 raise ArchiveError(f"{path}: the entry {entry.filename!r} points outside "
                                    f"the archive")
-            if entry.is_dir():
-                os.makedirs(target, exist_ok=True)
-                continue
-            os.makedirs(os.path.dirname(target), exist_ok=True)
+            try:
+                if entry.is_dir():
+                    os.makedirs(target, exist_ok=True)
+                    continue
+                os.makedirs(os.path.dirname(target), exist_ok=True)
+            except (FileExistsError, NotADirectoryError):  # "a", then "a/b"
+                raise ArchiveError(f"{path}: the entry {entry.filename!r} is inside a file "
+                                   f"of the archive") from None
+            if os.path.isdir(target):  # "a/b", then "a"
+                raise ArchiveError(f"{path}: the entry {entry.filename!r} is also a "
+                                   f"directory of the archive")
             written = 0
             limit = max(entry.compress_size, 1) * MAX_RATIO
             with archive.open(entry) as source, open(target, "wb") as out:
@@ -315,7 +339,11 @@ def open_archive(path: str, max_bytes: int) -> tuple[str, Manifest]:
     if os.path.isdir(path):
         return path, read_manifest(path)
     destination = tempfile.mkdtemp(prefix=os.path.basename(path)[:-4] + "-", dir=_unpack_root())
-    return destination, unpack(path, destination, max_bytes)
+    try:
+        return destination, unpack(path, destination, max_bytes)
+    except BaseException:  # a failed unpack leaves nothing behind, at once
+        shutil.rmtree(destination, ignore_errors=True)
+        raise
 
 
 def archives_of(config: Config) -> list[Archive]:

@@ -40,8 +40,10 @@ import typing as t
 import uuid
 
 from serving import errors
+from serving.contract.limits import json_document
 
-__all__ = ["CLOSED_HEADER", "NEW_HEADER", "SESSION_HEADER", "Session", "SessionStore",
+__all__ = ["CLOSED_HEADER", "NEW_HEADER", "SESSION_HEADER", "Session", "SessionBusy",
+           "SessionStore",
            "check_session_id", "session_request_type"]
 
 SESSION_HEADER = "X-Amzn-SageMaker-Session-Id"
@@ -68,16 +70,17 @@ def check_session_id(value: str) -> str:
     return value
 
 
-def session_request_type(body: bytes) -> str | None:
+def session_request_type(body: bytes, max_decoded_bytes: int) -> str | None:
     """``NEW_SESSION`` or ``CLOSE`` when ``body`` is a session request (a JSON object with
     ``requestType``), ``None`` for any other body. A ``requestType`` of another value is
-    a 400. Cheap for ordinary bodies: they are looked into only when they hold the word."""
+    a 400; a body past the decoded-size limit a 413. Cheap for ordinary bodies: they are
+    looked into only when they hold the word."""
     if b'"requestType"' not in body:
         return None
     try:
-        document = json.loads(body)
-    except ValueError:
-        return None  # not JSON: the model's to read, not ours
+        document = json_document(body, max_decoded_bytes)
+    except errors.BadRequest:
+        return None  # not JSON (or nested past the bound): the model's to read, not ours
     if not isinstance(document, dict) or "requestType" not in document:
         return None
     kind = document["requestType"]
@@ -94,6 +97,35 @@ def _state_json(value: t.Any) -> str:
     except (TypeError, ValueError) as exc:
         raise errors.ModelError(f"the session's state must be JSON (keep other things in "
                                 f"session.directory): {exc}", stage="session") from None
+
+
+class SessionBusy(errors.ClientError):
+    """429: another request of the session held it for longer than the wait allows."""
+
+    status_code = 429
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": "1"}
+
+
+def _flock_within(fd: int, seconds: float, session_id: str) -> None:
+    """Take the lock on ``fd``, polling (``flock`` has no timeout) for at most
+    ``seconds``; :class:`SessionBusy` past them."""
+    deadline = time.monotonic() + seconds
+    pause = 0.002
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise SessionBusy(f"session {session_id} is busy with another request "
+                                  f"(waited {seconds:g} s, SERVING_SESSION_WAIT): send its "
+                                  f"requests one at a time") from None
+            time.sleep(min(pause, left))
+            pause = min(pause * 2, 0.05)
 
 
 class Session:
@@ -130,9 +162,11 @@ class Session:
 class SessionStore:
     """The sessions of one server, in files under ``path`` (see the module's text)."""
 
-    def __init__(self, path: str, expiration: float) -> None:
+    def __init__(self, path: str, expiration: float, wait: float = 5.0) -> None:
         self.path = path
         self.expiration = expiration
+        #: Seconds a request waits for a session another request holds (then 429).
+        self.wait = wait
         self.max_sessions = MAX_SESSIONS
         try:
             os.makedirs(path, mode=0o700, exist_ok=True)
@@ -153,8 +187,10 @@ class SessionStore:
 
     @contextlib.contextmanager
     def _locked(self, session_id: str, create: bool = False,
-                wait: bool = True) -> t.Iterator[None]:
-        """Hold the session's lock; ``wait=False``: raise BlockingIOError if it is held."""
+                wait: bool | float = True) -> t.Iterator[None]:
+        """Hold the session's lock. ``wait``: ``True`` as long as it takes (a holder that
+        never calls the model), ``False``: raise BlockingIOError if it is held, a number:
+        at most that many seconds, then :class:`SessionBusy` (429)."""
         try:
             fd = os.open(self._file(session_id, ".lock"),
                          os.O_RDWR | (os.O_CREAT if create else 0), 0o600)
@@ -162,7 +198,10 @@ class SessionStore:
             raise errors.BadRequest(f"no session {session_id}: it was closed, it expired, "
                                     f"or it never was") from None
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if wait is True or wait is False:
+                fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+            else:
+                _flock_within(fd, wait, session_id)
             yield
         finally:
             os.close(fd)  # releases the lock
@@ -222,9 +261,10 @@ class SessionStore:
 
     @contextlib.contextmanager
     def use(self, session_id: str) -> t.Iterator[Session]:
-        """The session, held for one request: its other requests wait; its state is
-        written back when the request ends, if it changed."""
-        with self._locked(session_id):
+        """The session, held for one request: its other requests wait (at most
+        :attr:`wait` seconds, then 429); its state is written back when the request ends,
+        if it changed."""
+        with self._locked(session_id, wait=self.wait):
             session = self._read(session_id)
             before = _state_json(session.state)
             yield session
@@ -233,7 +273,7 @@ class SessionStore:
 
     def get(self, session_id: str) -> Session:
         """The session as it is now, not held (a WebSocket stream reads it at its start)."""
-        with self._locked(session_id):
+        with self._locked(session_id, wait=self.wait):
             return self._read(session_id)
 
     def save(self, session: Session) -> None:
@@ -243,7 +283,7 @@ class SessionStore:
             self._write(session)
 
     def close(self, session_id: str) -> None:
-        with self._locked(session_id):
+        with self._locked(session_id, wait=self.wait):
             self._read(session_id)
             self._remove(session_id)
 

@@ -123,7 +123,8 @@ def create_app(config: Config, models: Models | Pipeline, runtime: Runtime | Non
     limit = config.max_payload_bytes
     metrics_port = str(config.metrics_port) if config.metrics_port is not None else None
     openapi = openapi_description(models.multi)
-    sessions = (SessionStore(config.sessions_path, config.sessions_expiration)
+    sessions = (SessionStore(config.sessions_path, config.sessions_expiration,
+                                 config.session_wait)
                 if config.enable_stateful_sessions else None)
 
     def render(error: errors.ServingError, environ: dict[str, t.Any] | None = None) -> Response:
@@ -366,8 +367,8 @@ def create_app(config: Config, models: Models | Pipeline, runtime: Runtime | Non
         arrived = environ[ARRIVED_KEY]
         session_id = environ.get("HTTP_X_AMZN_SAGEMAKER_SESSION_ID")
         # Only a JSON body can be a session request: others are not looked into.
-        kind = (session_request_type(body) if negotiated.content_type.endswith("json")
-                else None)
+        kind = (session_request_type(body, config.max_decoded_bytes)
+                if negotiated.content_type.endswith("json") else None)
         if session_id is not None or kind is not None:
             return in_session(pipeline, environ, body, negotiated, details, session_id, kind)
         payload, media_type = runtime.call(
@@ -388,7 +389,6 @@ def create_app(config: Config, models: Models | Pipeline, runtime: Runtime | Non
             check_session_id(session_id)
         headers = EnvironHeaders(environ)
         arrived = environ[ARRIVED_KEY]
-        deadline = arrived + runtime.deadline_seconds
         reply = details["reply"]
         if kind == NEW_SESSION:
             session = sessions.open()
@@ -408,18 +408,24 @@ def create_app(config: Config, models: Models | Pipeline, runtime: Runtime | Non
                 f"{'CLOSE' if kind == CLOSE else 'this request'} needs an open session's id in "
                 f"X-Amzn-SageMaker-Session-Id (NEW_SESSION goes with "
                 f'{{"requestType": "NEW_SESSION"}})')
+        # The session's lock is waited for at most --session-wait (then 429), and the
+        # model's deadline counts from when it is held: a request that waited behind
+        # another of its session never reaches the model with its time spent, so it
+        # cannot run past its deadline and make the worker retire.
         if kind == CLOSE:
             with sessions.use(session_id) as session:
                 runtime.call(pipeline.session_hook, "close_session_fn", session, headers,
-                             details, started=arrived)
+                             details, started=time.monotonic())
             sessions.close(session_id)
             reply["headers"] = {CLOSED_HEADER: session_id}
             return (app.json.dumps({"closed_session_id": session_id}).encode() + b"\n",
                     "application/json", reply)
         with sessions.use(session_id) as session:
             details["session"] = session
+            held = time.monotonic()
             payload, media_type = runtime.call(pipeline.invoke, body, negotiated, headers,
-                                               deadline, details, started=arrived)
+                                               held + runtime.deadline_seconds, details,
+                                               started=held)
         return payload, media_type, reply
 
     def response_of(payload: t.Any, media_type: str, reply: dict[str, str], request_id: str,

@@ -41,10 +41,12 @@ import struct
 import typing as t
 
 import numpy as np
+import orjson
 from flask import Blueprint, Response, request
 from werkzeug.routing import BaseConverter
 
 from serving import errors
+from serving.contract.limits import json_document
 from serving.contract.models import versioned
 
 if t.TYPE_CHECKING:
@@ -85,12 +87,45 @@ def datatype_of(array: np.ndarray) -> str:
 # -- v2 tensors in and out ------------------------------------------------------------
 
 
+#: The most dimensions a tensor may have (NumPy 1's own bound), and the largest size of
+#: one: past these no array can be made, so they are a 400 before anything is tried.
+MAX_DIMS = 32
+MAX_DIM = 2**62
+
+
 def _shape(value: t.Any, where: str) -> tuple[int, ...]:
     if not isinstance(value, list) or not all(
             isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in value):
         raise ProtocolError(f"{where}: shape must be a list of sizes (whole numbers, 0 or "
                             f"more)")
+    if len(value) > MAX_DIMS or any(n > MAX_DIM for n in value):
+        raise ProtocolError(f"{where}: shape must have at most {MAX_DIMS} dimensions, each "
+                            f"at most {MAX_DIM}")
     return tuple(value)
+
+
+def _in_range(flat: list[t.Any], dtype: np.dtype, datatype: str, where: str) -> np.ndarray:
+    """JSON numbers as an array of ``dtype``; a value the datatype cannot hold is a 400
+    (as Triton answers it), never wrapped (UINT8 -1 → 255) nor made infinite."""
+    if dtype.kind in "iu":
+        info = np.iinfo(dtype)
+        wide = np.array(flat) if flat else np.zeros(0, dtype=np.int64)
+        low, high = (min(flat), max(flat)) if wide.dtype == object else \
+            ((int(wide.min()), int(wide.max())) if wide.size else (0, 0))
+        if low < info.min or high > info.max:
+            raise ProtocolError(f"{where}: {datatype} holds {info.min} to {info.max}, not "
+                                f"{low if low < info.min else high}")
+        return np.array(flat, dtype=dtype)
+    try:
+        wide = np.array(flat, dtype=np.float64)
+    except OverflowError:
+        raise ProtocolError(f"{where}: a number is beyond {datatype}'s range") from None
+    if dtype.itemsize < 8 and wide.size:
+        finite = wide[np.isfinite(wide)]
+        if finite.size and np.abs(finite).max() > np.finfo(dtype).max:
+            raise ProtocolError(f"{where}: a number is beyond {datatype}'s range "
+                                f"(±{float(np.finfo(dtype).max):g})")
+    return wide.astype(dtype)
 
 
 def _bytes_elements(raw: bytes, where: str) -> list[bytes]:
@@ -169,10 +204,8 @@ def _tensor(spec: t.Any, binary: memoryview, at: int, index: int) -> tuple[np.nd
                    for x in flat):
             raise ProtocolError(f"{where}: {datatype} data must be "
                                 f"{'booleans' if datatype == 'BOOL' else 'numbers'}")
-        try:
-            array = np.array(flat, dtype=dtype)
-        except (OverflowError, ValueError) as exc:
-            raise ProtocolError(f"{where}: {exc}") from None
+        array = _in_range(flat, dtype, datatype, where) if dtype.kind in "iuf" else \
+            np.array(flat, dtype=dtype)
     return array.reshape(shape), at
 
 
@@ -190,24 +223,23 @@ def _flatten(data: list[t.Any]) -> list[t.Any]:
     return flat
 
 
-def decode_infer_request(body: bytes, header_length: str | None
+def decode_infer_request(body: bytes, header_length: str | None, max_decoded_bytes: int
                          ) -> tuple[dict[str, t.Any], dict[str, np.ndarray]]:
     """An infer request's JSON and its input tensors by name, in order.
 
     :param header_length: ``Inference-Header-Content-Length``: the body is that much JSON,
         then the inputs' binary data.
+    :param max_decoded_bytes: the most the JSON may decode to (413 past it).
     """
     if header_length is not None:
-        if not header_length.isdigit() or int(header_length) > len(body):
-            raise ProtocolError(f"{HEADER_LENGTH} {header_length!r} is not a length within "
-                                f"the {len(body)}-byte body")
+        if not (header_length.isascii() and header_length.isdigit()
+                and len(header_length) <= 19) or int(header_length) > len(body):
+            raise ProtocolError(f"{HEADER_LENGTH} {header_length[:40]!r} is not a length "
+                                f"within the {len(body)}-byte body")
         head, binary = body[:int(header_length)], memoryview(body)[int(header_length):]
     else:
         head, binary = body, memoryview(b"")
-    try:
-        document = json.loads(head)
-    except ValueError as exc:
-        raise ProtocolError(f"the request is not JSON: {exc}") from None
+    document = json_document(head, max_decoded_bytes, "the request", error=ProtocolError)
     if not isinstance(document, dict) or not isinstance(document.get("inputs"), list) \
             or not document["inputs"]:
         raise ProtocolError('the request must be an object with "inputs": a list of tensors')
@@ -222,8 +254,12 @@ def decode_infer_request(body: bytes, header_length: str | None
         raise ProtocolError(f"{len(binary) - at} bytes of binary data no input claims")
     outputs = document.get("outputs")
     if outputs is not None and (not isinstance(outputs, list) or not all(
-            isinstance(o, dict) and isinstance(o.get("name"), str) for o in outputs)):
-        raise ProtocolError('"outputs" must be a list of objects with a name')
+            isinstance(o, dict) and isinstance(o.get("name"), str)
+            and isinstance(o.get("parameters", {}), (dict, type(None))) for o in outputs)):
+        raise ProtocolError('"outputs" must be a list of objects with a name (and '
+                            'parameters, an object)')
+    if not isinstance(document.get("parameters", {}), (dict, type(None))):
+        raise ProtocolError('"parameters" must be an object')
     return document, tensors
 
 
@@ -293,9 +329,16 @@ def _as_bytes(value: t.Any) -> bytes:
 # -- the models behind the routes ---------------------------------------------------
 
 
-def _npy(array: np.ndarray) -> np.ndarray:
-    """An input as NPY can hold it: BYTES as fixed-width bytes (NPY takes no objects)."""
+def _npy(array: np.ndarray, max_decoded_bytes: int) -> np.ndarray:
+    """An input as NPY can hold it: BYTES as fixed-width bytes (NPY takes no objects),
+    refused (413) before it is made when elements × the longest is past the limit: one
+    long element among many short ones would otherwise cost the product."""
     if array.dtype == object:
+        longest = max((len(x) for x in array.ravel()), default=0)
+        if longest * array.size > max_decoded_bytes:
+            raise errors.DecodedTooLarge(
+                f"BYTES tensor of {array.size} elements, the longest {longest} bytes, as a "
+                f"fixed-width array takes {longest * array.size} bytes", max_decoded_bytes)
         return array.astype(bytes)
     return array
 
@@ -363,10 +406,8 @@ def blueprint(config: Config, models: Models,
     @routes.post("/v1/models/<model:name>:predict")
     def v1_predict(name: str) -> Response:
         pipeline = model(name)
-        try:
-            document = json.loads(read_body())
-        except ValueError as exc:
-            raise ProtocolError(f"the request is not JSON: {exc}") from None
+        document = json_document(read_body(), config.max_decoded_bytes, "the request",
+                                 error=ProtocolError)
         if not isinstance(document, dict) or not isinstance(document.get("instances"), list):
             raise ProtocolError('the request must be an object with "instances": a list')
         instances = document["instances"]
@@ -374,7 +415,7 @@ def blueprint(config: Config, models: Models,
             predictions = call(_handler(pipeline).handle_raw, instances, request.headers,
                                _request_id())
         else:
-            payload, media_type = invoke(pipeline, json.dumps(instances).encode("utf-8"),
+            payload, media_type = invoke(pipeline, _instances_body(instances),
                                          "application/json", "application/json")
             try:
                 predictions = json.loads(payload)
@@ -427,7 +468,8 @@ def blueprint(config: Config, models: Models,
     @routes.post("/v2/models/<name>/versions/<version>/infer")
     def v2_infer(name: str, version: str | None = None) -> Response:
         pipeline = model(name, version)
-        document, tensors = decode_infer_request(read_body(), request.headers.get(HEADER_LENGTH))
+        document, tensors = decode_infer_request(read_body(), request.headers.get(HEADER_LENGTH),
+                                                 config.max_decoded_bytes)
         archive = pipeline.archive
         outputs: list[tuple[str, np.ndarray, list[int] | None]] = []
         if archive is not None:
@@ -453,11 +495,12 @@ def blueprint(config: Config, models: Models,
             if len(tensors) == 1:
                 (array,) = tensors.values()
                 buffer = io.BytesIO()
-                np.save(buffer, _npy(array), allow_pickle=False)
+                np.save(buffer, _npy(array, config.max_decoded_bytes), allow_pickle=False)
                 body, content_type = buffer.getvalue(), "application/x-npy"
             else:
                 buffer = io.BytesIO()
-                np.savez(buffer, **{n: _npy(a) for n, a in tensors.items()})
+                np.savez(buffer, **{n: _npy(a, config.max_decoded_bytes)
+                                    for n, a in tensors.items()})
                 body, content_type = buffer.getvalue(), "application/x-npz"
             payload, media_type = invoke(pipeline, body, content_type,
                                          "application/x-npy, application/x-npz, "
@@ -467,6 +510,14 @@ def blueprint(config: Config, models: Models,
                                      outputs)
 
     return routes
+
+
+def _instances_body(instances: list[t.Any]) -> bytes:
+    """v1's instances as the JSON body our hosting functions read."""
+    try:
+        return orjson.dumps(instances)
+    except TypeError as exc:  # orjson nests 254 deep when writing: deeper is refused
+        raise ProtocolError(f"the instances cannot be passed on as JSON: {exc}") from None
 
 
 class _ModelName(BaseConverter):

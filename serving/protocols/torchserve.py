@@ -51,6 +51,8 @@ from urllib.parse import parse_qsl
 from werkzeug.http import parse_options_header
 from werkzeug.sansio.multipart import Data, Epilogue, Field, File, MultipartDecoder, NeedData
 
+from handlers.content.base import DecodedTooLarge, DecodeError
+from handlers.content.json import loads_bounded
 from serving import errors
 from serving.assembly.mar import ArchiveError, Manifest
 from serving.errors import ModelError, StartupError
@@ -109,12 +111,15 @@ class HandlerRequest:
         self.row, self.headers, self.request_id = row, headers, request_id
 
 
-def _value(value: bytes, content_type: str) -> t.Any:
-    """A parameter's value as TorchServe's worker gives it to the handler."""
+def _value(value: bytes, content_type: str, max_decoded_bytes: int) -> t.Any:
+    """A parameter's value as TorchServe's worker gives it to the handler; JSON held to
+    the decoded-size limit (413) and the nesting bound (``--max-decoded-mb``)."""
     if content_type == "application/json":
         try:
-            return json.loads(value.decode("utf-8"))
-        except ValueError:  # TorchServe logs a warning and passes the bytes on
+            return loads_bounded(value, max_decoded_bytes)
+        except DecodedTooLarge as exc:
+            raise errors.DecodedTooLarge(exc.detail, exc.limit_bytes) from None
+        except DecodeError:  # TorchServe logs a warning and passes the bytes on
             return value
     if content_type.startswith("text"):
         try:
@@ -129,7 +134,7 @@ def _header_name(name: str) -> str:
 
 
 def request_of(body: bytes, headers: t.Mapping[str, str], request_id: str,
-               max_form_bytes: int) -> HandlerRequest:
+               max_form_bytes: int, max_decoded_bytes: int) -> HandlerRequest:
     """The handler's view of one request (see the module's text).
 
     :param headers: the request's headers (werkzeug's, from the WSGI environ).
@@ -153,7 +158,7 @@ def request_of(body: bytes, headers: t.Mapping[str, str], request_id: str,
     row: dict[str, t.Any] = {}
     items: list[tuple[str, t.Any]] = []
     for name, value, content_type in params:
-        row[name] = _value(value, content_type)
+        row[name] = _value(value, content_type, max_decoded_bytes)
         items.append((name, {"content-type": content_type}))
     return HandlerRequest(row, request_headers(headers, items), request_id)
 
@@ -499,7 +504,8 @@ def _counted(cache_class: type, model: str) -> type:
 
 
 def hosting_module(name: str, directory: str, manifest: Manifest, registry: Registry, *,
-                   batch_size: int, max_form_bytes: int, private: str | None,
+                   batch_size: int, max_form_bytes: int, max_decoded_bytes: int,
+                   private: str | None,
                    debug_errors: bool) -> types.SimpleNamespace:
     """The hosting functions that serve an archive through the pipeline: ``model_fn``
     initialises the handler, ``input_fn`` makes the handler's request,
@@ -521,7 +527,7 @@ def hosting_module(name: str, directory: str, manifest: Manifest, registry: Regi
 
     def input_fn(body: bytes, content_type: str, context: Context) -> Items:
         return Items([request_of(body, context.headers, context.request_id or "",
-                                 max_form_bytes)])
+                                 max_form_bytes, max_decoded_bytes)])
 
     def predict_fn(data: Items, model: TorchServeModel, context: Context) -> Items:
         return model.handle(data)

@@ -149,7 +149,7 @@ def test_v2_binary_data_that_does_not_fit(server):
             (head + b"\0" * 4, len(head), "is more than the 4 bytes"),
             (head + b"\0" * 12, len(head), "4 bytes of binary data no input claims"),
             (head + b"\0" * 8, len(head) + 100, "is not a length within"),
-            (head[:-3] + b"\0" * 8, len(head) - 3, "not JSON")):
+            (head[:-3] + b"\0" * 8, len(head) - 3, "not valid JSON")):
         answer = infer(server, body, {"Inference-Header-Content-Length": str(length)})
         assert answer.status_code == 400 and why in answer.json()["error"], answer.text
     wrong = json.dumps({"inputs": [{"name": "x", "shape": [3], "datatype": "FP32",

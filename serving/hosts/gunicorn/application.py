@@ -247,7 +247,7 @@ def run(config: Config, metrics_dir: str | None) -> int:
         from serving.contract.sessions import SessionStore
 
         try:  # the directory, made now: every worker's store opens it
-            SessionStore(config.sessions_path, config.sessions_expiration)
+            SessionStore(config.sessions_path, config.sessions_expiration, config.session_wait)
         except StartupError as exc:
             print(f"serve: error: {exc}", file=sys.stderr)
             return 1

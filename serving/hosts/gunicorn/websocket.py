@@ -103,6 +103,11 @@ NORMAL, GOING_AWAY, POLICY, TOO_BIG, MODEL_ERROR, TRY_AGAIN = 1000, 1001, 1008, 
 _TEXT_TYPES = ("application/json", "application/jsonlines", "application/x-ndjson", "text/")
 
 
+#: What one frame counts against a stream's limits at the least: the work of taking it
+#: (a frame header is 2-14 bytes on the wire, its handling far more).
+FRAME_BYTES = 64
+
+
 @dataclasses.dataclass(frozen=True)
 class StreamLimits:
     """What one stream may spend (the ``SERVING_STREAM_*`` settings)."""
@@ -307,6 +312,11 @@ class Channel:
             if isinstance(event, (TextMessage, BytesMessage)):
                 self._on_data(event)
             elif isinstance(event, Ping):
+                self.received += FRAME_BYTES + len(event.payload)  # answered: not free
+                if self.received > self.limits.max_total:
+                    raise StreamClosed(POLICY, f"the stream sent over "
+                                               f"{self.limits.max_total} bytes "
+                                               f"(SERVING_STREAM_MAX_TOTAL_MB)")
                 self._send_bytes(frames.send(event.response()))
             elif isinstance(event, Pong):
                 self.unanswered = 0
@@ -323,7 +333,10 @@ class Channel:
 
     def _on_data(self, event: TextMessage | BytesMessage) -> None:
         data = event.data
-        size = len(data.encode("utf-8")) if isinstance(data, str) else len(data)
+        # Each frame counts at least FRAME_BYTES, whatever it carries: a client sending
+        # millions of empty continuation frames meets the limits as one sending data.
+        size = max(FRAME_BYTES,
+                   len(data.encode("utf-8")) if isinstance(data, str) else len(data))
         self.part_bytes += size
         self.received += size
         limits = self.limits

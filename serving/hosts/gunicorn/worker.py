@@ -167,7 +167,8 @@ class ServingWorker(Worker):
                                   else None)
         self.ended_streams: queue.SimpleQueue[Connection] = queue.SimpleQueue()
         self.streams_stopping = threading.Event()
-        self.sessions = (SessionStore(config.sessions_path, config.sessions_expiration)
+        self.sessions = (SessionStore(config.sessions_path, config.sessions_expiration,
+                                      config.session_wait)
                          if config.enable_stateful_sessions else None)
         self.wake_r, self.wake_w = os.pipe()
         os.set_blocking(self.wake_r, False)

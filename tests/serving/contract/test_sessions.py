@@ -92,13 +92,13 @@ def test_session_ids_and_request_types():
     for bad in ("-a", "a-", "a b", "a_b", "x" * 257, ""):
         with pytest.raises(errors.BadRequest):
             check_session_id(bad)
-    assert session_request_type(b'{"requestType": "NEW_SESSION"}') == "NEW_SESSION"
-    assert session_request_type(b'{"requestType": "CLOSE", "x": 1}') == "CLOSE"
-    assert session_request_type(b'{"text": "requestType"}') is None
-    assert session_request_type(b'["requestType"]') is None
-    assert session_request_type(b'not json "requestType"') is None
+    assert session_request_type(b'{"requestType": "NEW_SESSION"}', 2**20) == "NEW_SESSION"
+    assert session_request_type(b'{"requestType": "CLOSE", "x": 1}', 2**20) == "CLOSE"
+    assert session_request_type(b'{"text": "requestType"}', 2**20) is None
+    assert session_request_type(b'["requestType"]', 2**20) is None
+    assert session_request_type(b'not json "requestType"', 2**20) is None
     with pytest.raises(errors.BadRequest):
-        session_request_type(b'{"requestType": "OPEN"}')
+        session_request_type(b'{"requestType": "OPEN"}', 2**20)
 
 
 def test_a_directory_that_cannot_be_made_is_a_start_up_error(tmp_path):
