@@ -160,6 +160,17 @@ def _read_ts_config(path: str | None, environ: t.Mapping[str, str]) -> TorchServ
         raise ConfigError(str(exc)) from None
 
 
+def _default_key_file() -> str:
+    """key_file.json in the working directory, as TorchServe writes it; in the temporary
+    directory where the working directory cannot be written (a container's read-only
+    model directory), so that token authorization never stops a start for want of it."""
+    import tempfile
+
+    here = os.getcwd()
+    return os.path.join(here if os.access(here, os.W_OK) else tempfile.gettempdir(),
+                        "key_file.json")
+
+
 def cpu_count() -> int:
     # The CPUs this process may run on (cgroup and taskset aware), not the host's.
     try:
@@ -419,10 +430,11 @@ class Config:
         "and with --model-store every route of the main port but /openapi.json and "
         "/metrics needs the inference key, as on TorchServe 0.12.", switch=True)
     key_file: str = setting(
-        "--key-file", "SERVING_KEY_FILE", lambda: os.path.abspath("key_file.json"), _path,
+        "--key-file", "SERVING_KEY_FILE", _default_key_file, _path,
         "Where token authorization writes its keys (TorchServe's key_file.json, mode 0600; "
         "removed when the server stops). TorchServe's model_server_home puts it there.",
-        metavar="FILE", default_help="./key_file.json")
+        metavar="FILE",
+        default_help="./key_file.json (in the temporary directory where . is read-only)")
     token_expiration_min: float = setting(
         "--token-expiration-min", "SERVING_TOKEN_EXPIRATION_MIN", 60, _positive_number,
         "Minutes the management and inference keys are good for; GET /token?type=... on "
