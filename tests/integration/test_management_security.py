@@ -6,7 +6,10 @@ tests/torchserve/test_security.py."""
 
 from __future__ import annotations
 
+import base64
 import json
+import os
+import socket
 
 import pytest
 import requests
@@ -41,6 +44,24 @@ def start(serve, tmp_path, store, *flags):
     return server
 
 
+def upgrade(server, headers) -> bytes:
+    """The head of the answer to a WebSocket upgrade at the stream path."""
+    extra = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall((f"GET /invocations-bidirectional-stream HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                      f"Upgrade: websocket\r\nConnection: Upgrade\r\n"
+                      f"Sec-WebSocket-Key: {base64.b64encode(os.urandom(16)).decode()}\r\n"
+                      f"Sec-WebSocket-Version: 13\r\n"
+                      f"X-Amzn-SageMaker-Target-Model: echo\r\n{extra}\r\n").encode())
+        head = b""
+        while b"\r\n\r\n" not in head:
+            chunk = sock.recv(4096)
+            if not chunk:
+                break
+            head += chunk
+    return head
+
+
 def keys_of(path):
     return {kind: entry["key"] for kind, entry in json.loads(path.read_text()).items()}
 
@@ -70,6 +91,9 @@ def test_by_default_every_call_needs_its_key_and_nothing_registers(serve, tmp_pa
                            headers=bearer(keys["inference"]), timeout=10)
     assert answer.status_code == 200 and answer.json() == {"ok": True}
     assert requests.get(server.url("/openapi.json"), timeout=10).status_code == 200
+    # A WebSocket stream is a request of the main port too.
+    assert upgrade(server, {}).startswith(b"HTTP/1.1 400")
+    assert upgrade(server, bearer(keys["inference"])).startswith(b"HTTP/1.1 101")
     # The management port: the management key.
     denied = requests.get(server.manage("/models"), headers=bearer(keys["inference"]),
                           timeout=10)

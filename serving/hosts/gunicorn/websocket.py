@@ -452,6 +452,9 @@ class StreamServices:
     sessions: SessionStore | None = None
     #: Where streams are counted (``None``: metrics off).
     metrics: t.Any = None
+    #: TorchServe's token authorization of the main port, when it is on: a stream needs
+    #: the inference key as every other request there does.
+    keys: t.Any = None
 
 
 def serve_stream(sock: socket.socket, request: Request, leftover: bytes,
@@ -470,6 +473,9 @@ def serve_stream(sock: socket.socket, request: Request, leftover: bytes,
     channel: Channel | None = None
     try:
         try:
+            if services.keys is not None:
+                services.keys.check(next(iter(request.header("authorization")), None),
+                                    "inference")
             path, query = stream_target(request)
             pipeline = _target_pipeline(services.models, request)
             headers = Headers(request.headers)

@@ -170,6 +170,11 @@ class ServingWorker(Worker):
         self.sessions = (SessionStore(config.sessions_path, config.sessions_expiration,
                                       config.session_wait)
                          if config.enable_stateful_sessions else None)
+        self.keys = None
+        if config.token_auth and config.model_store is not None:
+            from serving.protocols.torchserve_tokens import KeyFile
+
+            self.keys = KeyFile(config.key_file, config.token_expiration_min)
         self.wake_r, self.wake_w = os.pipe()
         os.set_blocking(self.wake_r, False)
         os.set_blocking(self.wake_w, False)
@@ -406,7 +411,8 @@ class ServingWorker(Worker):
                                   limits=self.stream_limits, stopping=self.streams_stopping,
                                   default_accept=self.config.default_accept,
                                   write=lambda data: self._write(conn, data),
-                                  sessions=self.sessions, metrics=self.metrics)
+                                  sessions=self.sessions, metrics=self.metrics,
+                                  keys=self.keys)
         threading.Thread(target=self._stream_thread, args=(conn, request, services),
                          name=f"stream-{conn.fd}", daemon=True).start()
 
