@@ -6,10 +6,7 @@ tests/torchserve/test_security.py."""
 
 from __future__ import annotations
 
-import base64
 import json
-import os
-import socket
 
 import pytest
 import requests
@@ -46,18 +43,12 @@ def start(serve, tmp_path, store, *flags):
 
 def upgrade(server, headers) -> bytes:
     """The head of the answer to a WebSocket upgrade at the stream path."""
-    extra = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
-    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
-        sock.sendall((f"GET /invocations-bidirectional-stream HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-                      f"Upgrade: websocket\r\nConnection: Upgrade\r\n"
-                      f"Sec-WebSocket-Key: {base64.b64encode(os.urandom(16)).decode()}\r\n"
-                      f"Sec-WebSocket-Version: 13\r\n"
-                      f"X-Amzn-SageMaker-Target-Model: echo\r\n{extra}\r\n").encode())
+    from tests.integration.test_bidirectional_stream import STREAM_PATH, handshake_socket
+
+    with handshake_socket(server, STREAM_PATH,
+                          {"X-Amzn-SageMaker-Target-Model": "echo", **headers}) as sock:
         head = b""
-        while b"\r\n\r\n" not in head:
-            chunk = sock.recv(4096)
-            if not chunk:
-                break
+        while b"\r\n\r\n" not in head and (chunk := sock.recv(4096)):
             head += chunk
     return head
 

@@ -7,10 +7,8 @@ worker that answered it answers the next request."""
 
 from __future__ import annotations
 
-import base64
 import json
 import os
-import socket
 import struct
 import threading
 import time
@@ -203,13 +201,10 @@ def _frame(opcode: int, payload: bytes, fin: bool) -> bytes:
 
 
 def test_empty_continuation_frames_count_against_the_stream(hosted):
+    from tests.integration.test_bidirectional_stream import STREAM_PATH, handshake_socket
+
     server = hosted
-    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
-        key = base64.b64encode(os.urandom(16)).decode()
-        sock.sendall((f"GET /invocations-bidirectional-stream HTTP/1.1\r\n"
-                      f"Host: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                      f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n")
-                     .encode())
+    with handshake_socket(server, STREAM_PATH) as sock:
         head = b""
         while b"\r\n\r\n" not in head:
             head += sock.recv(4096)

@@ -217,7 +217,8 @@ def test_the_management_api_loads_and_unloads_archives(serve, tmp_path):
     write_archive(store / "broken.mar", "broken", {"h.py": raising}, handler="h.py")
     port = free_port()
     server = serve(store, "--model-store", str(store), "--models", "none", "--workers", "2",
-                   "--management-port", str(port), "--disable-token-auth", "--enable-model-api")
+                   "--management-port", str(port), "--disable-token-auth",
+                   "--enable-model-api")
     manage = f"http://127.0.0.1:{port}"
     assert requests.get(f"{manage}/models", timeout=10).json() == {"models": []}
     loaded = requests.post(f"{manage}/models?url=echo.mar&model_name=e1", timeout=60)
