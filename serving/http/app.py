@@ -124,7 +124,7 @@ def create_app(config: Config, models: Models | Pipeline, runtime: Runtime | Non
     metrics_port = str(config.metrics_port) if config.metrics_port is not None else None
     openapi = openapi_description(models.multi)
     sessions = (SessionStore(config.sessions_path, config.sessions_expiration,
-                                 config.session_wait)
+                             config.session_wait)
                 if config.enable_stateful_sessions else None)
 
     def render(error: errors.ServingError, environ: dict[str, t.Any] | None = None) -> Response:

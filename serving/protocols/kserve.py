@@ -110,12 +110,13 @@ def _in_range(flat: list[t.Any], dtype: np.dtype, datatype: str, where: str) -> 
     if dtype.kind in "iu":
         info = np.iinfo(dtype)
         wide = np.array(flat) if flat else np.zeros(0, dtype=np.int64)
-        low, high = (min(flat), max(flat)) if wide.dtype == object else \
-            ((int(wide.min()), int(wide.max())) if wide.size else (0, 0))
+        exact = wide.dtype.kind in "iu"  # else NumPy made floats or objects of the ints
+        low, high = ((int(wide.min()), int(wide.max())) if wide.size else (0, 0)) if exact \
+            else (min(flat), max(flat))
         if low < info.min or high > info.max:
             raise ProtocolError(f"{where}: {datatype} holds {info.min} to {info.max}, not "
                                 f"{low if low < info.min else high}")
-        return np.array(flat, dtype=dtype)
+        return wide.astype(dtype) if exact else np.array(flat, dtype=dtype)
     try:
         wide = np.array(flat, dtype=np.float64)
     except OverflowError:

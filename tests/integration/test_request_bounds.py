@@ -161,6 +161,18 @@ def test_tensors_outside_their_datatype_or_shape_are_400(hosted, tensor, why):
     assert why in answer.json()["error"]
 
 
+@pytest.mark.parametrize("datatype, data", [("UINT64", [2**64 - 1, 0]),
+                                           ("INT64", [-2**63, 2**63 - 1]),
+                                           ("UINT8", [0, 255]), ("FP16", [65504.0, -1e-3])])
+def test_the_edges_of_each_datatype_are_taken(hosted, datatype, data):
+    document = {"inputs": [{"name": "x", "shape": [2], "datatype": datatype, "data": data}]}
+    answer = requests.post(hosted.url("/v2/models/default/infer"), json=document, timeout=10)
+    assert answer.status_code == 200, answer.text
+    output = answer.json()["outputs"][0]
+    assert output["datatype"] == datatype
+    assert output["data"] == pytest.approx(data, rel=1e-3)
+
+
 def test_output_parameters_that_are_not_an_object_are_400(hosted):
     document = {"inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": [1.0]}],
                 "outputs": [{"name": "output-0", "parameters": [1]}]}
