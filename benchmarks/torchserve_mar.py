@@ -36,7 +36,7 @@ def prepare_ours(run: Path, port: int):
     store = run / "store"
     return ([str(OURS / "bin" / "serve"), "--model-store", str(store), "--models",
              "mlp=mlp.mar", "--host", "127.0.0.1", "--port", str(port), "--workers",
-             str(peers.WORKERS)],
+             str(peers.WORKERS), "--disable-token-auth"],  # as TorchServe is run
             peers.env_with(OURS, SETUPTOOLS_USE_DISTUTILS="stdlib"), path)
 
 
