@@ -38,6 +38,9 @@ def predict_fn(data, model, context):
     return data
 '''
 
+#: The tests that serve a TorchServe archive (the torchserve extra, torch).
+TORCHSERVE = [pytest.mark.torchserve, pytest.mark.pytorch]
+
 ECHO = (b"def handle(data, context):\n    if data is None:\n        return None\n"
         b"    return [{'type': type(row.get('body')).__name__} for row in data]\n")
 
@@ -101,21 +104,23 @@ def test_kserve_bytes_cannot_cost_elements_times_the_longest(hosted):
 
 
 @pytest.mark.parametrize("path", ["/v1/models/default:predict", "/v2/models/default/infer"])
-def test_kserve_json_is_held_to_the_decoded_limit_and_the_nesting_bound(hosted, server,
+@pytest.mark.parametrize("served", ["hosted", pytest.param("server", marks=TORCHSERVE)])
+def test_kserve_json_is_held_to_the_decoded_limit_and_the_nesting_bound(request, served,
                                                                         path):
-    # 5.7 MB of [] would be ~150 MiB of lists; the archive server's limit is 4 MiB.
-    for target in (hosted, server):
-        name = "default" if target is hosted else "echo"
-        url = target.url(path.replace("default", name))
-        # 300,000 empty lists: 600 KB of body, ~20 MiB parsed, past the 4 MiB limit.
-        many = b'{"instances": [' + b",".join([b"[]"] * 300_000) + b"]}"
-        answer = requests.post(url, data=many, timeout=30)
-        assert answer.status_code == 413, answer.text
-        nested = requests.post(url, data=b'{"instances": ' + deep(20_000) + b"}", timeout=30)
-        assert nested.status_code == 400 and "error" in nested.json(), nested.text
-        alive(target)
+    # Our hosting functions, and an archive's handler: both have a 4 MiB limit.
+    target = request.getfixturevalue(served)
+    url = target.url(path.replace("default", "default" if served == "hosted" else "echo"))
+    # 300,000 empty lists: 600 KB of body, ~20 MiB parsed, past the 4 MiB limit.
+    many = b'{"instances": [' + b",".join([b"[]"] * 300_000) + b"]}"
+    answer = requests.post(url, data=many, timeout=30)
+    assert answer.status_code == 413, answer.text[:200]
+    nested = requests.post(url, data=b'{"instances": ' + deep(20_000) + b"}", timeout=30)
+    assert nested.status_code == 400 and "error" in nested.json(), nested.text[:200]
+    alive(target)
 
 
+@pytest.mark.torchserve
+@pytest.mark.pytorch
 def test_predictions_json_is_held_to_the_limits(server):
     many = b"[" + b",".join([b"[]"] * 300_000) + b"]"
     answer = requests.post(server.url("/predictions/echo"), data=many,
@@ -129,13 +134,16 @@ def test_predictions_json_is_held_to_the_limits(server):
     alive(server)
 
 
-def test_the_session_check_is_held_to_the_limits_even_with_sessions_off(server, hosted):
+def test_the_session_check_is_held_to_the_limits(hosted):
     body = b'{"requestType": ' + deep(20_000) + b"}"
-    for target in (hosted,):
-        answer = requests.post(target.url(), data=body,
-                               headers={"Content-Type": "application/json"}, timeout=30)
-        assert answer.status_code == 400, answer.text
-        alive(target)
+    answer = requests.post(hosted.url(), data=body,
+                           headers={"Content-Type": "application/json"}, timeout=30)
+    assert answer.status_code == 400, answer.text
+    many = b'{"requestType": "NEW_SESSION", "x": [' + b",".join([b"[]"] * 300_000) + b"]}"
+    answer = requests.post(hosted.url(), data=many,
+                           headers={"Content-Type": "application/json"}, timeout=30)
+    assert answer.status_code == 413, answer.text
+    alive(hosted)
 
 
 @pytest.mark.parametrize("header", ["²", "9" * 5000, "-1", "1e3"])
@@ -186,6 +194,8 @@ def _mar(path, entries):
             archive.writestr(name, data)
 
 
+@pytest.mark.torchserve
+@pytest.mark.pytorch
 def test_a_failed_unpack_leaves_nothing_and_a_huge_manifest_is_not_read(server):
     manifest = json.dumps({"model": {"modelName": "bad", "handler": "h.py",
                                      "serializedFile": "missing.pt"}}).encode()
