@@ -201,7 +201,8 @@ def attacks(tree: Path, work: Path, opened: tuple[str, ...]
             f"300 MB manifest", archived,
             lambda s: str(requests.post(manage, params={"url": "huge.mar"},
                                         timeout=120).status_code))
-        run("register from outside the store (absolute path, file://)", archived,
+        write_archive(work / "x.mar", "x", {"echo.py": ECHO}, handler="echo.py")
+        run("register an archive outside the store (absolute path, file://)", archived,
             lambda s: ", ".join(str(requests.post(manage, params={"url": url, "model_name": n},
                                                   timeout=60).status_code)
                                 for n, url in (("a1", str(work / "x.mar")),
