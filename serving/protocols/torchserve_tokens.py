@@ -36,6 +36,7 @@ import os
 import secrets
 import tempfile
 import threading
+import time
 import typing as t
 
 from serving import errors
@@ -67,12 +68,14 @@ def _expiry(minutes: float) -> str:
     return when.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def _expired(text: str) -> bool:
+def _expiry_time(text: t.Any) -> float:
+    """The epoch seconds of an ``expiration time``; 0 (expired) for one that cannot be
+    read (a file someone edited: no key is good until it is renewed)."""
     try:
         when = dt.datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ")
     except (TypeError, ValueError):
-        return True  # a file someone edited: no key is good until it is renewed
-    return when.replace(tzinfo=dt.timezone.utc) <= dt.datetime.now(dt.timezone.utc)
+        return 0.0
+    return when.replace(tzinfo=dt.timezone.utc).timestamp()
 
 
 class KeyFile:
@@ -84,7 +87,7 @@ class KeyFile:
         self.minutes = minutes
         self._lock = threading.Lock()
         self._seen: tuple[int, int] | None = None  # (mtime_ns, inode) of what _keys holds
-        self._keys: dict[str, t.Any] = {}
+        self._keys: dict[str, tuple[bytes, float]] = {}
 
     @classmethod
     def create(cls, path: str, minutes: float) -> KeyFile:
@@ -123,8 +126,10 @@ class KeyFile:
                 os.unlink(temporary)
             raise
 
-    def _current(self) -> dict[str, t.Any]:
-        """The keys as the file holds them now (read again only when it changed)."""
+    def _current(self) -> dict[str, tuple[bytes, float]]:
+        """The keys as the file holds them now, each as (key, when it expires; inf for
+        the API key), read and parsed again only when the file changed: a request pays
+        one ``stat``."""
         try:
             stat = os.stat(self.path)
         except OSError:
@@ -134,10 +139,16 @@ class KeyFile:
             if seen != self._seen:
                 try:
                     with open(self.path, "rb") as f:
-                        keys = json.loads(f.read(64 * 1024))
+                        document = json.loads(f.read(64 * 1024))
                 except (OSError, ValueError):
-                    keys = {}
-                self._keys = keys if isinstance(keys, dict) else {}
+                    document = {}
+                self._keys = {
+                    kind: (entry["key"].encode("utf-8"),
+                           float("inf") if kind == _API
+                           else _expiry_time(entry.get("expiration time")))
+                    for kind, entry in (document.items() if isinstance(document, dict)
+                                        else ())
+                    if isinstance(entry, dict) and isinstance(entry.get("key"), str)}
                 self._seen = seen
             return self._keys
 
@@ -150,12 +161,11 @@ class KeyFile:
         if authorization is None or not authorization.startswith("Bearer "):
             raise InvalidKeyException(message)
         entry = self._current().get(kind)
-        if not isinstance(entry, dict) or not isinstance(entry.get("key"), str):
+        if entry is None:
             raise InvalidKeyException(message)
+        key, expires = entry
         given = authorization[len("Bearer "):].strip().encode("utf-8", "replace")
-        if not hmac.compare_digest(given, entry["key"].encode("utf-8")):
-            raise InvalidKeyException(message)
-        if kind != _API and _expired(entry.get("expiration time")):
+        if not hmac.compare_digest(given, key) or expires <= time.time():
             raise InvalidKeyException(message)
 
     def renew(self, kind: str) -> None:
