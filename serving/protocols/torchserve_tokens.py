@@ -86,7 +86,8 @@ class KeyFile:
         self.path = path
         self.minutes = minutes
         self._lock = threading.Lock()
-        self._seen: tuple[int, int] | None = None  # (mtime_ns, inode) of what _keys holds
+        #: (mtime, inode, size) of the file _keys was read from
+        self._seen: tuple[int, int, int] | None = None
         self._keys: dict[str, tuple[bytes, float]] = {}
 
     @classmethod
@@ -134,7 +135,7 @@ class KeyFile:
             stat = os.stat(self.path)
         except OSError:
             return {}  # gone: nothing opens
-        seen = (stat.st_mtime_ns, stat.st_ino)
+        seen = (stat.st_mtime_ns, stat.st_ino, stat.st_size)
         with self._lock:
             if seen != self._seen:
                 try:

@@ -4,6 +4,7 @@ renewal by one worker seen by another (two KeyFile objects on one file)."""
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -12,6 +13,14 @@ from serving.protocols.torchserve_tokens import InvalidKeyException, KeyFile
 
 def keys_of(path):
     return json.loads(path.read_text())
+
+
+def rewrite(path, document) -> None:
+    """The file replaced, as the server writes it (a new inode: seen at once, however
+    soon after the last write)."""
+    temporary = path.with_suffix(".tmp")
+    temporary.write_text(json.dumps(document))
+    os.replace(temporary, path)
 
 
 def test_the_file_is_torchserves_and_only_its_owner_reads_it(tmp_path):
@@ -49,7 +58,7 @@ def test_keys_expire_and_a_renewal_reaches_every_worker(tmp_path):
     second.check(f"Bearer {old['management']['key']}", "management")
     expired = dict(old, management={**old["management"],
                                     "expiration time": "2020-01-01T00:00:00.000000Z"})
-    path.write_text(json.dumps(expired))
+    rewrite(path, expired)
     with pytest.raises(InvalidKeyException):
         second.check(f"Bearer {old['management']['key']}", "management")
     second.check(f"Bearer {old['API']['key']}", "API")  # the API key does not expire
@@ -67,7 +76,7 @@ def test_an_edited_or_missing_file_opens_nothing(tmp_path):
     key_file = KeyFile.create(str(path), 60)
     keys = keys_of(path)
     keys["inference"]["expiration time"] = "tomorrow"
-    path.write_text(json.dumps(keys))
+    rewrite(path, keys)
     with pytest.raises(InvalidKeyException):
         key_file.check(f"Bearer {keys['inference']['key']}", "inference")
     path.unlink()
