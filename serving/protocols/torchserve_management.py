@@ -82,16 +82,14 @@ class ModelNotFoundException(errors.ClientError):
 
 
 class CrossSiteRequest(errors.ClientError):
+    """403: a request a web page on another site could have made (:func:`cross_site`)."""
+
     status_code = 403
 
 
 def _loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
+    return host == "localhost" or (_ip_literal(host) and
+                                   ipaddress.ip_address(host.strip("[]")).is_loopback)
 
 
 def _host_of(header: str) -> str:
@@ -106,12 +104,15 @@ def cross_site(environ: dict[str, t.Any], bound_to_loopback: bool) -> str | None
 
     A browser adds ``Origin`` (and ``Sec-Fetch-Site``) to every cross-site POST and sends
     a form's body as one of :data:`_FORM_TYPES`; the scripts and clients of this API
-    send none of these, its calls taking query parameters only.
+    send none of these, its calls taking query parameters only. On a loopback-bound
+    port, a ``Host`` that names anything but an address or ``localhost`` is a page whose
+    name was rebound to 127.0.0.1 (DNS rebinding), which the same-origin rule lets read
+    the answers: refused on every call.
     """
     if bound_to_loopback:
         host = _host_of(environ.get("HTTP_HOST", "")).lower()
-        if host and not (_loopback(host) or _ip_literal(host)):
-            return f"Host {host!r} is not this machine's address"
+        if host and not (host == "localhost" or _ip_literal(host)):
+            return f"Host {host!r} names no address of this loopback-bound port"
     if environ.get("REQUEST_METHOD") not in _CHANGES:
         return None
     if environ.get("HTTP_ORIGIN") is not None:
