@@ -44,7 +44,9 @@ setup(
                  "boto3>=1.34", "hypothesis>=6.100",
                  "locust>=2.47,<3", "schemathesis>=4,<5",
                  # The Open Inference Protocol's client (KServe v2 REST, binary tensors).
-                 "tritonclient[http]>=2.40"],
+                 "tritonclient[http]>=2.40",
+                 # The layers and import circles test (.importlinter).
+                 "import-linter>=2.1,<3"],
     },
     entry_points={"console_scripts": ["serve=serving.cli:main"]},
 )

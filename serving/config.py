@@ -22,8 +22,7 @@ import re
 import typing as t
 from dataclasses import dataclass, field
 
-from serving.hosts import ENGINES
-from serving.http.negotiation import parse_media_type
+from serving.media_types import parse_media_type
 
 if t.TYPE_CHECKING:
     from serving.torchserve_config import TorchServeConfig
@@ -33,6 +32,37 @@ __all__ = ["Config", "ConfigError", "SETTINGS", "Setting", "settings_table"]
 
 class ConfigError(ValueError):
     """A setting with a value it cannot take; its message is one line for the user."""
+
+
+# -- the hosts, as data: what --engine names, and what each can carry ---------------
+
+#: What a host may carry, the settings that need it check (a host lacking one refuses them):
+#: ``management``: TorchServe's management API on a port of its own; ``model_store``: many
+#: archives loaded at start; ``multi_model``: models loaded and unloaded through /models in
+#: every process alike; ``metrics_port``: /metrics on a port of its own; ``confined_ports``:
+#: it listens on no port but those it is given (--safe-port-range can hold).
+CAPABILITIES = frozenset({"management", "model_store", "multi_model", "metrics_port",
+                          "confined_ports", "streams"})
+
+
+@dataclass(frozen=True)
+class Engine:
+    """One ``--engine``: the module of its host (``run(config, metrics_dir)``), imported only
+    when chosen, and what it can carry (:data:`CAPABILITIES`)."""
+
+    module: str
+    carries: frozenset[str]
+    #: How the settings name what it cannot carry: "the ray engine".
+    label: str = ""
+
+
+#: ``--engine`` → its host. A new host: a module in ``serving/hosts/`` and a line here.
+ENGINES: dict[str, Engine] = {
+    "gunicorn": Engine("serving.hosts.gunicorn.application", CAPABILITIES),
+    # A Ray replica holds one model; its proxy serves /metrics; a local Ray instance listens
+    # on ports of its own (a cluster at --ray-address does not count here).
+    "ray": Engine("serving.hosts.ray", frozenset({"streams"})),
+}
 
 
 # -- parsers: str -> value, raising ValueError with the reason ------------------
@@ -624,14 +654,10 @@ class Config:
             if self.management_port in (self.port, self.metrics_port):
                 raise ConfigError(f"{self.where('management_port')}={self.management_port} "
                                   f"is taken by another of the server's ports")
-            if self.engine != "gunicorn":
-                raise ConfigError(f"{self.where('management_port')}: the management API runs "
-                                  f"on the gunicorn engine only")
+            self._needs("management", "management_port", "the management API")
         if self.model_store is not None:
-            if self.engine == "ray":
-                raise ConfigError(f"{self.where('model_store')}: a model store runs on the "
-                                  f"gunicorn engine only (a Ray replica serves one model; a "
-                                  f"single .mar as --model-dir runs on either)")
+            self._needs("model_store", "model_store", "a model store (a single .mar as "
+                        "--model-dir runs on any)")
             if self.multi_model:
                 raise ConfigError(f"{self.where('model_store')} and "
                                   f"{self.where('multi_model')}: a model store's archives are "
@@ -665,23 +691,35 @@ class Config:
                     f"{self.where('metrics_port')}={self.metrics_port} is outside "
                     f"{self.where('safe_port_range')}={first}-{last}, the ports this container "
                     f"may listen on besides the main one (set it inside, or to auto)")
-        if self.safe_port_range is not None and self.engine == "ray" and \
-                self.ray_address is None:
+        if self.safe_port_range is not None and self.ray_address is None and \
+                "confined_ports" not in ENGINES[self.engine].carries:
             raise ConfigError(
-                f"{self.where('safe_port_range')} is set: the ray engine's local Ray instance "
-                f"listens on ports of its own (6379, its workers') that cannot be kept inside "
-                f"it; use the gunicorn engine, or RAY_ADDRESS of a cluster outside")
-        if self.engine == "ray" and self.multi_model:
-            raise ConfigError(f"{self.where('multi_model')}: multi-model endpoints run on the "
-                              f"gunicorn engine only (a Ray replica would hold the models it "
-                              f"was asked to load, the others not)")
-        if self.engine == "ray" and self.metrics_port is not None:
-            raise ConfigError(f"{self.where('metrics_port')}: the ray engine serves /metrics "
-                              f"on its proxy's port only")
+                f"{self.where('safe_port_range')} is set: the {self.engine} engine's local "
+                f"instance listens on ports of its own (Ray's 6379, its workers') that cannot "
+                f"be kept inside it; use {self._engines_with('confined_ports')}, or "
+                f"RAY_ADDRESS of a cluster outside")
+        if self.multi_model:
+            self._needs("multi_model", "multi_model", "multi-model endpoints (each process "
+                        "must hold the models it was asked to load, and the others too)")
+        if self.metrics_port is not None:
+            self._needs("metrics_port", "metrics_port", "/metrics on a port of its own")
         if self.ray_max_replicas is not None and self.ray_max_replicas < self.ray_replicas:
             raise ConfigError(f"{self.where('ray_max_replicas')}={self.ray_max_replicas} is "
                               f"fewer than the {self.ray_replicas} replicas "
                               f"({self.where('ray_replicas')}) autoscaling keeps at least")
+
+    def _needs(self, capability: str, name: str, what: str) -> None:
+        """Refuse setting ``name`` (it asks for ``what``) on an engine that cannot carry
+        ``capability``."""
+        if capability not in ENGINES[self.engine].carries:
+            raise ConfigError(f"{self.where(name)}: {what}: only on "
+                              f"{self._engines_with(capability)}, not on the {self.engine} "
+                              f"engine")
+
+    @staticmethod
+    def _engines_with(capability: str) -> str:
+        names = [name for name, engine in ENGINES.items() if capability in engine.carries]
+        return " or ".join(f"the {name} engine" for name in names) or "no engine"
 
     def where(self, name: str) -> str:
         """How a setting was given, for messages: ``--port``, ``SM_MODEL_DIR``, ``default``,

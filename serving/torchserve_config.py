@@ -285,8 +285,6 @@ def _models(models: t.Any, where: str, chosen: bool
     """``{name: {version: {marName, defaultVersion, batchSize, ...}}}`` as each model's
     archive file and settings. ``chosen``: a snapshot, which names the archive each model
     is served from (one version a name: the default one, when it lists several)."""
-    from serving.assembly.mar import ArchiveError, settings_from_mapping
-
     if isinstance(models, str):
         try:
             models = json.loads(models)
@@ -315,10 +313,35 @@ def _models(models: t.Any, where: str, chosen: bool
         if chosen and ("," in mar or "=" in mar):
             raise TorchServeConfigError(f"{where}: model {name}: marName {mar!r} is not a "
                                         f"file name")
-        try:
-            settings = settings_from_mapping({k: entry[k] for k in _MODEL_KEYS if k in entry},
-                                             f"{where}: model {name}")
-        except ArchiveError as exc:
-            raise TorchServeConfigError(str(exc)) from None
+        settings = settings_from_mapping({k: entry[k] for k in _MODEL_KEYS if k in entry},
+                                         f"{where}: model {name}", TorchServeConfigError)
         chosen_models[name] = (mar.strip() if isinstance(mar, str) else None, settings)
     return chosen_models
+
+
+#: The model-config YAML's keys that map onto our settings, in the same units (ms, s).
+CONFIG_SETTINGS = {
+    "batchSize": "max_batch_size",
+    "maxBatchDelay": "max_batch_delay_ms",
+    "responseTimeout": "request_timeout",
+    "minWorkers": "workers",
+}
+
+
+def settings_from_mapping(config: t.Mapping[str, t.Any], where: str,
+                          error: type[Exception] = ValueError) -> dict[str, t.Any]:
+    """Our settings from TorchServe's per-model keys (:data:`CONFIG_SETTINGS`), as a
+    model-config YAML or a config.properties snapshot gives them, checked (``error``: what a
+    bad value raises)."""
+    settings: dict[str, t.Any] = {}
+    for key, setting in CONFIG_SETTINGS.items():
+        if key not in config:
+            continue
+        value = config[key]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+            raise error(f"{where}: {key} must be a number of 0 or more, not {value!r}")
+        if key in ("batchSize", "minWorkers") and (value != int(value) or value < 1):
+            raise error(f"{where}: {key} must be a whole number of 1 or more, not "
+                               f"{value!r}")
+        settings[setting] = int(value) if key in ("batchSize", "minWorkers") else value
+    return settings

@@ -231,9 +231,9 @@ def _archive_pipeline(config: Config, name: str, directory: str, manifest: Manif
                       settings: dict[str, t.Any], base: Registry, private: str | None,
                       batcher_class: type[Batcher]) -> Pipeline:
     """The (unloaded) pipeline of one TorchServe model archive served as ``name``, run by
-    its handler (:mod:`serving.protocols.torchserve`); ``private``: its modules' own
+    its handler (:mod:`serving.assembly.torchserve_handler`); ``private``: its modules' own
     package."""
-    from serving.protocols.torchserve import hosting_module
+    from serving.assembly.torchserve_handler import hosting_module
 
     size, delay = archive_batching(config, settings)
     module = hosting_module(name, directory, manifest, base, batch_size=size,

@@ -34,6 +34,7 @@ import zipfile
 import zlib
 
 from serving.errors import StartupError
+from serving.torchserve_config import settings_from_mapping
 
 if t.TYPE_CHECKING:
     from serving.config import Config
@@ -212,39 +213,14 @@ def unpack(path: str, destination: str, max_bytes: int) -> Manifest:
     return manifest
 
 
-#: The model-config YAML's keys that map onto our settings, in the same units (ms, s).
-CONFIG_SETTINGS = {
-    "batchSize": "max_batch_size",
-    "maxBatchDelay": "max_batch_delay_ms",
-    "responseTimeout": "request_timeout",
-    "minWorkers": "workers",
-}
-
-
 def settings_from_config(directory: str, manifest: Manifest) -> dict[str, t.Any]:
     """Our settings from the archive's model-config YAML (none without one). Other keys
     (``maxWorkers``, ``deviceType``, a handler's own section, ...) stay for the handler
     (``context.model_yaml_config``)."""
     if manifest.config_file is None:
         return {}
-    return settings_from_mapping(model_yaml_config(directory, manifest), manifest.config_file)
-
-
-def settings_from_mapping(config: t.Mapping[str, t.Any], where: str) -> dict[str, t.Any]:
-    """Our settings from TorchServe's per-model keys (:data:`CONFIG_SETTINGS`), as a
-    model-config YAML or a config.properties snapshot gives them, checked."""
-    settings: dict[str, t.Any] = {}
-    for key, setting in CONFIG_SETTINGS.items():
-        if key not in config:
-            continue
-        value = config[key]
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-            raise ArchiveError(f"{where}: {key} must be a number of 0 or more, not {value!r}")
-        if key in ("batchSize", "minWorkers") and (value != int(value) or value < 1):
-            raise ArchiveError(f"{where}: {key} must be a whole number of 1 or more, not "
-                               f"{value!r}")
-        settings[setting] = int(value) if key in ("batchSize", "minWorkers") else value
-    return settings
+    return settings_from_mapping(model_yaml_config(directory, manifest), manifest.config_file,
+                                 ArchiveError)
 
 
 def archive_settings(config: Config, name: str, directory: str,

@@ -43,7 +43,7 @@ from serving.errors import (
     ServingError,
     StartupError,
 )
-from serving.http.negotiation import Negotiated
+from serving.contract.negotiation import Negotiated
 from serving.runtime.batching import Batcher, batch_key
 
 if t.TYPE_CHECKING:
@@ -375,7 +375,7 @@ class Pipeline:
         ``encode(predict(decode(body)))`` with the stages chosen at load time.
 
         :param negotiated: what the request's Content-Type and Accept decided
-            (:func:`serving.http.negotiation.negotiate` with :attr:`decoders` and
+            (:func:`serving.contract.negotiation.negotiate` with :attr:`decoders` and
             :attr:`encoders`): its decoder, and its encoders in the order they are tried.
         :param deadline: when the request's client stops waiting (``time.monotonic()``);
             a batch still to run leaves the request out past it.

@@ -12,7 +12,8 @@ A server host is a module with ``run(config, metrics_dir) -> exit status`` (:cla
 hands them to the host ``--engine`` names. Every host builds its parts with
 :func:`serving.assembly.build.assemble` and calls the Flask app through
 :mod:`serving.http.bridge`, so that a request gets the same answer whichever host took it.
-A new host is one module here and one line in :data:`ENGINES`.
+A new host is one module here and one line in :data:`serving.config.ENGINES`, which says
+what it can carry (the settings check against it).
 """
 
 from __future__ import annotations
@@ -22,13 +23,9 @@ import os
 import tempfile
 import typing as t
 
-if t.TYPE_CHECKING:
-    from serving.config import Config
+from serving.config import ENGINES, Config
 
-__all__ = ["ENGINES", "Host", "host_for", "make_shared_dir"]
-
-#: ``--engine`` → the module of the host that serves with it.
-ENGINES = {"gunicorn": "serving.hosts.gunicorn.application", "ray": "serving.hosts.ray"}
+__all__ = ["Host", "host_for", "make_shared_dir"]
 
 
 class Host(t.Protocol):
@@ -44,7 +41,7 @@ class Host(t.Protocol):
 
 def host_for(engine: str) -> Host:
     """The host of ``--engine``, imported only now (Ray only when it is chosen)."""
-    return t.cast(Host, importlib.import_module(ENGINES[engine]))
+    return t.cast(Host, importlib.import_module(ENGINES[engine].module))
 
 
 def make_shared_dir(prefix: str) -> str:

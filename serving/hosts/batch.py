@@ -123,7 +123,7 @@ class FileTransformer:
     def __init__(self, config: Config, transform: Transform, input_dir: str,
                  output_dir: str, threads: int | None = None) -> None:
         from serving.assembly.build import assemble_loaded
-        from serving.http.negotiation import negotiate
+        from serving.contract.negotiation import negotiate
 
         self.transform = transform
         self.input_dir, self.output_dir = input_dir, output_dir

@@ -38,11 +38,11 @@ from serving.contract.sessions import (
 )
 from serving.contract.streams import Stream
 from serving.http import eventstream
-from serving.http.negotiation import content_type_of, negotiate
+from serving.contract.negotiation import content_type_of, negotiate
 from serving.runtime import logs
 from serving.runtime.executor import Runtime
 from serving.runtime.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from serving.runtime.metrics import NO_ROUTE, Metrics
+from serving.runtime.metrics import NO_ROUTE, Metrics, count_model_metrics
 
 __all__ = ["InvocationsPath", "create_app", "route_of"]
 
@@ -243,9 +243,7 @@ def create_app(config: Config, models: Models | Pipeline, runtime: Runtime | Non
     serves_archives = any(p.archive is not None for p in models.loaded()) or \
         config.model_store is not None
     if metrics is not None and (serves_archives or models.multi):
-        from serving.protocols import torchserve
-
-        torchserve.report_metric = metrics.handler_metric  # what handlers report
+        count_model_metrics(metrics)  # what TorchServe handlers report
 
     @app.get("/ping")
     def ping() -> Response:

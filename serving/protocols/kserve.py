@@ -48,6 +48,7 @@ from werkzeug.routing import BaseConverter
 from serving import errors
 from serving.contract.limits import json_document
 from serving.contract.models import versioned
+from serving.runtime import logs
 
 if t.TYPE_CHECKING:
     from serving.config import Config
@@ -532,6 +533,4 @@ def _handler(pipeline: Pipeline) -> t.Any:
 
 
 def _request_id() -> str:
-    from serving.http.app import REQUEST_ID_KEY
-
-    return request.environ.get(REQUEST_ID_KEY, "")
+    return logs.request_id.get() or ""

@@ -3,7 +3,7 @@
 A request's id lives in a context variable. The HTTP thread sets it, the
 runtime runs the request's job in a copy of that context (so the prediction
 thread has it), and the batcher sets the ids of every request in a batch
-around the joined call. A filter on our handlers (:func:`_add_fields`) stamps
+around the joined call. A filter on our handlers (:func:`add_fields`) stamps
 each record with the id and the worker index as the line is written, so every
 line a request causes carries its id: ours, gunicorn's, and the user's own
 ``logging`` calls.
@@ -21,9 +21,8 @@ import traceback
 import typing as t
 
 import orjson
-from gunicorn import glogging
 
-__all__ = ["JsonFormatter", "configure", "new_request_id", "request_id", "valid_request_id"]
+__all__ = ["JsonFormatter", "add_fields", "configure", "new_request_id", "request_id", "valid_request_id"]
 
 #: The id of the request this thread (or context) works for; "" outside requests.
 request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="")
@@ -53,7 +52,7 @@ def valid_request_id(value: str | None) -> bool:
     return value is not None and _VALID_ID.fullmatch(value) is not None
 
 
-def _add_fields(record: logging.LogRecord) -> bool:
+def add_fields(record: logging.LogRecord) -> bool:
     """A filter on our handlers: the request id and worker of the line, unless the code
     that logged it gave its own in ``extra``.
 
@@ -112,7 +111,7 @@ def configure(level: int, log_format: str = "text") -> None:
     _format = log_format
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(formatter())
-    handler.addFilter(_add_fields)
+    handler.addFilter(add_fields)
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)
@@ -120,11 +119,3 @@ def configure(level: int, log_format: str = "text") -> None:
     root.setLevel(level)
 
 
-class GunicornLogger(glogging.Logger):
-    """gunicorn's logger, writing in our layout (``logger_class``)."""
-
-    def setup(self, cfg: t.Any) -> None:
-        super().setup(cfg)
-        for handler in self.error_log.handlers:
-            handler.setFormatter(formatter())
-            handler.addFilter(_add_fields)

@@ -343,3 +343,23 @@ class Metrics:
         MultiProcessCollector(registry, path=self.directory)
         with _locked(self.directory, exclusive=False):
             return prometheus_client.generate_latest(registry)
+
+
+#: Where this process counts the metrics model code reports (a TorchServe handler's own):
+#: the :class:`Metrics` the app counts into, set by :func:`count_model_metrics`; ``None``:
+#: nowhere. One a process, as the metrics are.
+_model_metric_sink: t.Callable[[str, str, str, str, float], None] | None = None
+
+
+def count_model_metrics(metrics: Metrics | None) -> None:
+    """Count the metrics model code reports in ``metrics`` from now on (``None``: stop)."""
+    global _model_metric_sink
+    _model_metric_sink = metrics.handler_metric if metrics is not None else None
+
+
+def report_model_metric(model: str, metric: str, unit: str, kind: str, value: float) -> None:
+    """One metric update from ``model``'s code, counted where :func:`count_model_metrics`
+    said."""
+    sink = _model_metric_sink
+    if sink is not None:
+        sink(model, metric, unit, kind, value)

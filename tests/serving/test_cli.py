@@ -3,13 +3,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 import types
 
 import pytest
 
-from serving import cli, hosts
+from serving import cli, config, hosts
 from serving.runtime import logs
 
 
@@ -24,7 +25,8 @@ def fake_host(monkeypatch):
     module = types.ModuleType("fake_host")
     module.run = run
     monkeypatch.setitem(sys.modules, "fake_host", module)
-    monkeypatch.setitem(hosts.ENGINES, "gunicorn", "fake_host")
+    monkeypatch.setitem(config.ENGINES, "gunicorn",
+                        dataclasses.replace(config.ENGINES["gunicorn"], module="fake_host"))
     monkeypatch.setattr(cli, "_reexec_for_chainer", lambda argv: None)
     # The test process's logging stays pytest's.
     monkeypatch.setattr(logs, "configure", lambda level, log_format="text": None)
@@ -75,5 +77,6 @@ def test_bad_settings_exit_2_before_any_host(fake_host, tmp_path, capsys):
 def test_every_engine_names_a_host_with_run():
     import importlib
 
-    for engine, module in hosts.ENGINES.items():
-        assert callable(importlib.import_module(module).run), engine
+    for name, engine in config.ENGINES.items():
+        assert callable(importlib.import_module(engine.module).run), name
+        assert engine.carries <= config.CAPABILITIES, name

@@ -122,7 +122,7 @@ def gunicorn_options(config: Config) -> dict[str, t.Any]:
         "loglevel": _gunicorn_log_level(config.log_level),
         "accesslog": None,  # the app logs one line per request itself (serving.access)
         "errorlog": "-",
-        "logger_class": "serving.runtime.logs.GunicornLogger",
+        "logger_class": "serving.hosts.gunicorn.logger.GunicornLogger",
         # The workers' heartbeat files, touched every second: in shared memory where there
         # is some (never a disk, nor a read-only root's /tmp), else the temporary directory.
         "worker_tmp_dir": "/dev/shm" if os.access("/dev/shm", os.W_OK) else None,

@@ -70,7 +70,7 @@ from serving.hosts.gunicorn.websocket import (
 )
 from serving.http.app import REQUEST_ID_HEADERS, request_id_of, route_of
 from serving.http.bridge import build_environ, call_app
-from serving.http.negotiation import content_type_of
+from serving.contract.negotiation import content_type_of
 from serving.runtime import logs
 from serving.runtime.metrics import NO_ROUTE
 

@@ -97,7 +97,7 @@ def test_framework_none_calls_the_model_as_a_function(tmp_path):
                                     default_accept="application/json", framework="none")
     pipeline.load_model()
     assert pipeline.framework is None  # not chosen from the model's type
-    from serving.http.negotiation import negotiate
+    from serving.contract.negotiation import negotiate
 
     negotiated = negotiate(None, None, pipeline.decoders, pipeline.encoders, "application/json")
     body, _ = pipeline.invoke(b"[1, 2]", negotiated, {})

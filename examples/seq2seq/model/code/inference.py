@@ -25,7 +25,7 @@ from attention import UNK, Translator
 from handlers.content import default_registry
 from handlers.content.recordio import Record
 from serving import ClientError
-from serving.http.negotiation import acceptable_types
+from serving.contract.negotiation import acceptable_types
 
 MAX_WORDS = 100
 

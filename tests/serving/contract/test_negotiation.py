@@ -1,6 +1,6 @@
 import pytest
 
-from serving.http.negotiation import choose_accept, parse_accept, parse_media_type
+from serving.contract.negotiation import choose_accept, parse_accept, parse_media_type
 
 OFFERED = ["application/json", "application/x-npy", "text/csv"]
 
@@ -71,7 +71,7 @@ def test_negotiate_decides_both_headers_and_their_handlers_or_raises_415_406():
     import pytest
 
     from serving.errors import NotAcceptable, UnsupportedMediaType
-    from serving.http.negotiation import negotiate
+    from serving.contract.negotiation import negotiate
 
     json_handler, csv_handler = object(), object()
     handlers = {"application/json": json_handler, "text/csv": csv_handler}
@@ -102,7 +102,7 @@ def test_what_only_the_answer_tells_is_refused_by_negotiation_too():
     import pytest
 
     from serving.errors import NotAcceptable
-    from serving.http.negotiation import negotiate
+    from serving.contract.negotiation import negotiate
 
     decided = negotiate(None, "application/json", None, None, "application/json")
     decided.require("application/json", "fine")  # allowed: nothing raised

@@ -57,6 +57,7 @@ from serving import errors
 from serving.assembly.mar import ArchiveError, Manifest
 from serving.errors import ModelError, StartupError
 from serving.runtime.batching import Items
+from serving.runtime.metrics import report_model_metric
 
 if t.TYPE_CHECKING:
     from handlers.content import Registry
@@ -478,11 +479,6 @@ def load_handler(name: str, directory: str, manifest: Manifest, registry: Regist
     return TorchServeModel(service, name, debug_errors, code)
 
 
-#: Where the handlers' metrics go besides TorchServe's log lines: the server's
-#: :meth:`~serving.runtime.metrics.Metrics.handler_metric` (set by the app, one a process).
-report_metric: t.Callable[[str, str, str, str, float], None] | None = None
-
-
 def _counted(cache_class: type, model: str) -> type:
     """TorchServe's metrics cache, each metric it makes also counted in our /metrics."""
 
@@ -493,8 +489,8 @@ def _counted(cache_class: type, model: str) -> type:
             emit = metric.emit_metrics
 
             def emit_and_count(request_id: str, value: float, dimensions: str) -> None:
-                if report_metric is not None:
-                    report_metric(model, metric_name, unit, metric.metric_type.name, value)
+                # Besides TorchServe's log lines: our /metrics (the app says where).
+                report_model_metric(model, metric_name, unit, metric.metric_type.name, value)
                 emit(request_id, value, dimensions)
 
             metric.emit_metrics = emit_and_count
