@@ -1,17 +1,45 @@
-"""What a request may make a worker hold, as every protocol's adapter asks it: one place
-for the decoded-size limit and the nesting bound of a JSON body (``--max-decoded-mb``),
-so that KServe's v1 and v2, TorchServe's ``/predictions`` and the session check keep the
-same promise as ``/invocations``' content handlers."""
+"""What a request may make a worker hold, whatever protocol brought it: :class:`Limits`, made
+once from the settings and handed to the front door and the invocation service (nothing
+pushes limits into handler instances); and :func:`json_document`, the decoded-size limit
+and the nesting bound of a JSON body (``--max-decoded-mb``), so that KServe's v1 and v2,
+TorchServe's ``/predictions`` and the session check keep the same promise as
+``/invocations``' content handlers."""
 
 from __future__ import annotations
 
+import dataclasses
 import typing as t
 
 from handlers.content.base import DecodedTooLarge, DecodeError
 from handlers.content.json import MAX_DEPTH, loads_bounded
 from serving import errors
 
-__all__ = ["MAX_DEPTH", "json_document"]
+if t.TYPE_CHECKING:
+    from serving.config import Config
+
+__all__ = ["Limits", "MAX_DEPTH", "json_document"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Limits:
+    """The per-request limits. A new one: a field here, its setting in
+    :class:`~serving.config.Config`, and the line of :meth:`from_config` between them."""
+
+    #: The most a request's body may be, in bytes (413 past it; ``--max-payload-mb``).
+    max_payload_bytes: int
+    #: The most a body may decode to, in bytes (413; ``--max-decoded-mb``).
+    max_decoded_bytes: int
+    #: How long a request may take, from its arrival (504; ``--request-timeout``).
+    deadline_seconds: float
+    #: How long a request waits for its stateful session's lock (429; ``--session-wait``).
+    session_wait_seconds: float
+
+    @classmethod
+    def from_config(cls, config: Config) -> Limits:
+        return cls(max_payload_bytes=config.max_payload_bytes,
+                   max_decoded_bytes=config.max_decoded_bytes,
+                   deadline_seconds=config.deadline_seconds,
+                   session_wait_seconds=config.session_wait)
 
 
 def json_document(body: bytes, max_decoded_bytes: int, what: str = "the request",

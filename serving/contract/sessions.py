@@ -42,7 +42,10 @@ import uuid
 from serving import errors
 from serving.contract.limits import json_document
 
-__all__ = ["CLOSED_HEADER", "NEW_HEADER", "SESSION_HEADER", "Session", "SessionBusy",
+if t.TYPE_CHECKING:
+    from serving.config import Config
+
+__all__ = ["session_store", "CLOSED_HEADER", "NEW_HEADER", "SESSION_HEADER", "Session", "SessionBusy",
            "SessionStore",
            "check_session_id", "session_request_type"]
 
@@ -316,3 +319,11 @@ class SessionStore:
             except (errors.BadRequest, OSError, ValueError, KeyError):
                 continue
         return removed
+
+
+def session_store(config: Config) -> SessionStore | None:
+    """The server's session store as the settings make it (``None``: sessions are off).
+    Every process of the server opens the same directory; the first makes it."""
+    if not config.enable_stateful_sessions:
+        return None
+    return SessionStore(config.sessions_path, config.sessions_expiration, config.session_wait)

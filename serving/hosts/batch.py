@@ -123,16 +123,18 @@ class FileTransformer:
     def __init__(self, config: Config, transform: Transform, input_dir: str,
                  output_dir: str, threads: int | None = None) -> None:
         from serving.assembly.build import assemble_loaded
-        from serving.contract.negotiation import negotiate
+        from serving.contract.invocation import Invocations
+        from serving.contract.limits import Limits
+        from serving.runtime.executor import Inline
 
         self.transform = transform
         self.input_dir, self.output_dir = input_dir, output_dir
-        self.pipeline = assemble_loaded(config, threads or cpu_count()).default
-        self.deadline = config.deadline_seconds
-        pipeline = self.pipeline
-        self._negotiated = lambda: negotiate(transform.content_type, transform.accept,
-                                             pipeline.decoders, pipeline.encoders,
-                                             config.default_accept)
+        models = assemble_loaded(config, threads or cpu_count())
+        self.pipeline = models.default
+        # The records run one after another in this thread: no client waits past a deadline.
+        self.invocations = Invocations(models, Inline(config.deadline_seconds),
+                                       Limits.from_config(config),
+                                       default_accept=config.default_accept)
 
     def __call__(self, batch: dict[str, t.Any]) -> dict[str, list[t.Any]]:
         """Ray Data's call: a batch of rows ``{"path": [...]}``; one result row per path."""
@@ -144,7 +146,7 @@ class FileTransformer:
         """Transform ``input_dir/path`` into ``output_dir/path.out`` (written whole, or not
         at all)."""
         from serving import errors
-        from serving.contract.streams import Stream
+        from serving.contract.invocation import Invocation
 
         records = requests = 0
         try:
@@ -160,15 +162,15 @@ class FileTransformer:
             records = len(chunks)
             bodies = requests_of(chunks, self.transform)
             requests = len(bodies)
-            negotiated = self._negotiated()
+            invocations, pipeline = self.invocations, self.pipeline
+            negotiated = invocations.negotiate(pipeline, self.transform.content_type,
+                                               self.transform.accept)
             headers = {"Content-Type": self.transform.content_type}
             out = bytearray()
             for body in bodies:
-                payload, _ = self.pipeline.invoke(body, negotiated, headers,
-                                                  time.monotonic() + self.deadline)
-                if isinstance(payload, Stream):
-                    payload = b"".join(_drain(payload))
-                out += payload
+                answer = invocations.invoke(pipeline, Invocation(
+                    body, negotiated.content_type, None, headers), negotiated)
+                out += invocations.whole(answer, "")
                 if self.transform.assemble_with == "Line":
                     out += b"\n"
         except _Failed as exc:
@@ -187,15 +189,6 @@ class FileTransformer:
             f.write(out)
         os.replace(partial, target)
         return FileResult(path, records, requests)
-
-
-def _drain(stream: t.Any) -> t.Iterator[bytes]:
-    try:
-        if stream.first:
-            yield stream.first
-        yield from stream.rest
-    finally:
-        stream.close()
 
 
 def input_files(input_dir: str) -> list[str]:

@@ -16,7 +16,8 @@ from werkzeug.wsgi import get_content_length, get_input_stream
 
 from serving import errors
 from serving.config import Config
-from serving.contract.context import valid_custom_attributes
+from serving.contract.invocation import Answer, Invocation, Invocations
+from serving.contract.limits import Limits
 from serving.contract.models import (
     DEFAULT_MODEL,
     MAX_PAGE_SIZE,
@@ -27,18 +28,10 @@ from serving.contract.models import (
     versioned,
 )
 from serving.contract.pipeline import Pipeline
-from serving.contract.sessions import (
-    CLOSE,
-    CLOSED_HEADER,
-    NEW_HEADER,
-    NEW_SESSION,
-    SessionStore,
-    check_session_id,
-    session_request_type,
-)
+from serving.contract.sessions import session_store
 from serving.contract.streams import Stream
 from serving.http import eventstream
-from serving.contract.negotiation import content_type_of, negotiate
+from serving.contract.negotiation import content_type_of
 from serving.runtime import logs
 from serving.runtime.executor import Runtime
 from serving.runtime.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -105,27 +98,17 @@ def create_app(config: Config, models: Models | Pipeline, runtime: Runtime | Non
     runtime = runtime or Runtime(config.concurrency, config.deadline_seconds)
     if metrics is None and config.metrics:
         metrics = Metrics(content_types=None if models.multi else models.default.input_types)
-    if metrics is not None:
-        observe = metrics.stage
-        batch = metrics.batch
-
-        def watch(pipeline: Pipeline) -> None:
-            pipeline.observe_stage = observe
-            if pipeline.batcher is not None:
-                pipeline.batcher.on_batch = batch
-                pipeline.batcher.trial.on_decision = metrics.batching_trial
-
-        for pipeline in models.loaded():
-            watch(pipeline)
-        models.on_build = watch
+    limits = Limits.from_config(config)
+    invocations_ = Invocations(models, runtime, limits, default_accept=config.default_accept,
+                               sessions=session_store(config), metrics=metrics)
     app = Flask("serving", static_folder=None)  # no static files: no /static route
     app.json.sort_keys = False
-    limit = config.max_payload_bytes
+    # The one invocation service: the host's other doors (a worker's WebSocket streams)
+    # invoke through it too.
+    app.extensions["serving.invocations"] = invocations_
+    limit = limits.max_payload_bytes
     metrics_port = str(config.metrics_port) if config.metrics_port is not None else None
     openapi = openapi_description(models.multi)
-    sessions = (SessionStore(config.sessions_path, config.sessions_expiration,
-                             config.session_wait)
-                if config.enable_stateful_sessions else None)
 
     def render(error: errors.ServingError, environ: dict[str, t.Any] | None = None) -> Response:
         environ = request.environ if environ is None else environ
@@ -263,15 +246,9 @@ def create_app(config: Config, models: Models | Pipeline, runtime: Runtime | Non
         })
 
     def target_model(environ: dict[str, t.Any]) -> Pipeline:
-        if not models.multi:
-            return models.default
-        target = environ.get("HTTP_X_AMZN_SAGEMAKER_TARGET_MODEL")
-        if target is None and models.default_name is not None:  # one archive at start
-            return models.get(models.default_name)
-        if target is None:
-            raise errors.BadRequest(f"a multi-model endpoint needs the model's name: in "
-                                    f"{TARGET_MODEL_HEADER}, or POST /models/<name>/invoke")
-        return models.get(target)
+        return invocations_.model(
+            environ.get("HTTP_X_AMZN_SAGEMAKER_TARGET_MODEL") if models.multi else None,
+            named_in=f"in {TARGET_MODEL_HEADER}, or POST /models/<name>/invoke")
 
     @app.post("/invocations")
     @app.post("/endpoints/<name>/invocations")
@@ -342,96 +319,28 @@ def create_app(config: Config, models: Models | Pipeline, runtime: Runtime | Non
             repository.unload(name)
             return app.json.response({"status": f"model {name} unloaded"})
 
-    def predict(pipeline: Pipeline, environ: dict[str, t.Any]) -> tuple[t.Any, str, dict[str, str]]:
-        """Run one invocation with ``pipeline``: ``(payload, media type, reply headers)``,
-        the payload bytes or a :class:`Stream`."""
-        if not pipeline.ready:
+    def predict(pipeline: Pipeline, environ: dict[str, t.Any]) -> Answer:
+        """One SageMaker (or TorchServe) invocation from the WSGI environ."""
+        if not pipeline.ready:  # before the body is read
             raise errors.ServiceUnavailable("the model is still loading")
-        negotiated = negotiate(environ.get("CONTENT_TYPE"), environ.get("HTTP_ACCEPT"),
-                               pipeline.decoders, pipeline.encoders, config.default_accept)
-        attributes = environ.get("HTTP_X_AMZN_SAGEMAKER_CUSTOM_ATTRIBUTES")
-        if attributes is not None and not valid_custom_attributes(attributes):
-            raise errors.BadRequest(f"{CUSTOM_ATTRIBUTES_HEADER} must be 1-1024 visible ASCII "
-                                    f"characters")
-        body = read_body(environ, limit)
-        reply: dict[str, t.Any] = {}
-        details = {
-            "request_id": environ[REQUEST_ID_KEY],
-            "custom_attributes": attributes,
-            "target_variant": environ.get("HTTP_X_AMZN_SAGEMAKER_TARGET_VARIANT"),
-            "inference_id": environ.get(_ID_ENVIRON_KEYS[0]),
-            "reply": reply,
-        }
-        arrived = environ[ARRIVED_KEY]
-        session_id = environ.get("HTTP_X_AMZN_SAGEMAKER_SESSION_ID")
-        # Only a JSON body can be a session request: others are not looked into.
-        kind = (session_request_type(body, config.max_decoded_bytes)
-                if negotiated.content_type.endswith("json") else None)
-        if session_id is not None or kind is not None:
-            return in_session(pipeline, environ, body, negotiated, details, session_id, kind)
-        payload, media_type = runtime.call(
-            pipeline.invoke, body, negotiated, EnvironHeaders(environ),
-            arrived + runtime.deadline_seconds, details, started=arrived,
-        )
-        return payload, media_type, reply
-
-    def in_session(pipeline: Pipeline, environ: dict[str, t.Any], body: bytes,
-                   negotiated: t.Any, details: dict[str, t.Any], session_id: str | None,
-                   kind: str | None) -> tuple[t.Any, str, dict[str, t.Any]]:
-        """A request that opens, uses or closes a stateful session
-        (:mod:`serving.contract.sessions`)."""
-        if sessions is None:
-            raise errors.BadRequest("stateful sessions are off: set "
-                                    "SAGEMAKER_ENABLE_STATEFUL_SESSIONS=true to open one")
-        if session_id is not None:
-            check_session_id(session_id)
+        negotiated = invocations_.negotiate(pipeline, environ.get("CONTENT_TYPE"),
+                                            environ.get("HTTP_ACCEPT"))
         headers = EnvironHeaders(environ)
-        arrived = environ[ARRIVED_KEY]
-        reply = details["reply"]
-        if kind == NEW_SESSION:
-            session = sessions.open()
-            try:
-                runtime.call(pipeline.session_hook, "open_session_fn", session, headers,
-                             details, started=arrived)
-                if session.state:
-                    sessions.save(session)
-            except BaseException:
-                sessions.close(session.id)
-                raise
-            reply["headers"] = {NEW_HEADER: f"{session.id}; Expires={session.expires_text}"}
-            return (app.json.dumps({"session_id": session.id, "expires": session.expires_text})
-                    .encode() + b"\n", "application/json", reply)
-        if session_id is None or session_id == NEW_SESSION:
-            raise errors.BadRequest(
-                f"{'CLOSE' if kind == CLOSE else 'this request'} needs an open session's id in "
-                f"X-Amzn-SageMaker-Session-Id (NEW_SESSION goes with "
-                f'{{"requestType": "NEW_SESSION"}})')
-        # The session's lock is waited for at most --session-wait (then 429), and the
-        # model's deadline counts from when it is held: a request that waited behind
-        # another of its session never reaches the model with its time spent, so it
-        # cannot run past its deadline and make the worker retire.
-        if kind == CLOSE:
-            with sessions.use(session_id) as session:
-                runtime.call(pipeline.session_hook, "close_session_fn", session, headers,
-                             details, started=time.monotonic())
-            sessions.close(session_id)
-            reply["headers"] = {CLOSED_HEADER: session_id}
-            return (app.json.dumps({"closed_session_id": session_id}).encode() + b"\n",
-                    "application/json", reply)
-        with sessions.use(session_id) as session:
-            details["session"] = session
-            held = time.monotonic()
-            payload, media_type = runtime.call(pipeline.invoke, body, negotiated, headers,
-                                               held + runtime.deadline_seconds, details,
-                                               started=held)
-        return payload, media_type, reply
+        return invocations_.invoke(pipeline, Invocation(
+            read_body(environ, limit), negotiated.content_type, None, headers,
+            request_id=environ[REQUEST_ID_KEY], arrived=environ[ARRIVED_KEY],
+            custom_attributes=environ.get("HTTP_X_AMZN_SAGEMAKER_CUSTOM_ATTRIBUTES"),
+            target_variant=environ.get("HTTP_X_AMZN_SAGEMAKER_TARGET_VARIANT"),
+            inference_id=environ.get(_ID_ENVIRON_KEYS[0]),
+            session_id=environ.get("HTTP_X_AMZN_SAGEMAKER_SESSION_ID"),
+            session_requests=True), negotiated)
 
-    def response_of(payload: t.Any, media_type: str, reply: dict[str, str], request_id: str,
-                    event_stream: bool = False) -> Response:
-        """The answer to an invocation, from what :func:`predict` returned.
+    def response_of(answer: Answer, request_id: str, event_stream: bool = False) -> Response:
+        """The response carrying ``answer``.
 
         :param event_stream: frame the answer as AWS event-stream messages.
         """
+        payload, media_type = answer.body, answer.media_type
         if event_stream:
             chunks = payload if isinstance(payload, Stream) else Stream(payload, iter(()), None)
             response = Response(streamed(chunks, request_id, framed=True), status=200,
@@ -442,79 +351,46 @@ def create_app(config: Config, models: Models | Pipeline, runtime: Runtime | Non
                                 content_type=media_type)
         else:
             # A TorchServe handler may set its request's status (set_response_status).
-            response = Response(payload, status=reply.get("status", 200),
-                                content_type=media_type)
-        if "custom_attributes" in reply:
-            response.headers[CUSTOM_ATTRIBUTES_HEADER] = reply["custom_attributes"]
-        response.headers.update(reply.get("headers", ()))
+            response = Response(payload, status=answer.status or 200, content_type=media_type)
+        response.headers.update(answer.headers)
         return response
 
     def invoke(pipeline: Pipeline, event_stream: bool = False) -> Response:
         """Answer one invocation with ``pipeline`` (a Flask view's answer)."""
         environ = request.environ
-        payload, media_type, reply = predict(pipeline, environ)
-        return response_of(payload, media_type, reply, environ[REQUEST_ID_KEY], event_stream)
+        return response_of(predict(pipeline, environ), environ[REQUEST_ID_KEY], event_stream)
 
     def streamed(stream: Stream, request_id: str, framed: bool = False) -> t.Iterator[bytes]:
-        """The chunks of a streamed answer, each pulled on a prediction thread under a
-        deadline of its own (the request deadline, from when the chunk was asked for).
+        """A streamed answer's chunks as the response body (the invocation service pulls
+        them under the deadline).
 
         A failure after the first chunk cannot change the status: in event-stream framing
         it is a ModelStreamError message; otherwise the connection closes without the
         chunked body's end, so the client sees the answer cut short.
         """
         part = eventstream.payload_part if framed else bytes
-        sent = 0
         try:
-            if stream.first:
-                yield part(stream.first)
-            sent = 1
-            while True:
-                token = logs.request_id.set(request_id)  # the request context is gone
-                try:
-                    chunk = runtime.call(next, stream.rest, None)
-                except Exception as exc:
-                    code = ("ModelInvocationTimeExceeded"
-                            if isinstance(exc, errors.DeadlineExceeded) else "ModelError")
-                    log.error("the streamed answer broke off after %d chunk(s): %s", sent,
-                              exc if isinstance(exc, errors.ServingError)
-                              else f"{type(exc).__name__}: {exc}",
-                              exc_info=not isinstance(exc, errors.ServingError))
-                    if framed:
-                        message = exc.message if isinstance(exc, errors.ServingError) \
-                            else f"the model raised {type(exc).__name__}"
-                        yield eventstream.model_stream_error(message, code)
-                        return
-                    raise errors.StreamAborted(code) from exc
-                finally:
-                    logs.request_id.reset(token)
-                if chunk is None:
-                    return
-                if chunk:
-                    yield part(chunk)
-                    sent += 1
-        finally:
-            stream.close()
+            for chunk in invocations_.chunks(stream, request_id):
+                yield part(chunk)
+        except Exception as exc:
+            code = ("ModelInvocationTimeExceeded"
+                    if isinstance(exc, errors.DeadlineExceeded) else "ModelError")
+            if framed:
+                message = exc.message if isinstance(exc, errors.ServingError) \
+                    else f"the model raised {type(exc).__name__}"
+                yield eventstream.model_stream_error(message, code)
+                return
+            raise errors.StreamAborted(code) from exc
 
     def invoke_for_protocol(pipeline: Pipeline, body: bytes, content_type: str,
                             accept: str) -> tuple[bytes, str]:
         """One invocation a protocol's route made up (KServe's): its body, Content-Type and
         Accept, under the request's deadline; the answer whole."""
         environ = request.environ
-        if not pipeline.ready:
-            raise errors.ServiceUnavailable("the model is still loading")
-        negotiated = negotiate(content_type, accept, pipeline.decoders, pipeline.encoders,
-                               config.default_accept)
-        arrived = environ[ARRIVED_KEY]
-        details = {"request_id": environ[REQUEST_ID_KEY], "reply": {}}
-        payload, media_type = runtime.call(
-            pipeline.invoke, body, negotiated, EnvironHeaders(environ),
-            arrived + runtime.deadline_seconds, details, started=arrived)
-        if isinstance(payload, Stream):
-            payload.close()
-            raise errors.ModelError("the model streamed its answer, which a KServe "
-                                    "prediction cannot be", stage="encode")
-        return payload, media_type
+        answer = invocations_.invoke(pipeline, Invocation(
+            body, content_type, accept, EnvironHeaders(environ),
+            request_id=environ[REQUEST_ID_KEY], arrived=environ[ARRIVED_KEY], streams=False))
+        return t.cast(bytes, answer.body), answer.media_type
 
     from serving import __version__
     from serving.protocols.kserve import blueprint as kserve_routes
@@ -555,21 +431,19 @@ def create_app(config: Config, models: Models | Pipeline, runtime: Runtime | Non
         start(environ)
         try:
             try:
-                payload, media_type, reply = predict(model(), environ)
-                if isinstance(payload, str):
-                    payload = payload.encode("utf-8")
-                if not isinstance(payload, (bytes, bytearray)) or "status" in reply:
+                answer = predict(model(), environ)
+                payload = answer.body
+                if not isinstance(payload, (bytes, bytearray)) or answer.status is not None:
                     # Streamed (werkzeug frames it), or a status a handler set.
-                    return respond(environ, start_response, rule, response_of(
-                        payload, media_type, reply, environ[REQUEST_ID_KEY]))
+                    return respond(environ, start_response, rule,
+                                   response_of(answer, environ[REQUEST_ID_KEY]))
             except errors.ServingError as exc:
                 return respond(environ, start_response, rule, render(exc, environ))
             except Exception as exc:  # as Flask's handler for bugs answers them
                 return respond(environ, start_response, rule, render_bug(exc, environ))
-            headers = [("Content-Type", media_type), ("Content-Length", str(len(payload)))]
-            if "custom_attributes" in reply:
-                headers.append((CUSTOM_ATTRIBUTES_HEADER, reply["custom_attributes"]))
-            headers.extend(reply.get("headers", {}).items())
+            headers = [("Content-Type", answer.media_type),
+                       ("Content-Length", str(len(payload)))]
+            headers.extend(answer.headers.items())
             finish(environ, rule, 200, headers, len(payload))
             start_response("200 OK", headers)
             return (payload,)

@@ -244,10 +244,10 @@ def run(config: Config, metrics_dir: str | None) -> int:
                   file=sys.stderr)
             return 1
     if config.enable_stateful_sessions:
-        from serving.contract.sessions import SessionStore
+        from serving.contract.sessions import session_store
 
         try:  # the directory, made now: every worker's store opens it
-            SessionStore(config.sessions_path, config.sessions_expiration, config.session_wait)
+            session_store(config)
         except StartupError as exc:
             print(f"serve: error: {exc}", file=sys.stderr)
             return 1

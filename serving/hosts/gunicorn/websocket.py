@@ -63,19 +63,17 @@ from wsproto.events import Request as Handshake
 from wsproto.utilities import RemoteProtocolError
 
 from serving import errors
+from serving.contract.invocation import Invocation, Invocations
 from serving.contract.sessions import NEW_SESSION, SessionStore, check_session_id
 from serving.contract.streams import close_quietly, is_stream
 from serving.hosts.gunicorn.http1 import Request
 from serving.hosts.gunicorn.responses import error_response
 from serving.http.app import REQUEST_ID_HEADERS, RESPONSE_ID_HEADER, request_id_of
-from serving.contract.negotiation import negotiate
 from serving.runtime import logs
 
 if t.TYPE_CHECKING:
     from serving.config import Config
-    from serving.contract.models import Models
     from serving.contract.pipeline import Pipeline
-    from serving.runtime.executor import Runtime
 
 __all__ = ["STREAM_PATH", "StreamLimits", "is_stream_request", "serve_stream"]
 
@@ -441,15 +439,13 @@ def _is_text(media_type: str) -> bool:
 class StreamServices:
     """What a stream's thread needs from its worker."""
 
-    models: Models
-    runtime: Runtime
+    #: The invocation service (the app's): which model, negotiation, each message's
+    #: invocation, the sessions.
+    invocations: Invocations
     limits: StreamLimits
     stopping: threading.Event
-    default_accept: str
     #: Writes to the stream's socket from its thread (blocking, under a timeout).
     write: t.Callable[[bytes], None]
-    #: The stateful sessions, when they are on.
-    sessions: SessionStore | None = None
     #: Where streams are counted (``None``: metrics off).
     metrics: t.Any = None
     #: TorchServe's token authorization of the main port, when it is on: a stream needs
@@ -477,9 +473,9 @@ def serve_stream(sock: socket.socket, request: Request, leftover: bytes,
                 services.keys.check(next(iter(request.header("authorization")), None),
                                     "inference")
             path, query = stream_target(request)
-            pipeline = _target_pipeline(services.models, request)
             headers = Headers(request.headers)
-            session = _session_of(services.sessions, headers)
+            pipeline = _target_pipeline(services.invocations, headers)
+            session = _session_of(services.invocations.sessions, headers)
             answer = _answerer(pipeline, headers, services, request_id)
             connection = handshake(request)
             accept = connection.send(AcceptConnection(
@@ -500,9 +496,9 @@ def serve_stream(sock: socket.socket, request: Request, leftover: bytes,
                            "session": session}
         outcome = _converse(channel, pipeline, answer, headers, context_details)
         channel.close(*outcome)
-        if session is not None and services.sessions is not None:
+        if session is not None and services.invocations.sessions is not None:
             try:  # what the stream kept in the session, for the session's next requests
-                services.sessions.save(session)
+                services.invocations.sessions.save(session)
             except errors.ServingError as error:
                 log.warning("the stream's session was not saved: %s", error.message)
     except StreamClosed as closing:  # before the conversation began (the leftover bytes)
@@ -536,16 +532,14 @@ def _session_of(sessions: SessionStore | None, headers: Headers) -> t.Any:
     return sessions.get(session_id)
 
 
-def _target_pipeline(models: Models, request: Request) -> Pipeline:
+def _target_pipeline(invocations: Invocations, headers: Headers) -> Pipeline:
+    """The model a stream is for, as an invocation's is chosen (the target model header on
+    a multi-model server; a model store's default archive without one)."""
+    models = invocations.models
     if not models.ready:
         raise errors.ServiceUnavailable("the model is still loading")
-    if not models.multi:
-        return models.default
-    target = request.header(TARGET_MODEL_HEADER)
-    if not target:
-        raise errors.BadRequest("a multi-model endpoint needs the model's name in "
-                                "X-Amzn-SageMaker-Target-Model")
-    return models.get(target[0])
+    return invocations.model(headers.get(TARGET_MODEL_HEADER) if models.multi else None,
+                             named_in="in X-Amzn-SageMaker-Target-Model")
 
 
 Answerer = t.Callable[[t.Iterator[t.Union[bytes, str]], t.Any], t.Iterator[t.Any]]
@@ -554,51 +548,33 @@ Answerer = t.Callable[[t.Iterator[t.Union[bytes, str]], t.Any], t.Iterator[t.Any
 def _answerer(pipeline: Pipeline, headers: Headers, services: StreamServices,
               request_id: str) -> Answerer:
     """What answers a stream's messages: ``(messages, context) → items to send``. The
-    model's stream_fn; else one invocation a message, its media types negotiated now (a
-    Content-Type or Accept the model cannot serve refuses the upgrade with 415 or 406)."""
+    model's stream_fn; else one invocation a message (the invocation service's), its media
+    types negotiated now (a Content-Type or Accept the model cannot serve refuses the
+    upgrade with 415 or 406)."""
     if pipeline.streams:
         return pipeline.stream
-    negotiated = negotiate(headers.get("Content-Type"), headers.get("Accept"),
-                           pipeline.decoders, pipeline.encoders, services.default_accept)
-    runtime = services.runtime
+    invocations = services.invocations
+    negotiated = invocations.negotiate(pipeline, headers.get("Content-Type"),
+                                       headers.get("Accept"))
 
     def each_message(messages: t.Iterator[bytes | str], context: t.Any) -> t.Iterator[t.Any]:
-        details = {"request_id": request_id, "target_variant": context.target_variant,
-                   "inference_id": context.inference_id, "reply": {},
-                   "custom_attributes": context.custom_attributes,
-                   "session": context.session}
         for message in messages:
             body = message.encode("utf-8") if isinstance(message, str) else message
-            started = time.monotonic()
-            payload, media_type = runtime.call(pipeline.invoke, body, negotiated, headers,
-                                               started + runtime.deadline_seconds, details,
-                                               started=started)
-            text = _is_text(media_type)
+            answer = invocations.invoke(pipeline, Invocation(
+                body, negotiated.content_type, None, headers, request_id=request_id,
+                custom_attributes=context.custom_attributes,
+                target_variant=context.target_variant, inference_id=context.inference_id,
+                context={"session": context.session}), negotiated)
+            payload, text = answer.body, _is_text(answer.media_type)
             # A text frame must be UTF-8: an encoder that wrote another charset is read
             # with replacement characters rather than failing the stream.
             if isinstance(payload, (bytes, bytearray)):
                 yield payload.decode("utf-8", "replace") if text else bytes(payload)
             else:  # a streamed answer: one fragmented message, a frame per chunk
-                chunks = _chunks(payload, runtime)
+                chunks = invocations.chunks(payload, request_id)
                 yield (chunk.decode("utf-8", "replace") if text else chunk for chunk in chunks)
 
     return each_message
-
-
-def _chunks(stream: t.Any, runtime: Runtime) -> t.Iterator[bytes]:
-    """A streamed answer's chunks, each after the first pulled on a prediction thread
-    under a deadline of its own (as over HTTP)."""
-    try:
-        yield stream.first
-        rest = stream.rest
-        done = object()
-        while True:
-            chunk = runtime.call(next, rest, done)
-            if chunk is done:
-                return
-            yield chunk
-    finally:
-        stream.close()
 
 
 def _converse(channel: Channel, pipeline: Pipeline, answer: Answerer, headers: Headers,

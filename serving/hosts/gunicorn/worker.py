@@ -47,7 +47,6 @@ import typing as t
 from gunicorn.workers.base import Worker
 
 from serving import errors
-from serving.contract.sessions import SessionStore
 from serving.hosts.gunicorn.accept import AcceptPolicy
 from serving.hosts.gunicorn.balance import NOT_TAKING
 from serving.hosts.gunicorn.connection import (
@@ -167,9 +166,6 @@ class ServingWorker(Worker):
                                   else None)
         self.ended_streams: queue.SimpleQueue[Connection] = queue.SimpleQueue()
         self.streams_stopping = threading.Event()
-        self.sessions = (SessionStore(config.sessions_path, config.sessions_expiration,
-                                      config.session_wait)
-                         if config.enable_stateful_sessions else None)
         self.keys = None
         if config.token_auth and config.model_store is not None:
             from serving.protocols.torchserve_tokens import KeyFile
@@ -198,6 +194,7 @@ class ServingWorker(Worker):
         for listener in self.sockets:  # accept() must never block the loop
             listener.setblocking(False)
         policy = self.policy
+        sessions = self.wsgi.extensions["serving.invocations"].sessions
         next_tick = 0.0
         while True:
             now = time.monotonic()
@@ -208,8 +205,8 @@ class ServingWorker(Worker):
                 self.notify()
                 self._expire(now)
                 self.batchers = self._batchers()  # models load lazily
-                if self.sessions is not None:
-                    self.sessions.sweep()  # once a minute; never waits on a session
+                if sessions is not None:
+                    sessions.sweep()  # once a minute; never waits on a session
                 if self.metrics is not None:
                     self.metrics.in_flight.set(self.busy)
                     self.metrics.streams_open.set(self.streams)
@@ -407,12 +404,10 @@ class ServingWorker(Worker):
         conn.state = STREAM
         conn.request = request
         self.streams += 1
-        services = StreamServices(models=self.models, runtime=self.runtime,
+        services = StreamServices(invocations=self.wsgi.extensions["serving.invocations"],
                                   limits=self.stream_limits, stopping=self.streams_stopping,
-                                  default_accept=self.config.default_accept,
                                   write=lambda data: self._write(conn, data),
-                                  sessions=self.sessions, metrics=self.metrics,
-                                  keys=self.keys)
+                                  metrics=self.metrics, keys=self.keys)
         threading.Thread(target=self._stream_thread, args=(conn, request, services),
                          name=f"stream-{conn.fd}", daemon=True).start()
 
