@@ -22,6 +22,7 @@ import re
 import typing as t
 from dataclasses import dataclass, field
 
+from handlers.frameworks import FRAMEWORKS
 from serving.media_types import parse_media_type
 
 if t.TYPE_CHECKING:
@@ -532,7 +533,7 @@ class Config:
         "Off: each worker loads its own; always off on GPUs.", switch=True)
     framework: str = setting(
         "--framework", "SERVING_FRAMEWORK", "auto",
-        _choice("auto", "pytorch", "chainer", "mxnet", "none"),
+        _choice("auto", *FRAMEWORKS, "none"),
         "Framework handler for the default model_fn and predict_fn. auto: from the model "
         "directory's files, else from the type model_fn returns.", metavar="NAME")
     device: str = setting(
@@ -720,6 +721,10 @@ class Config:
     def _engines_with(capability: str) -> str:
         names = [name for name, engine in ENGINES.items() if capability in engine.carries]
         return " or ".join(f"the {name} engine" for name in names) or "no engine"
+
+    def by_name(self) -> dict[str, t.Any]:
+        """Every setting's value by name (what a framework handler reads its own from)."""
+        return {s.name: getattr(self, s.name) for s in SETTINGS}
 
     def where(self, name: str) -> str:
         """How a setting was given, for messages: ``--port``, ``SM_MODEL_DIR``, ``default``,

@@ -14,17 +14,16 @@ import typing as t
 from handlers.frameworks.base import FrameworkHandler, SelectionError
 
 __all__ = ["FRAMEWORKS", "FrameworkHandler", "SelectionError", "framework_of_model", "load",
-           "detect_from_files"]
+           "detect_from_files", "files_help"]
 
 #: Short name → handler class, as a dotted path: a framework is imported only when chosen.
+#: A new framework: its module here, one line below, and its extra in setup.py.
 FRAMEWORKS: dict[str, str] = {
     "pytorch": "handlers.frameworks.pytorch.PyTorchHandler",
     "chainer": "handlers.frameworks.chainer.ChainerHandler",
     "mxnet": "handlers.frameworks.mxnet.MXNetHandler",
 }
 
-#: The top-level package of each framework, to recognise its objects by type.
-_PACKAGES = {"torch": "pytorch", "chainer": "chainer", "mxnet": "mxnet"}
 
 
 def _handler_class(name: str) -> type[FrameworkHandler]:
@@ -32,9 +31,10 @@ def _handler_class(name: str) -> type[FrameworkHandler]:
     return getattr(importlib.import_module(module), attribute)
 
 
-def load(name: str, **options: t.Any) -> FrameworkHandler:
-    """The handler called ``name``, with its framework imported."""
-    return _handler_class(name)(**options)
+def load(name: str, settings: t.Mapping[str, t.Any] | None = None) -> FrameworkHandler:
+    """The handler called ``name``, with its framework imported (``settings``: the
+    server's, by name, for the handler to read its own)."""
+    return _handler_class(name)(settings)
 
 
 def detect_from_files(model_dir: str) -> str | None:
@@ -58,8 +58,16 @@ def detect_from_files(model_dir: str) -> str | None:
 
 def framework_of_model(model: t.Any) -> str | None:
     """The framework a model object belongs to, from its class hierarchy alone."""
+    packages = {_handler_class(name).package: name for name in FRAMEWORKS}
     for cls in type(model).__mro__:
-        name = _PACKAGES.get(cls.__module__.split(".")[0])
+        name = packages.get(cls.__module__.split(".")[0])
         if name:
             return name
     return None
+
+
+def files_help() -> str:
+    """The files the frameworks' default loaders read, for a message: ``model.pt, ...
+    (pytorch); ...``."""
+    return "; ".join(f"{_handler_class(name).files_help} ({name})" for name in FRAMEWORKS
+                     if _handler_class(name).files_help)

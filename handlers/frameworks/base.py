@@ -23,12 +23,18 @@ class FrameworkHandler:
     """
 
     name: t.ClassVar[str] = ""
+    #: The framework's top-level package, to recognise a model object by its type.
+    package: t.ClassVar[str] = ""
+    #: The files its default loader reads, for the message of a model directory with none.
+    files_help: t.ClassVar[str] = ""
     #: Whether :meth:`predict` takes inputs of several requests joined along their first
     #: dimension and gives one output row per input row (dynamic batching).
     batchable: t.ClassVar[bool] = False
 
-    def __init__(self, *, trust_pickled_models: bool = False) -> None:
-        self.trust_pickled_models = trust_pickled_models
+    def __init__(self, settings: t.Mapping[str, t.Any] | None = None) -> None:
+        """:param settings: the server's settings by name; a handler reads those it has
+        (PyTorch: ``trust_pickled_models``), so no other module names them."""
+        self.settings = dict(settings or {})
         self._float_dtypes: dict[int, t.Any] = {}
 
     @classmethod

@@ -22,9 +22,10 @@ __all__ = ["ChainerHandler"]
 class ChainerHandler(FrameworkHandler):
     name = "chainer"
     batchable = True
+    package = "chainer"
 
-    def __init__(self, *, trust_pickled_models: bool = False) -> None:
-        super().__init__(trust_pickled_models=trust_pickled_models)
+    def __init__(self, settings: t.Mapping[str, t.Any] | None = None) -> None:
+        super().__init__(settings)
         # Chainer 7's import-time check needs the standard library's distutils.
         os.environ.setdefault("SETUPTOOLS_USE_DISTUTILS", "stdlib")
         import chainer

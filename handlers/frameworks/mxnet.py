@@ -45,9 +45,11 @@ class SymbolModel:
 class MXNetHandler(FrameworkHandler):
     name = "mxnet"
     batchable = True
+    package = "mxnet"
+    files_help = "<prefix>-symbol.json with <prefix>-NNNN.params"
 
-    def __init__(self, *, trust_pickled_models: bool = False) -> None:
-        super().__init__(trust_pickled_models=trust_pickled_models)
+    def __init__(self, settings: t.Mapping[str, t.Any] | None = None) -> None:
+        super().__init__(settings)
         import mxnet
 
         self.mx = mxnet

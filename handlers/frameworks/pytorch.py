@@ -32,9 +32,11 @@ def _is_image(array: np.ndarray) -> bool:
 class PyTorchHandler(FrameworkHandler):
     name = "pytorch"
     batchable = True
+    package = "torch"
+    files_help = "model.pt, model.pt2, *.pt, *.pth"
 
-    def __init__(self, *, trust_pickled_models: bool = False) -> None:
-        super().__init__(trust_pickled_models=trust_pickled_models)
+    def __init__(self, settings: t.Mapping[str, t.Any] | None = None) -> None:
+        super().__init__(settings)
         import torch
 
         self.torch = torch
@@ -82,7 +84,7 @@ class PyTorchHandler(FrameworkHandler):
                 f"{os.path.basename(path)} holds weights only (a state_dict), no architecture: "
                 f"define model_fn to build the model and load them"
             )
-        if not self.trust_pickled_models:
+        if not self.settings.get("trust_pickled_models"):
             raise SelectionError(
                 f"{os.path.basename(path)} is not TorchScript: it is a pickle (torch.save), and "
                 f"loading it runs code from the file. Save the model with torch.jit.save or "

@@ -135,7 +135,7 @@ def assemble(config: Config, metrics_dir: str | None = None,
             code.module if code is not None else None,
             code.registry if code is not None else base, model_dir=model_dir,
             default_accept=config.default_accept, framework=config.framework,
-            trust_pickled_models=config.trust_pickled_models, debug_errors=config.debug_errors,
+            framework_settings=config.by_name(), debug_errors=config.debug_errors,
         )
 
     if config.multi_model:

@@ -65,7 +65,7 @@ class Pipeline:
         model_dir: str,
         framework: str | None = None,
         detect_framework: bool = True,
-        framework_options: t.Mapping[str, t.Any] | None = None,
+        framework_settings: t.Mapping[str, t.Any] | None = None,
         source: str = "default handlers",
         debug_errors: bool = False,
     ) -> None:
@@ -79,7 +79,8 @@ class Pipeline:
         self.framework: FrameworkHandler | None = None
         #: Whether the type of model model_fn returns may choose the framework.
         self._detect_framework = detect_framework and framework is None
-        self._framework_options = dict(framework_options or {})
+        #: The server's settings by name, for the framework handler to read its own.
+        self._framework_settings = dict(framework_settings or {})
         #: This process's context: the master's until :meth:`enter_worker`.
         self.context = Context(model_dir=model_dir)
         self._threads: int | None = None
@@ -112,7 +113,7 @@ class Pipeline:
         model_dir: str,
         default_accept: str,
         framework: str = "auto",
-        trust_pickled_models: bool = False,
+        framework_settings: t.Mapping[str, t.Any] | None = None,
         debug_errors: bool = False,
     ) -> Pipeline:
         """Resolve the hosting functions of ``module``; check they fit together.
@@ -143,13 +144,12 @@ class Pipeline:
             looked = "no user script was found" if module is None else f"{source} has no model_fn"
             raise StartupError(
                 f"nothing to serve: {looked}, and {model_dir} holds no files a framework handler "
-                f"loads (model.pt, model.pt2, *.pt, *.pth; <prefix>-symbol.json with "
-                f"<prefix>-NNNN.params). Put an inference.py with a model_fn in "
+                f"loads ({frameworks.files_help()}). Put an inference.py with a model_fn in "
                 f"<model-dir>/code/, or set SERVING_FRAMEWORK"
             )
         pipeline = cls(functions, registry, model_dir=model_dir, framework=name,
                        detect_framework=framework == "auto",
-                       framework_options={"trust_pickled_models": trust_pickled_models},
+                       framework_settings=framework_settings,
                        source=source, debug_errors=debug_errors)
         if pipeline.output_types is not None and default_accept not in pipeline.output_types:
             raise StartupError(
@@ -257,7 +257,7 @@ class Pipeline:
 
     def _use_framework(self, name: str) -> None:
         try:
-            self.framework = frameworks.load(name, **self._framework_options)
+            self.framework = frameworks.load(name, self._framework_settings)
         except ImportError as exc:
             raise StartupError(
                 f"the {name} handler needs {exc.name or 'its framework'}, which is not "

@@ -21,7 +21,7 @@ import sys
 import typing as t
 from urllib.parse import unquote_to_bytes
 
-from serving.http.app import ARRIVED_KEY
+from serving.protocols.base import ARRIVED_KEY
 
 __all__ = ["Answer", "build_environ", "call_app"]
 

@@ -1,7 +1,33 @@
-"""Wire contracts beside SageMaker's, as adapters over the same models: KServe's v1 and v2
-(:mod:`~serving.protocols.kserve`), TorchServe's management API and its keys
-(:mod:`~serving.protocols.torchserve_management`, :mod:`~serving.protocols.torchserve_tokens`).
-A TorchServe archive's handler is how a model is assembled, not a wire contract: it lives in
-:mod:`serving.assembly.torchserve_handler`."""
+"""The wire protocols, each an adapter over the invocation service (:mod:`~serving.protocols.base`):
+SageMaker's hosting contract (:mod:`~serving.protocols.sagemaker`), TorchServe's inference and
+management APIs (:mod:`~serving.protocols.torchserve`), KServe's v1 and v2
+(:mod:`~serving.protocols.kserve`). The app mounts what :data:`PROTOCOLS` lists, in order: a new
+protocol is one module and one line here.
+"""
 
-__all__: list[str] = []
+from __future__ import annotations
+
+import importlib
+import typing as t
+
+if t.TYPE_CHECKING:
+    from serving.protocols.base import Protocol, Server
+
+__all__ = ["PROTOCOLS", "adapters"]
+
+#: ``module:class`` of each protocol's adapter. The first writes the errors of every path no
+#: other protocol claims (its ``error_paths``).
+PROTOCOLS = (
+    "serving.protocols.sagemaker:SageMaker",
+    "serving.protocols.torchserve:TorchServe",
+    "serving.protocols.kserve:KServe",
+)
+
+
+def adapters(server: Server) -> list[Protocol]:
+    """Every protocol's adapter for ``server``, in :data:`PROTOCOLS`' order."""
+    found = []
+    for entry in PROTOCOLS:
+        module, _, name = entry.partition(":")
+        found.append(getattr(importlib.import_module(module), name)(server))
+    return found

@@ -47,15 +47,13 @@ from werkzeug.routing import BaseConverter
 
 from serving import errors
 from serving.contract.limits import json_document
-from serving.contract.models import versioned
+from serving.protocols.base import ARRIVED_KEY, Protocol, Server
 from serving.runtime import logs
 
 if t.TYPE_CHECKING:
-    from serving.config import Config
-    from serving.contract.models import Models
     from serving.contract.pipeline import Pipeline
 
-__all__ = ["HEADER_LENGTH", "blueprint", "decode_infer_request", "encode_infer_response"]
+__all__ = ["HEADER_LENGTH", "KServe", "decode_infer_request", "encode_infer_response"]
 
 #: The binary tensor data extension's header: the length of the JSON part of the body.
 HEADER_LENGTH = "Inference-Header-Content-Length"
@@ -363,24 +361,46 @@ def _arrays_of(payload: bytes, media_type: str) -> list[tuple[str, np.ndarray]]:
                             f"JSON)", stage="encode")
 
 
-def blueprint(config: Config, models: Models,
-              invoke: t.Callable[[Pipeline, bytes, str, str], tuple[bytes, str]],
-              call: t.Callable[..., t.Any], read_body: t.Callable[[], bytes],
-              server_version: str) -> Blueprint:
-    """The v1 and v2 routes.
+class KServe(Protocol):
+    """KServe's v1 and v2 REST protocols (see the module)."""
 
-    :param invoke: runs one invocation of a pipeline (body, content type, accept) under
-        the request's deadline: ``(payload, media type)``.
-    :param call: runs a function on a prediction thread under the request's deadline.
-    :param read_body: the request's body, bounded by the payload limit.
-    """
+    name = "KServe"
+    error_paths = ("/v1/", "/v2/", "/v2")
+
+    def error_body(self, error: errors.ServingError, request_id: str | None) -> dict[str, t.Any]:
+        return {"error": error.message}  # KServe's protocols' errors
+
+    def routes(self) -> Blueprint:
+        return blueprint(self.server)
+
+
+def blueprint(server: Server) -> Blueprint:
+    """The v1 and v2 routes, invoking through ``server``'s invocation service."""
+    from serving import __version__ as server_version
+
+    models, invocations = server.models, server.invocations
+    limit = server.limits.max_decoded_bytes
+
+    def read_body() -> bytes:
+        return server.body(request.environ)
+
+    def invoke(pipeline: Pipeline, body: bytes, content_type: str,
+               accept: str) -> tuple[bytes, str]:
+        """One invocation this protocol made up: the answer whole (it cannot be chunks)."""
+        answer = invocations.invoke(pipeline, server.invocation(
+            request.environ, body, content_type, accept, streams=False))
+        return t.cast(bytes, answer.body), answer.media_type
+
+    def call(fn: t.Callable[..., t.Any], *args: t.Any) -> t.Any:
+        return invocations.caller.call(fn, *args, started=request.environ[ARRIVED_KEY])
+
     routes = Blueprint("kserve", __name__)
     # A model name is one path segment without ":" (v1's ":predict" follows it).
     routes.record_once(lambda state: state.app.url_map.converters.setdefault(
         "model", _ModelName))
 
     def model(name: str, version: str | None = None) -> Pipeline:
-        return versioned(models, name, version)
+        return invocations.model(name, version)
 
     def ready(pipeline: Pipeline) -> bool:
         return pipeline.ready
@@ -408,7 +428,7 @@ def blueprint(config: Config, models: Models,
     @routes.post("/v1/models/<model:name>:predict")
     def v1_predict(name: str) -> Response:
         pipeline = model(name)
-        document = json_document(read_body(), config.max_decoded_bytes, "the request",
+        document = json_document(read_body(), limit, "the request",
                                  error=ProtocolError)
         if not isinstance(document, dict) or not isinstance(document.get("instances"), list):
             raise ProtocolError('the request must be an object with "instances": a list')
@@ -471,7 +491,7 @@ def blueprint(config: Config, models: Models,
     def v2_infer(name: str, version: str | None = None) -> Response:
         pipeline = model(name, version)
         document, tensors = decode_infer_request(read_body(), request.headers.get(HEADER_LENGTH),
-                                                 config.max_decoded_bytes)
+                                                 limit)
         archive = pipeline.archive
         outputs: list[tuple[str, np.ndarray, list[int] | None]] = []
         if archive is not None:
@@ -497,11 +517,11 @@ def blueprint(config: Config, models: Models,
             if len(tensors) == 1:
                 (array,) = tensors.values()
                 buffer = io.BytesIO()
-                np.save(buffer, _npy(array, config.max_decoded_bytes), allow_pickle=False)
+                np.save(buffer, _npy(array, limit), allow_pickle=False)
                 body, content_type = buffer.getvalue(), "application/x-npy"
             else:
                 buffer = io.BytesIO()
-                np.savez(buffer, **{n: _npy(a, config.max_decoded_bytes)
+                np.savez(buffer, **{n: _npy(a, limit)
                                     for n, a in tensors.items()})
                 body, content_type = buffer.getvalue(), "application/x-npz"
             payload, media_type = invoke(pipeline, body, content_type,

@@ -10,7 +10,7 @@ import time
 import pytest
 import requests
 
-from serving.http import eventstream
+from serving.protocols import eventstream
 from tests.eventstream_reader import read_messages
 from tests.examples.conftest import SDK_PYTHON
 from tests.server_helpers import REPO, write_model_dir

@@ -254,7 +254,7 @@ def run(config: Config, metrics_dir: str | None) -> int:
     keys = None
     if config.token_auth and (config.model_store is not None or
                               config.management_port is not None):
-        from serving.protocols.torchserve_tokens import KeyFile
+        from serving.protocols.torchserve.tokens import KeyFile
 
         try:  # TorchServe's key file, which every worker reads
             keys = KeyFile.create(config.key_file, config.token_expiration_min)

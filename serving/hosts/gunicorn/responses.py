@@ -14,7 +14,7 @@ import orjson
 
 from serving import errors
 from serving.hosts.gunicorn.http1 import Request, frame_response
-from serving.http.app import RESPONSE_ID_HEADER
+from serving.protocols.base import RESPONSE_ID_HEADER
 from serving.http.bridge import Answer
 
 __all__ = ["error_response", "http_date", "write_answer"]

@@ -68,7 +68,7 @@ from serving.contract.sessions import NEW_SESSION, SessionStore, check_session_i
 from serving.contract.streams import close_quietly, is_stream
 from serving.hosts.gunicorn.http1 import Request
 from serving.hosts.gunicorn.responses import error_response
-from serving.http.app import REQUEST_ID_HEADERS, RESPONSE_ID_HEADER, request_id_of
+from serving.protocols.base import REQUEST_ID_HEADERS, RESPONSE_ID_HEADER, request_id_of
 from serving.runtime import logs
 
 if t.TYPE_CHECKING:

@@ -67,7 +67,8 @@ from serving.hosts.gunicorn.websocket import (
     is_stream_request,
     serve_stream,
 )
-from serving.http.app import REQUEST_ID_HEADERS, request_id_of, route_of
+from serving.http.app import route_of
+from serving.protocols.base import REQUEST_ID_HEADERS, request_id_of
 from serving.http.bridge import build_environ, call_app
 from serving.contract.negotiation import content_type_of
 from serving.runtime import logs
@@ -168,7 +169,7 @@ class ServingWorker(Worker):
         self.streams_stopping = threading.Event()
         self.keys = None
         if config.token_auth and config.model_store is not None:
-            from serving.protocols.torchserve_tokens import KeyFile
+            from serving.protocols.torchserve.tokens import KeyFile
 
             self.keys = KeyFile(config.key_file, config.token_expiration_min)
         self.wake_r, self.wake_w = os.pipe()

@@ -80,10 +80,17 @@ def test_ambiguous_files_stop_startup(tmp_path):
         Pipeline.from_module(mod, None, model_dir=str(tmp_path), default_accept="application/json")
 
 
-def test_every_framework_is_a_dotted_path():
-    assert set(frameworks.FRAMEWORKS) == {"pytorch", "chainer", "mxnet"}
-    for path in frameworks.FRAMEWORKS.values():
-        assert path.startswith("handlers.frameworks.") and path.count(".") == 3
+def test_every_framework_is_a_handler_class_named_as_registered():
+    from handlers.frameworks.base import FrameworkHandler
+    from serving.config import SETTINGS
+
+    assert {"pytorch", "chainer", "mxnet"} <= set(frameworks.FRAMEWORKS)
+    choices = next(s for s in SETTINGS if s.name == "framework")
+    for name in frameworks.FRAMEWORKS:
+        handler = frameworks._handler_class(name)  # imports no framework
+        assert issubclass(handler, FrameworkHandler) and handler.name == name
+        assert handler.package  # how its models are recognised
+        assert choices.parse(name) == name  # --framework takes it
 
 
 def test_framework_none_calls_the_model_as_a_function(tmp_path):

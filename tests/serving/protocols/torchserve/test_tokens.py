@@ -8,7 +8,7 @@ import os
 
 import pytest
 
-from serving.protocols.torchserve_tokens import InvalidKeyException, KeyFile
+from serving.protocols.torchserve.tokens import InvalidKeyException, KeyFile
 
 
 def keys_of(path):

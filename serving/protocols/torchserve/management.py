@@ -26,7 +26,7 @@ Who may do what, closed by default as TorchServe 0.12 closes it (docs/operating.
 
 - it listens on 127.0.0.1 unless an address is named for it (``--management-host``,
   ``management_address``);
-- every call needs the management key (:mod:`serving.protocols.torchserve_tokens`)
+- every call needs the management key (:mod:`serving.protocols.torchserve.tokens`)
   unless token authorization is off; ``GET /token?type=...`` takes the API key;
 - registering and unregistering are TorchServe's 405 unless ``--enable-model-api``
   (``enable_model_api=true``);
@@ -54,7 +54,7 @@ from serving.assembly.build import archive_batching
 from serving.assembly.mar import archive_settings, read_manifest
 from serving.config import Config
 from serving.contract.models import PAGE_SIZE, MAX_PAGE_SIZE, ModelRepository, valid_model_name
-from serving.protocols.torchserve_tokens import KINDS, KeyFile
+from serving.protocols.torchserve.tokens import KINDS, KeyFile
 
 __all__ = ["management_app"]
 

@@ -10,7 +10,7 @@ import struct
 import pytest
 from botocore.eventstream import ChecksumMismatch
 
-from serving.http import eventstream
+from serving.protocols import eventstream
 from tests.eventstream_reader import read_messages
 
 
