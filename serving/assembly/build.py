@@ -130,12 +130,14 @@ def assemble(config: Config, metrics_dir: str | None = None,
     elif not config.multi_model:
         log.info("no user script found; serving with the default handlers")
 
-    def build(model_dir: str, code: UserCode | None = code) -> Pipeline:
+    def build(model_dir: str, code: UserCode | None = code, owns: bool = False) -> Pipeline:
+        """``owns``: the model's own code, released with it (multi-model)."""
         return Pipeline.from_module(
             code.module if code is not None else None,
             code.registry if code is not None else base, model_dir=model_dir,
             default_accept=config.default_accept, framework=config.framework,
             framework_settings=config.by_name(), debug_errors=config.debug_errors,
+            code=code if owns else None,
         )
 
     if config.multi_model:
@@ -158,12 +160,10 @@ def assemble(config: Config, metrics_dir: str | None = None,
                 install_requirements(own)
             model_code = load_user_code(own, base, private=f"serving_model_{token}")
             try:
-                pipeline = build(model_dir, model_code)
+                return build(model_dir, model_code, owns=True)
             except BaseException:
                 model_code.release()
                 raise
-            pipeline.user_code = model_code
-            return pipeline
 
         build_archive = _archive_builder(config, base, batcher_class)
         if config.install_requirements:
@@ -242,9 +242,8 @@ def _archive_pipeline(config: Config, name: str, directory: str, manifest: Manif
                             debug_errors=config.debug_errors)
     pipeline = Pipeline.from_module(module, base, model_dir=directory,  # type: ignore[arg-type]
                                     default_accept=config.default_accept, framework="none",
-                                    debug_errors=config.debug_errors)
-    pipeline.archive = manifest
-    pipeline.user_code = module  # type: ignore[assignment]  # release(): the handler's modules
+                                    debug_errors=config.debug_errors, archive=manifest,
+                                    code=module)  # release(): the handler's modules
     if size > 1:
         pipeline.enable_batching(size, delay / 1000, batcher_class)
     log.info("model archive %s: %s, handler %s%s", name, directory,

@@ -63,7 +63,7 @@ if t.TYPE_CHECKING:
     from handlers.content import Registry
     from serving.contract.context import Context
 
-__all__ = ["Answer", "HandlerRequest", "TorchServeModel", "answer_of", "hosting_module",
+__all__ = ["Answer", "HandlerCall", "HandlerRequest", "TorchServeModel", "answer_of", "hosting_module",
            "request_headers", "request_of"]
 
 log = logging.getLogger(__name__)
@@ -99,6 +99,17 @@ class RequestHeaders(dict):  # type: ignore[type-arg]
     def __contains__(self, key: object) -> bool:
         return super().__contains__(key) or (
             isinstance(key, str) and key.lower() in self._lower)
+
+
+class HandlerCall:
+    """One call of the handler on ``rows`` a protocol made (TorchServe's KServe envelopes:
+    v1's instances, v2's items), given to the pipeline as its input: the handler's answers
+    come back as they are (a raw invocation)."""
+
+    __slots__ = ("rows",)
+
+    def __init__(self, rows: list[t.Any]) -> None:
+        self.rows = rows
 
 
 class HandlerRequest:
@@ -525,7 +536,10 @@ def hosting_module(name: str, directory: str, manifest: Manifest, registry: Regi
         return Items([request_of(body, context.headers, context.request_id or "",
                                  max_form_bytes, max_decoded_bytes)])
 
-    def predict_fn(data: Items, model: TorchServeModel, context: Context) -> Items:
+    def predict_fn(data: Items | HandlerCall, model: TorchServeModel,
+                   context: Context) -> Items | list[t.Any]:
+        if isinstance(data, HandlerCall):  # a protocol's envelope (KServe's): one call
+            return model.handle_raw(data.rows, context.headers, context.request_id or "")
         return model.handle(data)
 
     predict_fn.batched = True  # type: ignore[attr-defined]

@@ -85,6 +85,11 @@ class Invocation:
     session_requests: bool = False
     streams: bool = True
     context: dict[str, t.Any] = dataclasses.field(default_factory=dict)
+    #: The input as the protocol decoded it (the body unused): KServe's envelope for a
+    #: TorchServe handler. ``None``: the body, decoded by the pipeline.
+    data: t.Any = None
+    #: Whether the protocol takes the prediction as it is (``Answer.body``), unencoded.
+    raw: bool = False
 
 
 @dataclasses.dataclass
@@ -93,7 +98,7 @@ class Answer:
     media type; a status a TorchServe handler set (``"404 Not Found"``; ``None``: 200);
     headers the model, a session or the custom attributes add."""
 
-    body: bytes | Stream
+    body: bytes | Stream | t.Any  # anything: the prediction itself, for a raw invocation
     media_type: str
     status: str | None = None
     headers: dict[str, str] = dataclasses.field(default_factory=dict)
@@ -183,7 +188,8 @@ class Invocations:
         started = invocation.arrived
         payload, media_type = self.caller.call(
             pipeline.invoke, body, negotiated, invocation.headers,
-            started + self.caller.deadline_seconds, details, started=started)
+            started + self.caller.deadline_seconds, details, invocation.data, invocation.raw,
+            started=started)
         return self._answer(payload, media_type, reply, invocation)
 
     def _answer(self, payload: bytes | Stream, media_type: str, reply: dict[str, t.Any],

@@ -46,16 +46,30 @@ from serving.errors import (
 from serving.contract.negotiation import Negotiated
 from serving.runtime.batching import Batcher, batch_key
 
-if t.TYPE_CHECKING:
-    from serving.assembly.mar import Manifest
-    from serving.assembly.user_code import UserCode
-
-__all__ = ["Pipeline"]
+__all__ = ["ArchiveInfo", "OwnedCode", "Pipeline"]
 
 log = logging.getLogger(__name__)
 
+class ArchiveInfo(t.Protocol):
+    """What a TorchServe model archive's manifest tells of the model (the assembly's
+    :class:`~serving.assembly.mar.Manifest`): the protocols show its name and version."""
+
+    model_name: str
+    version: str | None
+    handler: str | None
+
+
+class OwnedCode(t.Protocol):
+    """Code a model owns (its own modules, or its archive's handler's), released when the
+    model is unloaded."""
+
+    def release(self) -> None: ...
+
+
 class Pipeline:
-    """One model and the functions that answer requests with it."""
+    """One model and the functions that answer requests with it: a loaded model's record
+    (its stages, and what the assembly gave it: its archive's manifest, the code it owns),
+    each given when it is made."""
 
     def __init__(
         self,
@@ -68,6 +82,8 @@ class Pipeline:
         framework_settings: t.Mapping[str, t.Any] | None = None,
         source: str = "default handlers",
         debug_errors: bool = False,
+        archive: ArchiveInfo | None = None,
+        code: OwnedCode | None = None,
     ) -> None:
         self.functions = dict(functions)
         #: Whether 500 bodies carry the exception's text (SERVING_DEBUG_ERRORS).
@@ -93,11 +109,12 @@ class Pipeline:
         self.observe_stage: t.Callable[[str, float], None] | None = None
         #: How long the model took to load, in seconds; None until loaded.
         self.load_seconds: float | None = None
-        #: A multi-model server's model: its own modules, released when it is unloaded.
-        self.user_code: UserCode | None = None
+        #: The code this model owns (a multi-model server's model's own modules, an
+        #: archive's handler's), released when it is unloaded.
+        self.code = code
         #: A TorchServe model archive's manifest (its name, version, handler); ``None``
         #: for a SageMaker model.
-        self.archive: Manifest | None = None
+        self.archive = archive
         # The three stages, chosen when the model is loaded (see _choose_stages).
         self.decode: t.Callable[[bytes, Negotiated, Context], t.Any]
         self.predict: t.Callable[[t.Any, Context, float], t.Any]
@@ -115,6 +132,8 @@ class Pipeline:
         framework: str = "auto",
         framework_settings: t.Mapping[str, t.Any] | None = None,
         debug_errors: bool = False,
+        archive: ArchiveInfo | None = None,
+        code: OwnedCode | None = None,
     ) -> Pipeline:
         """Resolve the hosting functions of ``module``; check they fit together.
 
@@ -150,7 +169,7 @@ class Pipeline:
         pipeline = cls(functions, registry, model_dir=model_dir, framework=name,
                        detect_framework=framework == "auto",
                        framework_settings=framework_settings,
-                       source=source, debug_errors=debug_errors)
+                       source=source, debug_errors=debug_errors, archive=archive, code=code)
         if pipeline.output_types is not None and default_accept not in pipeline.output_types:
             raise StartupError(
                 f"default accept {default_accept} (SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT) has no "
@@ -327,9 +346,9 @@ class Pipeline:
 
     def release(self) -> None:
         """Drop what the model holds beyond its objects: its own modules (multi-model)."""
-        if self.user_code is not None:
-            self.user_code.release()
-            self.user_code = None
+        if self.code is not None:
+            self.code.release()
+            self.code = None
 
     # -- one request -------------------------------------------------------------
 
@@ -370,7 +389,8 @@ class Pipeline:
     def invoke(
         self, body: bytes, negotiated: Negotiated, headers: t.Mapping[str, str],
         deadline: float = float("inf"), details: t.Mapping[str, t.Any] | None = None,
-    ) -> tuple[bytes | Stream, str]:
+        data: t.Any = None, raw: bool = False,
+    ) -> tuple[t.Any, str]:
         """Answer one request: ``(response body, response media type)``, as
         ``encode(predict(decode(body)))`` with the stages chosen at load time.
 
@@ -381,13 +401,21 @@ class Pipeline:
             a batch still to run leaves the request out past it.
         :param details: more :class:`Context` fields: the request id, the SageMaker
             headers, and ``reply``, the dict user code's answer headers go to.
+        :param data: the input as a protocol decoded it (KServe's envelope for a TorchServe
+            handler): the decode stage is skipped.
+        :param raw: the prediction as it is, not encoded: ``(prediction, "")``.
         """
         context = dataclasses.replace(self.context, headers=headers,
                                       content_type=negotiated.content_type,
                                       accept=negotiated.accepts[0], **(details or {}))
         timed = self._timed
-        data = timed("decode", self.decode, body, negotiated, context)
+        if data is None:
+            data = timed("decode", self.decode, body, negotiated, context)
+        elif self.batcher is not None and self.predicts_batches:
+            self.batcher.expect()  # as the decode stage would have announced it
         prediction = timed("predict", self.predict, data, context, deadline)
+        if raw:
+            return prediction, ""
         return timed("encode", self.encode, prediction, negotiated, context)
 
     # -- the three stages, chosen once --------------------------------------------

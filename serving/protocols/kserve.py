@@ -47,8 +47,8 @@ from werkzeug.routing import BaseConverter
 
 from serving import errors
 from serving.contract.limits import json_document
-from serving.protocols.base import ARRIVED_KEY, Protocol, Server
-from serving.runtime import logs
+from serving.assembly.torchserve_handler import HandlerCall
+from serving.protocols.base import Protocol, Server
 
 if t.TYPE_CHECKING:
     from serving.contract.pipeline import Pipeline
@@ -391,8 +391,12 @@ def blueprint(server: Server) -> Blueprint:
             request.environ, body, content_type, accept, streams=False))
         return t.cast(bytes, answer.body), answer.media_type
 
-    def call(fn: t.Callable[..., t.Any], *args: t.Any) -> t.Any:
-        return invocations.caller.call(fn, *args, started=request.environ[ARRIVED_KEY])
+    def handler_call(pipeline: Pipeline, rows: list[t.Any]) -> t.Any:
+        """A TorchServe handler on ``rows`` (its KServe envelope), through its pipeline:
+        the handler's answers as they are."""
+        answer = invocations.invoke(pipeline, server.invocation(
+            request.environ, b"", None, None, streams=False, data=HandlerCall(rows), raw=True))
+        return answer.body
 
     routes = Blueprint("kserve", __name__)
     # A model name is one path segment without ":" (v1's ":predict" follows it).
@@ -434,8 +438,7 @@ def blueprint(server: Server) -> Blueprint:
             raise ProtocolError('the request must be an object with "instances": a list')
         instances = document["instances"]
         if pipeline.archive is not None:
-            predictions = call(_handler(pipeline).handle_raw, instances, request.headers,
-                               _request_id())
+            predictions = handler_call(pipeline, instances)
         else:
             payload, media_type = invoke(pipeline, _instances_body(instances),
                                          "application/json", "application/json")
@@ -500,8 +503,7 @@ def blueprint(server: Server) -> Blueprint:
                       "data": (a.ravel()[0].decode("utf-8", "replace")
                                if spec["datatype"] == "BYTES" and a.size else a.tolist())}
                      for (n, a), spec in zip(tensors.items(), document["inputs"])]
-            answers = call(_handler(pipeline).handle_raw, items, request.headers,
-                           _request_id())
+            answers = handler_call(pipeline, items)
             names = list(tensors)
             if len(answers) > len(names):
                 raise errors.ModelError(f"the {name} handler answered {len(answers)} times "
@@ -544,13 +546,3 @@ def _instances_body(instances: list[t.Any]) -> bytes:
 
 class _ModelName(BaseConverter):
     regex = "[^/:]+"
-
-
-def _handler(pipeline: Pipeline) -> t.Any:
-    if not pipeline.ready:
-        raise errors.ServiceUnavailable("the model is still loading")
-    return pipeline.model
-
-
-def _request_id() -> str:
-    return logs.request_id.get() or ""

@@ -6,8 +6,10 @@ our hosting functions and a TorchServe archive's handler alike."""
 from __future__ import annotations
 
 import json
+import re
 import struct
 import subprocess
+import time
 
 import numpy as np
 import pytest
@@ -248,3 +250,15 @@ def test_a_torchserve_handler_behind_kserve(serve, tmp_path):
                        timeout=10)
     assert v1.json() == {"predictions": [{"seen": 1}, {"seen": "two"}]}
     assert client.get_model_metadata("k", "4")["platform"] == "torchserve"
+    # Through the archive's pipeline, as /predictions goes: its predict stage is counted
+    # (two KServe calls), and no decode stage (KServe's envelope is the input).
+    deadline = time.monotonic() + 10
+    while True:  # each worker adds its counts to /metrics a few times a second
+        metrics = requests.get(server.url("/metrics"), timeout=10).text
+        predicted = re.search(
+            r'serving_stage_duration_seconds_count\{stage="predict"\} (\S+)', metrics)
+        if predicted and float(predicted.group(1)) >= 2 or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert predicted and float(predicted.group(1)) == 2, metrics[-3000:]
+    assert 'serving_stage_duration_seconds_count{stage="decode"}' not in metrics
