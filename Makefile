@@ -13,8 +13,10 @@
 # make serve:  serve the bundled NumPy example model on port 8080 (EXAMPLE=<name> another).
 # make serve-ray: the same on Ray Serve (serve --engine ray): a local Ray instance, REPLICAS=
 #              replicas (2); curl gets the same answers as from make serve.
-# make test:   the whole suite in .venv (container images included), then the core suite
-#              (no chainer, no mxnet, no images) in .venv-np2, then make test-ray.
+# make test:   the whole suite in .venv (container images included, the layering contracts),
+#              then in .venv-np2 the unit tests and the suites whose requests go through NumPy
+#              (NP2_TESTS; no chainer, no mxnet, no images), then make test-ray and
+#              make test-torchserve.
 # make test-ray: the Ray tests (tests/ray: Ray Serve against gunicorn on three examples, a
 #              killed replica, batching, batch transform on Ray Data) in .venv-ray, on local
 #              Ray instances the tests start; at most RAY_TEST_SECONDS (900).
@@ -38,6 +40,10 @@
 # make bench-http: the worker's HTTP/1.1 parser, old (the hand-written one, at commit
 #              c5a6d2b) against new (llhttp), parser alone and whole servers in alternating
 #              rounds; about 4 minutes; writes its table into BENCHMARKS.md.
+# make bench-invocation: the invocation path, old tree (before the invocation service) against
+#              this one, on numpy-linear, the peers' MLP and the MLP in a .mar through
+#              /predictions; alternating rounds; about 6 minutes; writes its table into
+#              BENCHMARKS.md.
 # make bench-streams: bidirectional streams (WebSocket, stream_fn) against HTTP chunked
 #              streaming, the word language model, 1 and 64 clients; about 2 minutes;
 #              writes its table into BENCHMARKS.md.
@@ -63,7 +69,7 @@ KSERVE_STAMP := $(KSERVE_VENV)/.installed
 RAY_VENV := .venv-ray
 RAY_STAMP := $(RAY_VENV)/.installed
 
-.PHONY: install container-tools serve serve-ray test test-ray test-torchserve loadtest bench bench-torchserve bench-ray bench-peers bench-faults bench-http bench-streams wrk clean
+.PHONY: install container-tools serve serve-ray test test-ray test-torchserve loadtest bench bench-torchserve bench-ray bench-peers bench-faults bench-http bench-invocation bench-streams wrk clean
 
 install: $(STAMP) $(NP2_STAMP) $(SDK_STAMP) $(KSERVE_STAMP)
 
@@ -127,11 +133,19 @@ serve-ray: $(RAY_STAMP)
 	$(RAY_VENV)/bin/serve --engine ray --model-dir examples/$(EXAMPLE)/model --port $(PORT) \
 		--ray-replicas $(REPLICAS)
 
+# NumPy 2: every unit test, and the suites whose requests go through NumPy (codecs, tensors,
+# JSON numbers, batching, streaming, bounds, the examples); the HTTP, fault, management and
+# multi-model suites touch no NumPy the first pass did not run the same way.
+NP2_TESTS := tests/serving tests/handlers tests/examples tests/faults/test_memory_bombs.py \
+	$(addprefix tests/integration/, test_content_types.py test_json_numbers.py test_kserve.py \
+	test_batching.py test_server.py test_streaming.py test_batch_transform.py \
+	test_request_bounds.py test_protocol_properties.py)
+
 test: install container-tools
 	SETUPTOOLS_USE_DISTUTILS=stdlib $(BIN)/python -m pytest -q tests --ignore=tests/ray --ignore=tests/torchserve
-	$(NP2_VENV)/bin/python -m pytest -q -m "not chainer and not mxnet and not container and not torchserve" tests \
-		--ignore=tests/handlers/frameworks/test_chainer.py --ignore=tests/handlers/frameworks/test_mxnet.py \
-		--ignore=tests/ray --ignore=tests/torchserve
+	$(NP2_VENV)/bin/python -m pytest -q -m "not chainer and not mxnet and not container and not torchserve" \
+		$(NP2_TESTS) --ignore=tests/handlers/frameworks/test_chainer.py \
+		--ignore=tests/handlers/frameworks/test_mxnet.py
 	$(MAKE) test-ray
 	$(MAKE) test-torchserve
 
@@ -194,6 +208,9 @@ bench-ray: $(RAY_STAMP) wrk
 
 bench-http: $(NP2_STAMP) wrk
 	$(NP2_VENV)/bin/python benchmarks/http_front_door.py
+
+bench-invocation: $(STAMP) wrk
+	$(BIN)/python benchmarks/invocation_path.py
 
 bench-streams: $(STAMP)
 	$(BIN)/python benchmarks/streams.py

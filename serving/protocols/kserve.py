@@ -48,7 +48,7 @@ from werkzeug.routing import BaseConverter
 from serving import errors
 from serving.contract.limits import json_document
 from serving.assembly.torchserve_handler import HandlerCall
-from serving.protocols.base import Protocol, Server
+from serving.protocols.base import Protocol
 
 if t.TYPE_CHECKING:
     from serving.contract.pipeline import Pipeline
@@ -371,169 +371,176 @@ class KServe(Protocol):
         return {"error": error.message}  # KServe's protocols' errors
 
     def routes(self) -> Blueprint:
-        return blueprint(self.server)
+        routes = Blueprint("kserve", __name__)
+        # A model name is one path segment without ":" (v1's ":predict" follows it).
+        routes.record_once(lambda state: state.app.url_map.converters.setdefault(
+            "model", _ModelName))
+        self._v1(routes)
+        self._v2(routes)
+        return routes
 
+    # -- what both versions do, through the invocation service --------------------------
 
-def blueprint(server: Server) -> Blueprint:
-    """The v1 and v2 routes, invoking through ``server``'s invocation service."""
-    from serving import __version__ as server_version
+    def model(self, name: str, version: str | None = None) -> Pipeline:
+        return self.server.invocations.model(name, version)
 
-    models, invocations = server.models, server.invocations
-    limit = server.limits.max_decoded_bytes
+    def read_body(self) -> bytes:
+        return self.server.body(request.environ)
 
-    def read_body() -> bytes:
-        return server.body(request.environ)
-
-    def invoke(pipeline: Pipeline, body: bytes, content_type: str,
+    def invoke(self, pipeline: Pipeline, body: bytes, content_type: str,
                accept: str) -> tuple[bytes, str]:
         """One invocation this protocol made up: the answer whole (it cannot be chunks)."""
-        answer = invocations.invoke(pipeline, server.invocation(
+        server = self.server
+        answer = server.invocations.invoke(pipeline, server.invocation(
             request.environ, body, content_type, accept, streams=False))
         return t.cast(bytes, answer.body), answer.media_type
 
-    def handler_call(pipeline: Pipeline, rows: list[t.Any]) -> t.Any:
+    def handler_call(self, pipeline: Pipeline, rows: list[t.Any]) -> t.Any:
         """A TorchServe handler on ``rows`` (its KServe envelope), through its pipeline:
         the handler's answers as they are."""
-        answer = invocations.invoke(pipeline, server.invocation(
+        server = self.server
+        answer = server.invocations.invoke(pipeline, server.invocation(
             request.environ, b"", None, None, streams=False, data=HandlerCall(rows), raw=True))
         return answer.body
 
-    routes = Blueprint("kserve", __name__)
-    # A model name is one path segment without ":" (v1's ":predict" follows it).
-    routes.record_once(lambda state: state.app.url_map.converters.setdefault(
-        "model", _ModelName))
+    def _v1(self, routes: Blueprint) -> None:
+        models, limit = self.server.models, self.server.limits.max_decoded_bytes
+        model, read_body, invoke = self.model, self.read_body, self.invoke
+        handler_call = self.handler_call
 
-    def model(name: str, version: str | None = None) -> Pipeline:
-        return invocations.model(name, version)
+        def ready(pipeline: Pipeline) -> bool:
+            return pipeline.ready
 
-    def ready(pipeline: Pipeline) -> bool:
-        return pipeline.ready
+        def loaded() -> list[str]:
+            return [m["modelName"] for m in models.page(None, 1000)["models"]]
 
-    def loaded() -> list[str]:
-        return [m["modelName"] for m in models.page(None, 1000)["models"]]
+        @routes.get("/")
+        def v1_live() -> Response:
+            # KServe's model server answers its v1 liveness here, and its client
+            # (InferenceRESTClient.is_server_live) asks nowhere else.
+            return Response(json.dumps({"status": "alive"}), content_type="application/json")
 
-    # -- v1 ------------------------------------------------------------------------
+        @routes.get("/v1/models")
+        def v1_models() -> Response:
+            return Response(json.dumps({"models": loaded()}), content_type="application/json")
 
-    @routes.get("/")
-    def v1_live() -> Response:
-        # KServe's model server answers its v1 liveness here, and its client
-        # (InferenceRESTClient.is_server_live) asks nowhere else.
-        return Response(json.dumps({"status": "alive"}), content_type="application/json")
+        @routes.get("/v1/models/<model:name>")
+        def v1_model(name: str) -> Response:
+            return Response(json.dumps({"name": name, "ready": ready(model(name))}),
+                            content_type="application/json")
 
-    @routes.get("/v1/models")
-    def v1_models() -> Response:
-        return Response(json.dumps({"models": loaded()}), content_type="application/json")
-
-    @routes.get("/v1/models/<model:name>")
-    def v1_model(name: str) -> Response:
-        return Response(json.dumps({"name": name, "ready": ready(model(name))}),
-                        content_type="application/json")
-
-    @routes.post("/v1/models/<model:name>:predict")
-    def v1_predict(name: str) -> Response:
-        pipeline = model(name)
-        document = json_document(read_body(), limit, "the request",
-                                 error=ProtocolError)
-        if not isinstance(document, dict) or not isinstance(document.get("instances"), list):
-            raise ProtocolError('the request must be an object with "instances": a list')
-        instances = document["instances"]
-        if pipeline.archive is not None:
-            predictions = handler_call(pipeline, instances)
-        else:
-            payload, media_type = invoke(pipeline, _instances_body(instances),
-                                         "application/json", "application/json")
-            try:
-                predictions = json.loads(payload)
-            except ValueError:
-                raise errors.ModelError(f"the model's answer ({media_type}) is not JSON",
-                                        stage="encode") from None
-        return Response(json.dumps({"predictions": predictions}),
-                        content_type="application/json")
-
-    # -- v2 ------------------------------------------------------------------------
-
-    @routes.get("/v2")
-    def v2_server() -> Response:
-        return Response(json.dumps({"name": "serving-toolkit", "version": server_version,
-                                    "extensions": ["binary_tensor_data"]}),
-                        content_type="application/json")
-
-    @routes.get("/v2/health/live")
-    def v2_live() -> Response:
-        return Response(json.dumps({"live": True}), content_type="application/json")
-
-    @routes.get("/v2/health/ready")
-    def v2_ready() -> Response:
-        if not models.ready:
-            raise errors.ServiceUnavailable("the models are still loading")
-        return Response(json.dumps({"ready": True}), content_type="application/json")
-
-    @routes.get("/v2/models/<name>")
-    @routes.get("/v2/models/<name>/versions/<version>")
-    def v2_metadata(name: str, version: str | None = None) -> Response:
-        pipeline = model(name, version)
-        archive = pipeline.archive
-        metadata = {"name": name,
-                    "versions": [archive.version] if archive and archive.version else [],
-                    "platform": "torchserve" if archive else (pipeline.framework_name or
-                                                              "python"),
-                    "inputs": [], "outputs": []}
-        return Response(json.dumps(metadata), content_type="application/json")
-
-    @routes.get("/v2/models/<name>/ready")
-    @routes.get("/v2/models/<name>/versions/<version>/ready")
-    def v2_model_ready(name: str, version: str | None = None) -> Response:
-        pipeline = model(name, version)
-        if not ready(pipeline):
-            raise errors.ServiceUnavailable(f"model {name} is still loading")
-        return Response(json.dumps({"name": name, "ready": True}),
-                        content_type="application/json")
-
-    @routes.post("/v2/models/<name>/infer")
-    @routes.post("/v2/models/<name>/versions/<version>/infer")
-    def v2_infer(name: str, version: str | None = None) -> Response:
-        pipeline = model(name, version)
-        document, tensors = decode_infer_request(read_body(), request.headers.get(HEADER_LENGTH),
-                                                 limit)
-        archive = pipeline.archive
-        outputs: list[tuple[str, np.ndarray, list[int] | None]] = []
-        if archive is not None:
-            # TorchServe's v2 envelope: an item per input, an output per answer.
-            items = [{"name": n, "shape": list(a.shape), "datatype": spec["datatype"],
-                      "data": (a.ravel()[0].decode("utf-8", "replace")
-                               if spec["datatype"] == "BYTES" and a.size else a.tolist())}
-                     for (n, a), spec in zip(tensors.items(), document["inputs"])]
-            answers = handler_call(pipeline, items)
-            names = list(tensors)
-            if len(answers) > len(names):
-                raise errors.ModelError(f"the {name} handler answered {len(answers)} times "
-                                        f"to {len(names)} input(s)", stage="predict")
-            for output_name, answer in zip(names, answers):
-                try:
-                    flat = np.asarray(answer).ravel()
-                except Exception:
-                    raise errors.ModelError(f"the {name} handler's answer is not a tensor",
-                                            stage="encode") from None
-                outputs.append((output_name, flat, [flat.size]))
-        else:
-            if len(tensors) == 1:
-                (array,) = tensors.values()
-                buffer = io.BytesIO()
-                np.save(buffer, _npy(array, limit), allow_pickle=False)
-                body, content_type = buffer.getvalue(), "application/x-npy"
+        @routes.post("/v1/models/<model:name>:predict")
+        def v1_predict(name: str) -> Response:
+            pipeline = model(name)
+            document = json_document(read_body(), limit, "the request",
+                                     error=ProtocolError)
+            if not isinstance(document, dict) or not isinstance(document.get("instances"), list):
+                raise ProtocolError('the request must be an object with "instances": a list')
+            instances = document["instances"]
+            if pipeline.archive is not None:
+                predictions = handler_call(pipeline, instances)
             else:
-                buffer = io.BytesIO()
-                np.savez(buffer, **{n: _npy(a, limit)
-                                    for n, a in tensors.items()})
-                body, content_type = buffer.getvalue(), "application/x-npz"
-            payload, media_type = invoke(pipeline, body, content_type,
-                                         "application/x-npy, application/x-npz, "
-                                         "application/json;q=0.5")
-            outputs = [(n, a, None) for n, a in _arrays_of(payload, media_type)]
-        return encode_infer_response(document, name, archive.version if archive else None,
-                                     outputs)
+                payload, media_type = invoke(pipeline, _instances_body(instances),
+                                             "application/json", "application/json")
+                try:
+                    predictions = json.loads(payload)
+                except ValueError:
+                    raise errors.ModelError(f"the model's answer ({media_type}) is not JSON",
+                                            stage="encode") from None
+            return Response(json.dumps({"predictions": predictions}),
+                            content_type="application/json")
 
-    return routes
+    def _v2(self, routes: Blueprint) -> None:
+        from serving import __version__ as server_version
+
+        models, limit = self.server.models, self.server.limits.max_decoded_bytes
+        model, read_body, invoke = self.model, self.read_body, self.invoke
+        handler_call = self.handler_call
+
+        def ready(pipeline: Pipeline) -> bool:
+            return pipeline.ready
+
+        @routes.get("/v2")
+        def v2_server() -> Response:
+            return Response(json.dumps({"name": "serving-toolkit", "version": server_version,
+                                        "extensions": ["binary_tensor_data"]}),
+                            content_type="application/json")
+
+        @routes.get("/v2/health/live")
+        def v2_live() -> Response:
+            return Response(json.dumps({"live": True}), content_type="application/json")
+
+        @routes.get("/v2/health/ready")
+        def v2_ready() -> Response:
+            if not models.ready:
+                raise errors.ServiceUnavailable("the models are still loading")
+            return Response(json.dumps({"ready": True}), content_type="application/json")
+
+        @routes.get("/v2/models/<name>")
+        @routes.get("/v2/models/<name>/versions/<version>")
+        def v2_metadata(name: str, version: str | None = None) -> Response:
+            pipeline = model(name, version)
+            archive = pipeline.archive
+            metadata = {"name": name,
+                        "versions": [archive.version] if archive and archive.version else [],
+                        "platform": "torchserve" if archive else (pipeline.framework_name or
+                                                                  "python"),
+                        "inputs": [], "outputs": []}
+            return Response(json.dumps(metadata), content_type="application/json")
+
+        @routes.get("/v2/models/<name>/ready")
+        @routes.get("/v2/models/<name>/versions/<version>/ready")
+        def v2_model_ready(name: str, version: str | None = None) -> Response:
+            pipeline = model(name, version)
+            if not ready(pipeline):
+                raise errors.ServiceUnavailable(f"model {name} is still loading")
+            return Response(json.dumps({"name": name, "ready": True}),
+                            content_type="application/json")
+
+        @routes.post("/v2/models/<name>/infer")
+        @routes.post("/v2/models/<name>/versions/<version>/infer")
+        def v2_infer(name: str, version: str | None = None) -> Response:
+            pipeline = model(name, version)
+            document, tensors = decode_infer_request(read_body(),
+                                                     request.headers.get(HEADER_LENGTH),
+                                                     limit)
+            archive = pipeline.archive
+            outputs: list[tuple[str, np.ndarray, list[int] | None]] = []
+            if archive is not None:
+                # TorchServe's v2 envelope: an item per input, an output per answer.
+                items = [{"name": n, "shape": list(a.shape), "datatype": spec["datatype"],
+                          "data": (a.ravel()[0].decode("utf-8", "replace")
+                                   if spec["datatype"] == "BYTES" and a.size else a.tolist())}
+                         for (n, a), spec in zip(tensors.items(), document["inputs"])]
+                answers = handler_call(pipeline, items)
+                names = list(tensors)
+                if len(answers) > len(names):
+                    raise errors.ModelError(f"the {name} handler answered {len(answers)} times "
+                                            f"to {len(names)} input(s)", stage="predict")
+                for output_name, answer in zip(names, answers):
+                    try:
+                        flat = np.asarray(answer).ravel()
+                    except Exception:
+                        raise errors.ModelError(f"the {name} handler's answer is not a tensor",
+                                                stage="encode") from None
+                    outputs.append((output_name, flat, [flat.size]))
+            else:
+                if len(tensors) == 1:
+                    (array,) = tensors.values()
+                    buffer = io.BytesIO()
+                    np.save(buffer, _npy(array, limit), allow_pickle=False)
+                    body, content_type = buffer.getvalue(), "application/x-npy"
+                else:
+                    buffer = io.BytesIO()
+                    np.savez(buffer, **{n: _npy(a, limit)
+                                        for n, a in tensors.items()})
+                    body, content_type = buffer.getvalue(), "application/x-npz"
+                payload, media_type = invoke(pipeline, body, content_type,
+                                             "application/x-npy, application/x-npz, "
+                                             "application/json;q=0.5")
+                outputs = [(n, a, None) for n, a in _arrays_of(payload, media_type)]
+            return encode_infer_response(document, name, archive.version if archive else None,
+                                         outputs)
 
 
 def _instances_body(instances: list[t.Any]) -> bytes:
