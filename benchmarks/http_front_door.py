@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -31,9 +30,8 @@ sys.path.insert(0, str(REPO))
 
 from loadgen import (  # noqa: E402
     machine,
-    measure,
-    post,
-    serve_tree,
+    old_new_row,
+    old_against_new,
     table,
     tree_at,
     write_section,
@@ -150,33 +148,13 @@ def servers(old: Path, rounds: int, duration: float) -> list[list[str]]:
     environ = {"OMP_NUM_THREADS": "1"}
     rows = []
     for model_name, (model_dir, body) in models.items():
-        payload = BUILD / f"{model_name.replace(' ', '-')}.json"
-        payload.write_bytes(body)
-        results: dict[tuple[str, int], list] = {}
-        for round_ in range(rounds):
-            for label, tree in (("old", old), ("new", REPO)):
-                server, url = serve_tree(f"{label}-{round_}", tree, model_dir, "--workers", "2",
-                                         venv=VENV, logs=BUILD / "logs", env=environ)
-                try:
-                    server.wait_until(lambda: post(url, body)[0] == 200, 120)
-                    for clients in (8, 32):
-                        measure(server, url, str(payload), clients, 1.0)  # warm-up
-                        load = measure(server, url, str(payload), clients, duration)
-                        if load.errors:
-                            raise RuntimeError(f"{label} {model_name}: {load.errors} errors")
-                        results.setdefault((label, clients), []).append(load)
-                finally:
-                    server.stop()
+        results = old_against_new({"old": old, "new": REPO}, model_dir, body, "/invocations",
+                                  BUILD / f"{model_name.replace(' ', '-')}.json",
+                                  rounds=rounds, duration=duration, venv=VENV,
+                                  logs=BUILD / "logs", env=environ)
         for clients in (8, 32):
-            old_runs, new_runs = results[("old", clients)], results[("new", clients)]
-            med = lambda runs, field: statistics.median(getattr(r, field) for r in runs)  # noqa: E731
-            rows.append([model_name, clients,
-                         f"{med(old_runs, 'rps'):.0f}", f"{med(new_runs, 'rps'):.0f}",
-                         f"{med(new_runs, 'rps') / med(old_runs, 'rps'):.2f}",
-                         f"{med(old_runs, 'p50_ms'):.1f} / {med(old_runs, 'p99_ms'):.1f}",
-                         f"{med(new_runs, 'p50_ms'):.1f} / {med(new_runs, 'p99_ms'):.1f}",
-                         f"{med(old_runs, 'cpu_ms'):.3f}", f"{med(new_runs, 'cpu_ms'):.3f}",
-                         f"{med(old_runs, 'cpu_ms') / med(new_runs, 'cpu_ms'):.2f}"])
+            rows.append(old_new_row(model_name, clients, results[("old", clients)],
+                                    results[("new", clients)]))
             print(" | ".join(map(str, rows[-1])), flush=True)
     return rows
 

@@ -331,3 +331,51 @@ def machine() -> str:
     cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
                 if line.startswith("model name")), "unknown CPU")
     return f"{os.cpu_count()} × {cpu}, Linux {os.uname().release}, Python {sys.version.split()[0]}"
+
+
+def old_against_new(trees: t.Mapping[str, t.Any], model_dir: t.Any, body: bytes, path: str,
+                    payload: t.Any, *, rounds: int, duration: float, venv: t.Any, logs: t.Any,
+                    env: dict[str, str] | None = None,
+                    clients: t.Sequence[int] = (8, 32)) -> dict[tuple[str, int], list[Load]]:
+    """``serve --workers 2`` from each tree (``{"old": tree, "new": tree}``) in turn, round
+    after round (old, new, old, new, ...: drift on a shared machine falls on both alike), wrk
+    at each number of ``clients`` posting ``body`` to ``path``; every run's :class:`Load`,
+    by (tree's label, clients)."""
+    results: dict[tuple[str, int], list[Load]] = {}
+    with open(payload, "wb") as f:
+        f.write(body)
+    for round_ in range(rounds):
+        for label, tree in trees.items():
+            server, url = serve_tree(f"{label}-{round_}", tree, model_dir, "--workers", "2",
+                                     venv=venv, logs=logs, env=env)
+            url = url.replace("/invocations", path)
+            try:
+                server.wait_until(lambda: post(url, body)[0] == 200, 120)
+                for count in clients:
+                    measure(server, url, str(payload), count, 1.0)  # warm-up
+                    load = measure(server, url, str(payload), count, duration)
+                    if load.errors:
+                        raise RuntimeError(f"{label} {model_dir}: {load.errors} errors")
+                    results.setdefault((label, count), []).append(load)
+            finally:
+                server.stop()
+    return results
+
+
+def median_of(runs: t.Sequence[Load], field: str) -> float:
+    import statistics
+
+    return statistics.median(getattr(run, field) for run in runs)
+
+
+def old_new_row(label: str, clients: int, old_runs: t.Sequence[Load],
+                new_runs: t.Sequence[Load], p50: bool = True) -> list[str]:
+    """One table row of medians, old against new: req/s (and new × old), p50 / p99 ms, CPU ms a
+    request (and old ÷ new)."""
+    med = median_of
+    latency = (lambda runs: f"{med(runs, 'p50_ms'):.1f} / {med(runs, 'p99_ms'):.1f}") if p50 \
+        else (lambda runs: f"{med(runs, 'p99_ms'):.1f}")
+    return [label, str(clients), f"{med(old_runs, 'rps'):.0f}", f"{med(new_runs, 'rps'):.0f}",
+            f"{med(new_runs, 'rps') / med(old_runs, 'rps'):.2f}", latency(old_runs),
+            latency(new_runs), f"{med(old_runs, 'cpu_ms'):.3f}", f"{med(new_runs, 'cpu_ms'):.3f}",
+            f"{med(old_runs, 'cpu_ms') / med(new_runs, 'cpu_ms'):.2f}"]

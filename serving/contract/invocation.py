@@ -57,7 +57,7 @@ class Caller(t.Protocol):
              started: float | None = None) -> t.Any: ...
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(slots=True)
 class Invocation:
     """What a protocol asks of a model: one body, its media types and headers.
 
@@ -84,7 +84,7 @@ class Invocation:
     session_id: str | None = None
     session_requests: bool = False
     streams: bool = True
-    context: dict[str, t.Any] = dataclasses.field(default_factory=dict)
+    context: t.Mapping[str, t.Any] | None = None
     #: The input as the protocol decoded it (the body unused): KServe's envelope for a
     #: TorchServe handler. ``None``: the body, decoded by the pipeline.
     data: t.Any = None
@@ -92,7 +92,7 @@ class Invocation:
     raw: bool = False
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(slots=True)
 class Answer:
     """What the model answered: a body (bytes, or a :class:`Stream` of chunks) and its
     media type; a status a TorchServe handler set (``"404 Not Found"``; ``None``: 200);
@@ -177,8 +177,9 @@ class Invocations:
         reply: dict[str, t.Any] = {}
         details = {"request_id": invocation.request_id, "custom_attributes": attributes,
                    "target_variant": invocation.target_variant,
-                   "inference_id": invocation.inference_id, "reply": reply,
-                   **invocation.context}
+                   "inference_id": invocation.inference_id, "reply": reply}
+        if invocation.context:
+            details.update(invocation.context)
         if invocation.session_requests:
             # Only a JSON body can be a session request: others are not looked into.
             kind = (session_request_type(body, self.limits.max_decoded_bytes)
@@ -198,6 +199,8 @@ class Invocations:
             payload.close()
             raise errors.ModelError("the model streamed its answer, which this protocol's "
                                     "answer cannot carry", stage="encode")
+        if not reply:  # the usual case: nothing more to say
+            return Answer(payload, media_type)
         headers = dict(reply.get("headers", ()))
         if "custom_attributes" in reply:
             headers[CUSTOM_ATTRIBUTES_HEADER] = reply["custom_attributes"]
