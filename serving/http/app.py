@@ -122,6 +122,8 @@ class FrontDoor:
             else None
         self.protocols = protocols
         self.default_protocol = protocols[0]
+        self.invocation_rules = frozenset().union(*(p.invocation_rules for p in protocols))
+        self.quiet_paths = frozenset().union(*(p.quiet_paths for p in protocols))
         self.by_path = [(path, p) for p in protocols for path in p.error_paths]
         self.directs = [p for p in protocols if type(p).direct is not Protocol.direct]
         self.guards = [g for g in (p.guard() for p in protocols) if g is not None]
@@ -188,11 +190,11 @@ class FrontDoor:
             except ValueError:
                 content_type = "invalid"
             metrics.request_done(route, status, content_type, elapsed)
-            if route.endswith(("/invocations", "/invoke")) or route.startswith("/predictions/"):
+            if route in self.invocation_rules:
                 metrics.bodies(get_content_length(environ) or 0, body_length)
-        # /ping comes every few seconds from the host: keep it out of INFO logs.
+        # A health check comes every few seconds from the host: keep it out of INFO logs.
         path = environ.get("PATH_INFO", "")
-        level = logging.DEBUG if path == "/ping" else logging.INFO
+        level = logging.DEBUG if path in self.quiet_paths else logging.INFO
         if access_log.isEnabledFor(level):
             method, remote = environ.get("REQUEST_METHOD"), environ.get("REMOTE_ADDR")
             # The target as sent (the worker checked it has no spaces or line breaks), or

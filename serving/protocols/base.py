@@ -96,6 +96,10 @@ class Protocol:
     #: Path prefixes whose errors this protocol writes in its own body, whatever route
     #: (or none) they reached.
     error_paths: tuple[str, ...] = ()
+    #: Its routes (Flask rules) that are invocations: the metrics count their body sizes.
+    invocation_rules: frozenset[str] = frozenset()
+    #: Paths a host polls (health checks): their access lines are DEBUG, not INFO.
+    quiet_paths: frozenset[str] = frozenset()
 
     def __init__(self, server: Server) -> None:
         self.server = server

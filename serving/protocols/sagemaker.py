@@ -43,6 +43,11 @@ INVOCATIONS_RULE = "/invocations"
 
 class SageMaker(Protocol):
     name = "SageMaker"
+    invocation_rules = frozenset({INVOCATIONS_RULE, "/endpoints/<name>/invocations",
+                                  "/endpoints/<name>/invocations-response-stream",
+                                  "/models/<name>/invoke"})
+    # SageMaker's host asks every few seconds.
+    quiet_paths = frozenset({"/ping"})
 
     def target(self, environ: dict[str, t.Any]) -> Pipeline:
         """The model an /invocations request is for."""

@@ -31,6 +31,7 @@ OPEN_WITHOUT_KEY = frozenset({"/openapi.json", "/metrics"})
 
 class TorchServe(Protocol):
     name = "TorchServe"
+    invocation_rules = frozenset({PREDICTIONS_RULE, PREDICTIONS_VERSION_RULE})
 
     def __init__(self, server: t.Any) -> None:
         super().__init__(server)
