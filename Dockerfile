@@ -43,9 +43,9 @@ RUN set -eu; \
     esac
 ARG RAY=false
 ARG TORCHSERVE=false
-COPY setup.py README.md /src/
-COPY serving /src/serving
-COPY handlers /src/handlers
+# One COPY (.dockerignore keeps the context to the package): each layer after a change to the
+# server's code is one more copy of the whole environment on a copying storage driver (vfs).
+COPY . /src
 RUN set -eu; \
     extras=""; [ "${FRAMEWORK}" = none ] || extras="${FRAMEWORK}"; \
     [ "${RAY}" != true ] || extras="${extras:+${extras},}ray"; \
@@ -90,7 +90,6 @@ RUN set -eu; \
     useradd --uid 10001 --user-group --create-home --home-dir /home/serving serving; \
     mkdir -p /opt/ml/model /opt/ml/code; \
     chown serving:serving /opt/ml/model /opt/ml/code
-COPY --from=build --chown=10001:10001 /opt/serving /opt/serving
 COPY docker/entrypoint.sh /usr/local/bin/serving-entrypoint
 ENV PATH=/opt/serving/bin:${PATH} \
     SM_MODEL_DIR=/opt/ml/model \
@@ -107,3 +106,6 @@ USER root
 EXPOSE 8080
 ENTRYPOINT ["/usr/local/bin/serving-entrypoint"]
 CMD ["serve"]
+# The environment last: the instructions above are cached across changes to the server's
+# code, so such a change costs one layer here, not one per instruction after it.
+COPY --from=build --chown=10001:10001 /opt/serving /opt/serving
