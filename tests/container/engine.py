@@ -123,6 +123,35 @@ class Engine:
         return {"FRAMEWORK": framework}
 
 
+def context_digest(context: Path, dockerfile: Path | None,
+                   args: t.Mapping[str, str]) -> str:
+    """A digest of what a build reads: the Dockerfile, the build arguments, and the files
+    of the context that its ``.dockerignore`` lets in (ours: ``*`` then ``!`` lines), or
+    all of them; compiled Python left out, as the ``.dockerignore`` leaves it."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    dockerfile = dockerfile or context / "Dockerfile"
+    digest.update(dockerfile.read_bytes())
+    digest.update(json.dumps(sorted(args.items())).encode())
+    ignore = context / ".dockerignore"
+    roots = [context]
+    if ignore.is_file():
+        digest.update(ignore.read_bytes())
+        lines = [line.strip() for line in ignore.read_text().splitlines()]
+        if "*" in lines:
+            roots = [context / line[1:].rstrip("/") for line in lines if line.startswith("!")]
+    for root in sorted(roots):
+        files = [root] if root.is_file() else sorted(
+            path for path in root.rglob("*") if path.is_file()
+            and "__pycache__" not in path.parts and path.suffix != ".pyc")
+        for path in files:
+            digest.update(str(path.relative_to(context)).encode() + b"\0")
+            digest.update(path.read_bytes())
+            digest.update(oct(path.stat().st_mode & 0o777).encode())
+    return digest.hexdigest()
+
+
 def _check(command: list[str], timeout: float = BUILD_TIMEOUT) -> subprocess.CompletedProcess:
     result = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
     if result.returncode != 0:
@@ -242,10 +271,26 @@ class Buildah(Engine):
         return args
 
     def build(self, tag, context, dockerfile=None, args=None):
+        """Build ``tag``, unless an image was built from exactly these inputs already.
+
+        Why: on vfs a build whose every step is cached still takes minutes here (each
+        cached step, and the build stage's working copy removed after), so the inputs'
+        digest (:func:`context_digest`) names the image it gave, and an image of that
+        name is tagged again instead of rebuilt."""
         self.prune_if_short_of_disk()
         self.ensure_base_image()
+        images = {value: self._image_id(value) for value in (args or {}).values()
+                  if value.startswith("localhost/")}
+        digest = context_digest(Path(context), Path(dockerfile) if dockerfile else None,
+                                {**(args or {}), **{f"id:{k}": v for k, v in images.items()}})
+        built = f"{tag}-src-{digest[:24]}"
+        if subprocess.run([*self.base, "inspect", "--type", "image", built],
+                          capture_output=True).returncode == 0:
+            _check([*self.base, "tag", built, tag])
+            return
+        self._forget_older(tag)
         command = [*self.base, "bud", "--isolation", "chroot", "--layers", "-q", "-t", tag,
-                   "-v", f"{CA_BUNDLE}:{CA_BUNDLE}:ro"]
+                   "-t", built, "-v", f"{CA_BUNDLE}:{CA_BUNDLE}:ro"]
         links = pip_find_links()
         if links:
             command += ["-v", f"{links}:{links}:ro"]
@@ -260,6 +305,22 @@ class Buildah(Engine):
                 raise
             # The layer cache lost a layer (pruned under a build): build without it.
             _check([*command, "--no-cache", str(context)])
+
+    def _image_id(self, name: str) -> str:
+        found = subprocess.run([*self.base, "images", "-q", "--no-trunc", name],
+                               capture_output=True, text=True)
+        return found.stdout.strip()
+
+    def _forget_older(self, tag: str) -> None:
+        """Drop the names of images built for ``tag`` from other inputs (their layers go
+        with them unless a newer build shares them): vfs holds every layer whole."""
+        repository, _, name = tag.rpartition(":")
+        listed = subprocess.run([*self.base, "images", "--format",
+                                 "{{.Repository}}:{{.Tag}}", repository],
+                                capture_output=True, text=True).stdout.split()
+        for old in listed:
+            if old.startswith(f"{tag}-src-"):
+                subprocess.run([*self.base, "rmi", old], capture_output=True)
 
     def start(self, image, model_dir, command, log, *, user=None, env=None,
               watch_writes=False):
