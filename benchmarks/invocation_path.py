@@ -51,7 +51,7 @@ def mlp_archive(mlp: Path) -> Path:
     return mar
 
 
-def servers(old: Path, rounds: int, duration: float) -> list[list[str]]:
+def servers(old: Path, rounds: int, duration: float, only: str = "") -> list[list[str]]:
     from make_model import make
 
     mlp = BUILD / "mlp"
@@ -66,6 +66,8 @@ def servers(old: Path, rounds: int, duration: float) -> list[list[str]]:
     environ = {"OMP_NUM_THREADS": "1", "SETUPTOOLS_USE_DISTUTILS": "stdlib"}
     rows = []
     for case, (model_dir, payload_body, path) in cases.items():
+        if only not in case:
+            continue
         results = old_against_new({"old": old, "new": REPO}, model_dir, payload_body, path,
                                   BUILD / "payload.json", rounds=rounds, duration=duration,
                                   venv=REPO / ".venv", logs=BUILD / "logs", env=environ)
@@ -82,10 +84,11 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--duration", type=float, default=5)
     parser.add_argument("--no-write", action="store_true", help="leave BENCHMARKS.md alone")
+    parser.add_argument("--only", default="", help="the cases whose name holds this")
     args = parser.parse_args()
     (BUILD / "logs").mkdir(parents=True, exist_ok=True)
     old = Path(tree_at(args.old, BUILD))
-    rows = servers(old, args.rounds, args.duration)
+    rows = servers(old, args.rounds, args.duration, args.only)
     text = (f"Machine: {machine()}. Old: the tree at `{args.old}` (before the invocation "
             f"service); new: this tree. Command: `make bench-invocation` (`.venv/bin/python "
             f"benchmarks/invocation_path.py --rounds {args.rounds} --duration "
