@@ -453,9 +453,7 @@ class KServe(Protocol):
     def _v2(self, routes: Blueprint) -> None:
         from serving import __version__ as server_version
 
-        models, limit = self.server.models, self.server.limits.max_decoded_bytes
-        model, read_body, invoke = self.model, self.read_body, self.invoke
-        handler_call = self.handler_call
+        models, model, read_body = self.server.models, self.model, self.read_body
 
         def ready(pipeline: Pipeline) -> bool:
             return pipeline.ready
@@ -503,44 +501,54 @@ class KServe(Protocol):
             pipeline = model(name, version)
             document, tensors = decode_infer_request(read_body(),
                                                      request.headers.get(HEADER_LENGTH),
-                                                     limit)
+                                                     self.server.limits.max_decoded_bytes)
             archive = pipeline.archive
-            outputs: list[tuple[str, np.ndarray, list[int] | None]] = []
-            if archive is not None:
-                # TorchServe's v2 envelope: an item per input, an output per answer.
-                items = [{"name": n, "shape": list(a.shape), "datatype": spec["datatype"],
-                          "data": (a.ravel()[0].decode("utf-8", "replace")
-                                   if spec["datatype"] == "BYTES" and a.size else a.tolist())}
-                         for (n, a), spec in zip(tensors.items(), document["inputs"])]
-                answers = handler_call(pipeline, items)
-                names = list(tensors)
-                if len(answers) > len(names):
-                    raise errors.ModelError(f"the {name} handler answered {len(answers)} times "
-                                            f"to {len(names)} input(s)", stage="predict")
-                for output_name, answer in zip(names, answers):
-                    try:
-                        flat = np.asarray(answer).ravel()
-                    except Exception:
-                        raise errors.ModelError(f"the {name} handler's answer is not a tensor",
-                                                stage="encode") from None
-                    outputs.append((output_name, flat, [flat.size]))
-            else:
-                if len(tensors) == 1:
-                    (array,) = tensors.values()
-                    buffer = io.BytesIO()
-                    np.save(buffer, _npy(array, limit), allow_pickle=False)
-                    body, content_type = buffer.getvalue(), "application/x-npy"
-                else:
-                    buffer = io.BytesIO()
-                    np.savez(buffer, **{n: _npy(a, limit)
-                                        for n, a in tensors.items()})
-                    body, content_type = buffer.getvalue(), "application/x-npz"
-                payload, media_type = invoke(pipeline, body, content_type,
-                                             "application/x-npy, application/x-npz, "
-                                             "application/json;q=0.5")
-                outputs = [(n, a, None) for n, a in _arrays_of(payload, media_type)]
+            outputs = (self._handler_outputs(pipeline, name, document, tensors)
+                       if archive is not None else self._model_outputs(pipeline, tensors))
             return encode_infer_response(document, name, archive.version if archive else None,
                                          outputs)
+
+    def _handler_outputs(self, pipeline: Pipeline, name: str, document: dict[str, t.Any],
+                         tensors: dict[str, np.ndarray]
+                         ) -> list[tuple[str, np.ndarray, list[int] | None]]:
+        """A TorchServe handler's answer to v2 inputs, in TorchServe's v2 envelope: an item
+        per input, an output per answer, named after its input and flattened."""
+        items = [{"name": n, "shape": list(a.shape), "datatype": spec["datatype"],
+                  "data": (a.ravel()[0].decode("utf-8", "replace")
+                           if spec["datatype"] == "BYTES" and a.size else a.tolist())}
+                 for (n, a), spec in zip(tensors.items(), document["inputs"])]
+        answers = self.handler_call(pipeline, items)
+        names = list(tensors)
+        if len(answers) > len(names):
+            raise errors.ModelError(f"the {name} handler answered {len(answers)} times "
+                                    f"to {len(names)} input(s)", stage="predict")
+        outputs: list[tuple[str, np.ndarray, list[int] | None]] = []
+        for output_name, answer in zip(names, answers):
+            try:
+                flat = np.asarray(answer).ravel()
+            except Exception:
+                raise errors.ModelError(f"the {name} handler's answer is not a tensor",
+                                        stage="encode") from None
+            outputs.append((output_name, flat, [flat.size]))
+        return outputs
+
+    def _model_outputs(self, pipeline: Pipeline, tensors: dict[str, np.ndarray]
+                       ) -> list[tuple[str, np.ndarray, list[int] | None]]:
+        """Our hosting functions' answer to v2 inputs: one input as an NPY body, several as
+        an NPZ body keyed by name; the answer read back as arrays."""
+        limit = self.server.limits.max_decoded_bytes
+        buffer = io.BytesIO()
+        if len(tensors) == 1:
+            (array,) = tensors.values()
+            np.save(buffer, _npy(array, limit), allow_pickle=False)
+            body, content_type = buffer.getvalue(), "application/x-npy"
+        else:
+            np.savez(buffer, **{n: _npy(a, limit) for n, a in tensors.items()})
+            body, content_type = buffer.getvalue(), "application/x-npz"
+        payload, media_type = self.invoke(pipeline, body, content_type,
+                                          "application/x-npy, application/x-npz, "
+                                          "application/json;q=0.5")
+        return [(n, a, None) for n, a in _arrays_of(payload, media_type)]
 
 
 def _instances_body(instances: list[t.Any]) -> bytes:
