@@ -63,12 +63,12 @@ from wsproto.events import Request as Handshake
 from wsproto.utilities import RemoteProtocolError
 
 from serving import errors
-from serving.contract.invocation import Invocation, Invocations
-from serving.contract.sessions import NEW_SESSION, SessionStore, check_session_id
+from serving.contract.invocation import Invocations
 from serving.contract.streams import close_quietly, is_stream
 from serving.hosts.gunicorn.http1 import Request
 from serving.hosts.gunicorn.responses import error_response
 from serving.protocols.base import REQUEST_ID_HEADERS, RESPONSE_ID_HEADER, request_id_of
+from serving.protocols.sagemaker_stream import Answerer, answerer, stream_model, stream_session
 from serving.runtime import logs
 
 if t.TYPE_CHECKING:
@@ -84,7 +84,6 @@ access_log = logging.getLogger("serving.access")
 STREAM_PATH = "/invocations-bidirectional-stream"
 PATH_HEADER = "x-amzn-sagemaker-model-invocation-path"
 QUERY_HEADER = "x-amzn-sagemaker-model-query-string"
-TARGET_MODEL_HEADER = "x-amzn-sagemaker-target-model"
 #: SageMaker's patterns and lengths for the two headers (the sagemaker-runtime-http2 model).
 _PATH_PATTERN = re.compile(r"[A-Za-z0-9\-._]+(?:/[A-Za-z0-9\-._]+)*\Z")
 MAX_PATH = 100
@@ -97,8 +96,6 @@ STOP_POLL_SECONDS = 0.25
 
 # Close codes (RFC 6455 7.4.1) for what the server decides.
 NORMAL, GOING_AWAY, POLICY, TOO_BIG, MODEL_ERROR, TRY_AGAIN = 1000, 1001, 1008, 1009, 1011, 1013
-#: Media types answered in text frames (the rest go in binary ones).
-_TEXT_TYPES = ("application/json", "application/jsonlines", "application/x-ndjson", "text/")
 
 
 #: What one frame counts against a stream's limits at the least: the work of taking it
@@ -431,10 +428,6 @@ def _close_for(error: errors.ServingError) -> tuple[int, str]:
     return MODEL_ERROR, error.message
 
 
-def _is_text(media_type: str) -> bool:
-    return media_type.startswith(_TEXT_TYPES) or "+json" in media_type
-
-
 @dataclasses.dataclass
 class StreamServices:
     """What a stream's thread needs from its worker."""
@@ -474,9 +467,9 @@ def serve_stream(sock: socket.socket, request: Request, leftover: bytes,
                                     "inference")
             path, query = stream_target(request)
             headers = Headers(request.headers)
-            pipeline = _target_pipeline(services.invocations, headers)
-            session = _session_of(services.invocations.sessions, headers)
-            answer = _answerer(pipeline, headers, services, request_id)
+            pipeline = stream_model(services.invocations, headers)
+            session = stream_session(services.invocations.sessions, headers)
+            answer = answerer(pipeline, headers, services.invocations, request_id)
             connection = handshake(request)
             accept = connection.send(AcceptConnection(
                 extra_headers=[(RESPONSE_ID_HEADER.encode(), request_id.encode())]))
@@ -516,65 +509,6 @@ def serve_stream(sock: socket.socket, request: Request, leftover: bytes,
         _log_stream(request, peer, opened, outcome, channel)
         _count_stream(services.metrics, request, opened, outcome, channel)
         logs.request_id.reset(token)
-
-
-def _session_of(sessions: SessionStore | None, headers: Headers) -> t.Any:
-    """The stateful session the upgrade request names (read once: the stream holds it
-    for its life, and writes its state back at the end), or ``None``."""
-    session_id = headers.get("X-Amzn-SageMaker-Session-Id")
-    if session_id is None:
-        return None
-    if sessions is None:
-        raise errors.BadRequest("stateful sessions are off: set "
-                                "SAGEMAKER_ENABLE_STATEFUL_SESSIONS=true to open one")
-    if check_session_id(session_id) == NEW_SESSION:
-        raise errors.BadRequest("open a session with an invocation; a stream joins it by id")
-    return sessions.get(session_id)
-
-
-def _target_pipeline(invocations: Invocations, headers: Headers) -> Pipeline:
-    """The model a stream is for, as an invocation's is chosen (the target model header on
-    a multi-model server; a model store's default archive without one)."""
-    models = invocations.models
-    if not models.ready:
-        raise errors.ServiceUnavailable("the model is still loading")
-    return invocations.model(headers.get(TARGET_MODEL_HEADER) if models.multi else None,
-                             named_in="in X-Amzn-SageMaker-Target-Model")
-
-
-Answerer = t.Callable[[t.Iterator[t.Union[bytes, str]], t.Any], t.Iterator[t.Any]]
-
-
-def _answerer(pipeline: Pipeline, headers: Headers, services: StreamServices,
-              request_id: str) -> Answerer:
-    """What answers a stream's messages: ``(messages, context) → items to send``. The
-    model's stream_fn; else one invocation a message (the invocation service's), its media
-    types negotiated now (a Content-Type or Accept the model cannot serve refuses the
-    upgrade with 415 or 406)."""
-    if pipeline.streams:
-        return pipeline.stream
-    invocations = services.invocations
-    negotiated = invocations.negotiate(pipeline, headers.get("Content-Type"),
-                                       headers.get("Accept"))
-
-    def each_message(messages: t.Iterator[bytes | str], context: t.Any) -> t.Iterator[t.Any]:
-        for message in messages:
-            body = message.encode("utf-8") if isinstance(message, str) else message
-            answer = invocations.invoke(pipeline, Invocation(
-                body, negotiated.content_type, None, headers, request_id=request_id,
-                custom_attributes=context.custom_attributes,
-                target_variant=context.target_variant, inference_id=context.inference_id,
-                context={"session": context.session}), negotiated)
-            payload, text = answer.body, _is_text(answer.media_type)
-            # A text frame must be UTF-8: an encoder that wrote another charset is read
-            # with replacement characters rather than failing the stream.
-            if isinstance(payload, (bytes, bytearray)):
-                yield payload.decode("utf-8", "replace") if text else bytes(payload)
-            else:  # a streamed answer: one fragmented message, a frame per chunk
-                chunks = invocations.chunks(payload, request_id)
-                yield (chunk.decode("utf-8", "replace") if text else chunk for chunk in chunks)
-
-    return each_message
 
 
 def _converse(channel: Channel, pipeline: Pipeline, answer: Answerer, headers: Headers,
