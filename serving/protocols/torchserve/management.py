@@ -56,7 +56,7 @@ from serving.config import Config
 from serving.contract.models import PAGE_SIZE, MAX_PAGE_SIZE, ModelRepository, valid_model_name
 from serving.protocols.torchserve.tokens import KINDS, KeyFile
 
-__all__ = ["management_app"]
+__all__ = ["Management", "management_app"]
 
 #: Query parameters of TorchServe's register call that change nothing here.
 _TAKEN = {"url", "model_name", "initial_workers", "synchronous"}
@@ -134,22 +134,44 @@ def _ip_literal(host: str) -> bool:
 
 
 def management_app(config: Config, repository: ModelRepository) -> Flask:
-    app = Flask("serving.management", static_folder=None)
-    app.json.sort_keys = False
-    store = config.model_store
-    keys = KeyFile(config.key_file, config.token_expiration_min) if config.token_auth \
-        else None
-    bound_to_loopback = _loopback(config.management_host)
-    allowed = [re.compile(p) for p in config.allowed_url_patterns]
+    """The management API's WSGI app (its own port)."""
+    return Management(config, repository).app
 
-    @app.before_request
-    def who_may() -> None:
+
+class Management:
+    """TorchServe's management API over ``repository`` (see the module): who may call it,
+    then one method a route."""
+
+    def __init__(self, config: Config, repository: ModelRepository) -> None:
+        self.config, self.repository = config, repository
+        self.store = config.model_store
+        self.keys = KeyFile(config.key_file, config.token_expiration_min) \
+            if config.token_auth else None
+        self.bound_to_loopback = _loopback(config.management_host)
+        self.allowed = [re.compile(p) for p in config.allowed_url_patterns]
+        app = self.app = Flask("serving.management", static_folder=None)
+        app.json.sort_keys = False
+        app.before_request(self.who_may)
+        app.register_error_handler(errors.ServingError, self.on_error)
+        app.register_error_handler(HTTPException, self.on_http)
+        app.add_url_rule("/token", "renew_key", self.renew_key, methods=["GET"])
+        app.add_url_rule("/models", "list_models", self.list_models, methods=["GET"])
+        app.add_url_rule("/models", "register_model", self.register_model, methods=["POST"])
+        for rule in ("/models/<name>", "/models/<name>/<version>"):
+            app.add_url_rule(rule, "describe_model", self.describe_model, methods=["GET"])
+            app.add_url_rule(rule, "unregister_model", self.unregister_model,
+                             methods=["DELETE"])
+
+    # -- who may call it, and its errors -------------------------------------------------
+
+    def who_may(self) -> None:
         environ = request.environ
-        why = cross_site(environ, bound_to_loopback)
+        why = cross_site(environ, self.bound_to_loopback)
         if why is not None:
             raise CrossSiteRequest(f"refused: this request may come from a web page on "
                                    f"another site ({why}); call the management API from a "
                                    f"script or curl")
+        keys = self.keys
         if keys is not None:
             if request.path == "/token":
                 keys.check(environ.get("HTTP_AUTHORIZATION"), "API",
@@ -158,39 +180,85 @@ def management_app(config: Config, repository: ModelRepository) -> Flask:
             else:
                 keys.check(environ.get("HTTP_AUTHORIZATION"), "management")
 
-    def model_api() -> None:
-        if not config.enable_model_api:
+    def model_api(self) -> None:
+        if not self.config.enable_model_api:
             raise MethodNotAllowedException("Requested method is not allowed, please refer "
                                             "to API document.")
 
-    @app.get("/token")
-    def renew_key() -> Response:
-        kind = request.args.get("type")
+    def on_error(self, error: errors.ServingError) -> Response:
+        response = self.app.json.response(error.to_dict())
+        response.status_code = error.status_code
+        return response
+
+    def on_http(self, error: HTTPException) -> Response:
+        code = error.code or 500
+        kind = errors.ClientError if 400 <= code < 500 else errors.ServingError
+        message = (f"no route {request.method} {request.path}" if code == 404
+                   else error.description)
+        return self.on_error(kind(message, status_code=code))
+
+    # -- the routes ----------------------------------------------------------------------
+
+    def renew_key(self) -> Response:
+        kind, keys = request.args.get("type"), self.keys
         if keys is None:
             raise errors.NotFound("token authorization is off (--disable-token-auth)")
         if kind not in KINDS:
             raise errors.BadRequest(f"type must be one of {', '.join(KINDS)}")
         keys.renew(kind)
-        return app.json.response({"status": f"{kind} key renewed in {keys.path}"})
+        return self.app.json.response({"status": f"{kind} key renewed in {keys.path}"})
 
-    @app.errorhandler(errors.ServingError)
-    def on_error(error: errors.ServingError) -> Response:
-        response = app.json.response(error.to_dict())
-        response.status_code = error.status_code
-        return response
+    def list_models(self) -> Response:
+        try:
+            size = int(request.args.get("limit", PAGE_SIZE))
+        except ValueError:
+            size = 0
+        if not 1 <= size <= MAX_PAGE_SIZE:
+            raise errors.BadRequest(f"limit must be 1-{MAX_PAGE_SIZE}")
+        return self.app.json.response(
+            self.repository.page(request.args.get("next_page_token"), size))
 
-    @app.errorhandler(HTTPException)
-    def on_http(error: HTTPException) -> Response:
-        code = error.code or 500
-        kind = errors.ClientError if 400 <= code < 500 else errors.ServingError
-        message = (f"no route {request.method} {request.path}" if code == 404
-                   else error.description)
-        return on_error(kind(message, status_code=code))
+    def describe_model(self, name: str, version: str | None = None) -> Response:
+        self.check_version(name, version)
+        return self.app.json.response([self.described(name)])
 
-    def manifest_of(name: str) -> t.Any:
-        return read_manifest(repository.entry(name).url)
+    def register_model(self) -> Response:
+        self.model_api()
+        args = request.args
+        refused = sorted(_REFUSED & args.keys())
+        if refused:
+            raise errors.BadRequest(f"{', '.join(refused)}: an archive's batching and deadline "
+                                    f"come from its config YAML (batchSize, maxBatchDelay, "
+                                    f"responseTimeout) and the server's settings")
+        unknown = sorted(args.keys() - _TAKEN - _REFUSED)
+        if unknown:
+            raise errors.BadRequest(f"unknown parameter(s): {', '.join(unknown)}")
+        url = args.get("url")
+        if not url:
+            raise errors.BadRequest("url is required: a .mar of the model store, or a path")
+        path = self.archive_path(url)
+        name = args.get("model_name")
+        if name is None:
+            name = _name_in(path, self.repository)
+        if not valid_model_name(name):
+            raise errors.BadRequest("model_name must be 1-255 characters: letters, digits and "
+                                    "._+=- (not starting with one of those)")
+        entry = self.repository.load(name, path, source=url)
+        version = read_manifest(entry.url).version
+        return self.app.json.response({"status": f'Model "{name}" Version: {version} '
+                                                 f"registered with {self.config.workers} "
+                                                 f"initial workers"})
 
-    def described(name: str) -> dict[str, t.Any]:
+    def unregister_model(self, name: str, version: str | None = None) -> Response:
+        self.model_api()
+        self.check_version(name, version)
+        self.repository.unload(name)  # a .mar this server unpacked: its files go with it
+        return self.app.json.response({"status": f'Model "{name}" unregistered'})
+
+    # -- what the routes share -------------------------------------------------------------
+
+    def described(self, name: str) -> dict[str, t.Any]:
+        config, repository = self.config, self.repository
         entry = repository.entry(name)
         manifest = read_manifest(entry.url)
         size, delay = archive_batching(config,
@@ -207,60 +275,19 @@ def management_app(config: Config, repository: ModelRepository) -> Flask:
                          "status": "READY" if repository.held(name) else "UNLOADED"}],
         }
 
-    def check_version(name: str, version: str | None) -> None:
-        if version not in (None, "all") and manifest_of(name).version != version:
+    def check_version(self, name: str, version: str | None) -> None:
+        if version not in (None, "all") and \
+                read_manifest(self.repository.entry(name).url).version != version:
             raise errors.NotFound(f"model {name} has no version {version}")
 
-    @app.get("/models")
-    def list_models() -> Response:
-        try:
-            size = int(request.args.get("limit", PAGE_SIZE))
-        except ValueError:
-            size = 0
-        if not 1 <= size <= MAX_PAGE_SIZE:
-            raise errors.BadRequest(f"limit must be 1-{MAX_PAGE_SIZE}")
-        return app.json.response(repository.page(request.args.get("next_page_token"), size))
-
-    @app.get("/models/<name>")
-    @app.get("/models/<name>/<version>")
-    def describe_model(name: str, version: str | None = None) -> Response:
-        check_version(name, version)
-        return app.json.response([described(name)])
-
-    @app.post("/models")
-    def register_model() -> Response:
-        model_api()
-        args = request.args
-        refused = sorted(_REFUSED & args.keys())
-        if refused:
-            raise errors.BadRequest(f"{', '.join(refused)}: an archive's batching and deadline "
-                                    f"come from its config YAML (batchSize, maxBatchDelay, "
-                                    f"responseTimeout) and the server's settings")
-        unknown = sorted(args.keys() - _TAKEN - _REFUSED)
-        if unknown:
-            raise errors.BadRequest(f"unknown parameter(s): {', '.join(unknown)}")
-        url = args.get("url")
-        if not url:
-            raise errors.BadRequest("url is required: a .mar of the model store, or a path")
-        path = archive_path(url)
-        name = args.get("model_name")
-        if name is None:
-            name = _name_in(path, repository)
-        if not valid_model_name(name):
-            raise errors.BadRequest("model_name must be 1-255 characters: letters, digits and "
-                                    "._+=- (not starting with one of those)")
-        entry = repository.load(name, path, source=url)
-        version = read_manifest(entry.url).version
-        return app.json.response({"status": f'Model "{name}" Version: {version} registered '
-                                            f"with {config.workers} initial workers"})
-
-    def archive_path(url: str) -> str:
+    def archive_path(self, url: str) -> str:
         """The real path of the archive ``url`` names, if it may be registered from.
 
         As TorchServe: a name in the store, an absolute path or a ``file://`` url; ``..``
         refused. Stricter: the path's real place (symlinks followed) must be in the
         store or match ``--allowed-urls`` as ``file://<real path>``.
         """
+        store, allowed = self.store, self.allowed
         parsed = urlparse(url)
         if parsed.scheme not in ("", "file"):
             raise errors.BadRequest(f"url {url}: only local archives can be registered "
@@ -282,16 +309,6 @@ def management_app(config: Config, repository: ModelRepository) -> Flask:
                 f"Given URL {url} does not match any allowed URL(s): it is {real}, outside "
                 f"the model store{' and --allowed-urls' if allowed else ''}")
         return real
-
-    @app.delete("/models/<name>")
-    @app.delete("/models/<name>/<version>")
-    def unregister_model(name: str, version: str | None = None) -> Response:
-        model_api()
-        check_version(name, version)
-        repository.unload(name)  # a .mar this server unpacked: its files go with it
-        return app.json.response({"status": f'Model "{name}" unregistered'})
-
-    return app
 
 
 def _name_in(path: str, repository: ModelRepository) -> str:
