@@ -1,6 +1,6 @@
-"""The HTTP face: the Flask app (routes only, :mod:`~serving.http.app`), content
-negotiation that decides the decoder and the encoders once
-(:mod:`~serving.contract.negotiation`), the WSGI bridge every host calls the app through
-(:mod:`~serving.http.bridge`), event-stream framing and the OpenAPI description."""
+"""The WSGI app: it mounts the protocols' adapters (:data:`serving.protocols.PROTOCOLS`) over
+the invocation service and keeps each request's life — its id, access line, metrics and
+error body (:mod:`~serving.http.app`); the WSGI bridge every host calls it through
+(:mod:`~serving.http.bridge`); the OpenAPI description of every route."""
 
 __all__: list[str] = []

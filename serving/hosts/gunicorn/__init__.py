@@ -4,6 +4,8 @@
 parts that need no socket: each connection's state machine and deadlines
 (:mod:`~serving.hosts.gunicorn.connection`) over llhttp with our limits
 (:mod:`~serving.hosts.gunicorn.http1`), when to listen (:mod:`~serving.hosts.gunicorn.accept`),
-and how answers are framed and written (:mod:`~serving.hosts.gunicorn.responses`)."""
+how answers are framed and written (:mod:`~serving.hosts.gunicorn.responses`), WebSocket
+frames (:mod:`~serving.hosts.gunicorn.websocket`), and gunicorn's own log lines in our layout
+(:mod:`~serving.hosts.gunicorn.logger`)."""
 
 __all__: list[str] = []
