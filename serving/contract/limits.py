@@ -22,24 +22,21 @@ __all__ = ["Limits", "MAX_DEPTH", "json_document"]
 
 @dataclasses.dataclass(frozen=True)
 class Limits:
-    """The per-request limits. A new one: a field here, its setting in
-    :class:`~serving.config.Config`, and the line of :meth:`from_config` between them."""
+    """The per-request size limits the front door and the invocation service read. A new
+    one: a field here, its setting in :class:`~serving.config.Config`, and the line of
+    :meth:`from_config` between them. Kept where they are enforced, not copied here: the
+    deadline (the runtime's ``deadline_seconds``) and the session lock's wait (the
+    session store's)."""
 
     #: The most a request's body may be, in bytes (413 past it; ``--max-payload-mb``).
     max_payload_bytes: int
     #: The most a body may decode to, in bytes (413; ``--max-decoded-mb``).
     max_decoded_bytes: int
-    #: How long a request may take, from its arrival (504; ``--request-timeout``).
-    deadline_seconds: float
-    #: How long a request waits for its stateful session's lock (429; ``--session-wait``).
-    session_wait_seconds: float
 
     @classmethod
     def from_config(cls, config: Config) -> Limits:
         return cls(max_payload_bytes=config.max_payload_bytes,
-                   max_decoded_bytes=config.max_decoded_bytes,
-                   deadline_seconds=config.deadline_seconds,
-                   session_wait_seconds=config.session_wait)
+                   max_decoded_bytes=config.max_decoded_bytes)
 
 
 def json_document(body: bytes, max_decoded_bytes: int, what: str = "the request",

@@ -17,7 +17,7 @@ import typing as t
 from flask import Blueprint, Response, current_app, request
 
 from serving import errors
-from serving.contract.invocation import Answer
+from serving.contract.invocation import Answer, Invocations
 from serving.contract.models import MAX_PAGE_SIZE, PAGE_SIZE, ModelRepository, valid_model_name
 from serving.contract.streams import Stream
 from serving.protocols import eventstream
@@ -60,8 +60,7 @@ class SageMaker(Protocol):
         """One invocation from a SageMaker request."""
         server = self.server
         invocations = server.invocations
-        if not pipeline.ready:  # before the body is read
-            raise errors.ServiceUnavailable("the model is still loading")
+        # Negotiated (and readiness checked) before the body is read: a refusal costs no read.
         negotiated = invocations.negotiate(pipeline, environ.get("CONTENT_TYPE"),
                                            environ.get("HTTP_ACCEPT"))
         return invocations.invoke(pipeline, server.invocation(
@@ -177,7 +176,8 @@ class SageMaker(Protocol):
             return current_app.json.response({"status": f"model {name} unloaded"})
 
 
-def event_stream_response(answer: Answer, invocations: t.Any, request_id: str) -> Response:
+def event_stream_response(answer: Answer, invocations: Invocations,
+                          request_id: str) -> Response:
     """``answer`` in AWS event-stream messages (InvokeEndpointWithResponseStream). A failure
     after the first chunk is a ModelStreamError message: the status is sent already."""
     body = answer.body
