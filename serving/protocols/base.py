@@ -33,7 +33,8 @@ if t.TYPE_CHECKING:
     from serving.runtime.metrics import Metrics
 
 __all__ = ["ARRIVED_KEY", "Direct", "Protocol", "REQUEST_ID_HEADERS", "REQUEST_ID_KEY",
-           "RESPONSE_ID_HEADER", "Server", "answer_response", "read_body", "request_id_of"]
+           "RESPONSE_ID_HEADER", "Server", "answer_response", "read_body", "request_id_of",
+           "serves_archives", "stream_error_code"]
 
 #: WSGI environ key where the server puts when a request arrived (``time.monotonic()``):
 #: the request deadline counts from there, not from when a thread got to it.
@@ -172,6 +173,16 @@ def _chunked(stream: Stream, invocations: Invocations, request_id: str) -> t.Ite
     try:
         yield from invocations.chunks(stream, request_id)
     except Exception as exc:
-        code = ("ModelInvocationTimeExceeded" if isinstance(exc, errors.DeadlineExceeded)
-                else "ModelError")
-        raise errors.StreamAborted(code) from exc
+        raise errors.StreamAborted(stream_error_code(exc)) from exc
+
+
+def stream_error_code(exc: BaseException) -> str:
+    """How a streamed answer that broke off is named to the client (SageMaker's codes)."""
+    return "ModelInvocationTimeExceeded" if isinstance(exc, errors.DeadlineExceeded) \
+        else "ModelError"
+
+
+def serves_archives(server: Server) -> bool:
+    """Whether ``server`` serves TorchServe model archives (a model store, or a .mar)."""
+    return server.config.model_store is not None or \
+        any(p.archive is not None for p in server.models.loaded())

@@ -27,6 +27,8 @@ from serving.protocols.base import (
     Direct,
     Protocol,
     answer_response,
+    serves_archives,
+    stream_error_code,
 )
 
 if t.TYPE_CHECKING:
@@ -82,8 +84,7 @@ class SageMaker(Protocol):
         config, models, invocations = server.config, server.models, server.invocations
         routes = Blueprint("sagemaker", __name__)
         # TorchServe's clients read /ping's JSON; SageMaker's host reads only the status.
-        serves_archives = any(p.archive is not None for p in models.loaded()) or \
-            config.model_store is not None
+        healthy_json = serves_archives(server)
 
         def respond(pipeline: Pipeline, event_stream: bool = False) -> Response:
             environ = request.environ
@@ -96,7 +97,7 @@ class SageMaker(Protocol):
         def ping() -> Response:
             if not models.ready:
                 raise errors.ServiceUnavailable("the model is still loading")
-            if serves_archives:
+            if healthy_json:
                 return current_app.json.response({"status": "Healthy"})
             return Response(status=200)
 
@@ -188,8 +189,7 @@ def event_stream_response(answer: Answer, invocations: Invocations,
             for chunk in invocations.chunks(stream, request_id):
                 yield eventstream.payload_part(chunk)
         except Exception as exc:
-            code = ("ModelInvocationTimeExceeded"
-                    if isinstance(exc, errors.DeadlineExceeded) else "ModelError")
+            code = stream_error_code(exc)
             message = exc.message if isinstance(exc, errors.ServingError) \
                 else f"the model raised {type(exc).__name__}"
             yield eventstream.model_stream_error(message, code)

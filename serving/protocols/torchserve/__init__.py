@@ -14,7 +14,13 @@ import typing as t
 from flask import Blueprint, Response, request
 
 from serving.contract.models import ModelRepository
-from serving.protocols.base import REQUEST_ID_KEY, Direct, Protocol, answer_response
+from serving.protocols.base import (
+    REQUEST_ID_KEY,
+    Direct,
+    Protocol,
+    answer_response,
+    serves_archives,
+)
 from serving.runtime.metrics import count_model_metrics
 
 __all__ = ["OPEN_WITHOUT_KEY", "PREDICTIONS_METHODS", "TorchServe"]
@@ -35,10 +41,7 @@ class TorchServe(Protocol):
 
     def __init__(self, server: t.Any) -> None:
         super().__init__(server)
-        config, models = server.config, server.models
-        serves_archives = any(p.archive is not None for p in models.loaded()) or \
-            config.model_store is not None
-        if server.metrics is not None and (serves_archives or models.multi):
+        if server.metrics is not None and (serves_archives(server) or server.models.multi):
             count_model_metrics(server.metrics)  # what TorchServe handlers report
 
     def answer(self, environ: dict[str, t.Any], name: str, version: str | None) -> t.Any:
