@@ -8,8 +8,8 @@
    (llhttp through httptools, with our checks), and by h11 (a pure-Python candidate).
 2. Servers: ``serve --workers 2`` from the tree at ``REV`` and from this tree, same
    environment, on numpy-linear and the peers' TorchScript MLP (64 → 256 → 256 → 10,
-   ``OMP_NUM_THREADS=1``), wrk at 8 and 32 clients, in alternating rounds (old, new, old,
-   new, …) so that drift on a shared machine falls on both alike. Requests/s, p50/p99 and
+   ``OMP_NUM_THREADS=1``), wrk at 8 and 32 clients, in alternating rounds (old, new, new,
+   old, …) so that drift on a shared machine falls on both alike. Requests/s, p50/p99 and
    the servers' CPU ms per request are the median over rounds; the ratio is new / old.
 """
 

@@ -338,14 +338,17 @@ def old_against_new(trees: t.Mapping[str, t.Any], model_dir: t.Any, body: bytes,
                     env: dict[str, str] | None = None,
                     clients: t.Sequence[int] = (8, 32)) -> dict[tuple[str, int], list[Load]]:
     """``serve --workers 2`` from each tree (``{"old": tree, "new": tree}``) in turn, round
-    after round (old, new, old, new, ...: drift on a shared machine falls on both alike), wrk
+    after round, the order turned every other round (old, new, new, old, ...: drift on a
+    shared machine, and whatever the first server of a round leaves behind, fall on both
+    alike), wrk
     at each number of ``clients`` posting ``body`` to ``path``; every run's :class:`Load`,
     by (tree's label, clients)."""
     results: dict[tuple[str, int], list[Load]] = {}
     with open(payload, "wb") as f:
         f.write(body)
     for round_ in range(rounds):
-        for label, tree in trees.items():
+        order = list(trees.items())
+        for label, tree in order if round_ % 2 == 0 else reversed(order):
             server, url = serve_tree(f"{label}-{round_}", tree, model_dir, "--workers", "2",
                                      venv=venv, logs=logs, env=env)
             url = url.replace("/invocations", path)
