@@ -78,14 +78,14 @@ $(STAMP): setup.py
 	$(BIN)/python $(PIP) --upgrade pip
 	$(BIN)/python $(PIP) $(TORCH) "numpy<1.24" "setuptools>=77,<81" wheel
 	$(BIN)/python $(PIP) --no-build-isolation chainer==7.8.1
-	$(BIN)/python $(PIP) -e '.[test,pytorch,chainer,mxnet,torchserve]'
+	$(BIN)/python $(PIP) -e '.[test,pytorch,chainer,mxnet,torchserve,grpc]'
 	touch $(STAMP)
 
 $(NP2_STAMP): setup.py
 	test -x $(NP2_VENV)/bin/python || $(PYTHON) -m venv $(NP2_VENV)
 	$(NP2_VENV)/bin/python $(PIP) --upgrade pip
 	$(NP2_VENV)/bin/python $(PIP) $(TORCH) "numpy>=2"
-	$(NP2_VENV)/bin/python $(PIP) -e '.[test,pytorch]'
+	$(NP2_VENV)/bin/python $(PIP) -e '.[test,pytorch,grpc]'
 	touch $(NP2_STAMP)
 
 $(SDK_STAMP):

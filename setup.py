@@ -38,13 +38,17 @@ setup(
         # TorchServe model archives and handlers (serve --model-store, a .mar): the handler
         # base classes, loader and context are TorchServe's own; 0.12 is its last release.
         "torchserve": ["torchserve==0.12.0", "pyyaml>=6"],
+        # The Open Inference Protocol over gRPC (serve --grpc-port): grpcio, and the
+        # service's stubs as NVIDIA generates them from the protocol's .proto.
+        "grpc": ["grpcio>=1.62", "tritonclient[grpc]>=2.50,<3"],
         # The load test users run against their container (tests/load/locustfile.py).
         "load": ["locust>=2.47,<3"],
         "test": ["pytest>=8", "requests>=2.31", "h11>=0.16", "websocket-client>=1.8",
                  "boto3>=1.34", "hypothesis>=6.100",
                  "locust>=2.47,<3", "schemathesis>=4,<5",
-                 # The Open Inference Protocol's client (KServe v2 REST, binary tensors).
-                 "tritonclient[http]>=2.40",
+                 # The Open Inference Protocol's clients (KServe v2 REST, binary tensors;
+                 # gRPC).
+                 "tritonclient[http,grpc]>=2.50,<3",
                  # The layers and import circles test (.importlinter).
                  "import-linter>=2.1,<3"],
     },

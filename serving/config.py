@@ -41,9 +41,10 @@ class ConfigError(ValueError):
 #: ``management``: TorchServe's management API on a port of its own; ``model_store``: many
 #: archives loaded at start; ``multi_model``: models loaded and unloaded through /models in
 #: every process alike; ``metrics_port``: /metrics on a port of its own; ``confined_ports``:
-#: it listens on no port but those it is given (--safe-port-range can hold).
+#: it listens on no port but those it is given (--safe-port-range can hold); ``grpc``: a
+#: protocol's own gRPC server in each process (the Open Inference Protocol's).
 CAPABILITIES = frozenset({"management", "model_store", "multi_model", "metrics_port",
-                          "confined_ports", "streams"})
+                          "confined_ports", "streams", "grpc"})
 
 
 @dataclass(frozen=True)
@@ -173,6 +174,13 @@ def _text(text: str) -> str:
     if not text.strip():
         raise ValueError("must not be empty")
     return text.strip()
+
+
+def _version(text: str) -> str:
+    text = _text(text)
+    if not (text.isascii() and text.isprintable()) or any(c in text for c in "/ ?#%"):
+        raise ValueError("must be one path segment: visible ASCII without / ? # % or spaces")
+    return text
 
 
 def _path(text: str) -> str:
@@ -437,6 +445,17 @@ class Config:
         "default_response_timeout, max_request_size, install_py_dep_per_model. A flag or "
         "variable of ours wins over the file; keys that change nothing here are listed "
         "in the start-up log.", metavar="FILE", default_help="none")
+    grpc_port: int | None = setting(
+        "--grpc-port", "SERVING_GRPC_PORT", None, _int_in(1, 65535),
+        "Serve the Open Inference Protocol over gRPC (KServe's and Triton's gRPC clients; "
+        "KServe's own port for it is 8081) on this port, at --host, in every worker. Off "
+        "unless set: a second port is a second way in, and it needs the grpc extra "
+        "(grpcio and Triton's generated stubs).", metavar="PORT", default_help="off")
+    model_version: str = setting(
+        "--model-version", "SERVING_MODEL_VERSION", "1", _version,
+        "The version KServe's protocols give a model that is not a TorchServe archive (an "
+        "archive's is its manifest's): /v2/models/<name>/versions/<version> routes to it, and "
+        "its metadata lists it.", metavar="VERSION")
     management_port: int | None = setting(
         "--management-port", "SERVING_MANAGEMENT_PORT", None, _int_in(1, 65535),
         "Serve TorchServe's management API (GET, POST and DELETE /models) on this port, "
@@ -704,6 +723,16 @@ class Config:
                         "must hold the models it was asked to load, and the others too)")
         if self.metrics_port is not None:
             self._needs("metrics_port", "metrics_port", "/metrics on a port of its own")
+        if self.grpc_port is not None:
+            self._needs("grpc", "grpc_port", "the Open Inference Protocol over gRPC")
+            if self.grpc_port in (self.port, self.metrics_port, self.management_port):
+                raise ConfigError(f"{self.where('grpc_port')}={self.grpc_port} is taken by "
+                                  f"another of the server's ports")
+            if self.safe_port_range is not None and not \
+                    self.safe_port_range[0] <= self.grpc_port <= self.safe_port_range[1]:
+                raise ConfigError(f"{self.where('grpc_port')}={self.grpc_port} is outside "
+                                  f"{self.where('safe_port_range')}, the ports this container "
+                                  f"may listen on besides the main one")
         if self.ray_max_replicas is not None and self.ray_max_replicas < self.ray_replicas:
             raise ConfigError(f"{self.where('ray_max_replicas')}={self.ray_max_replicas} is "
                               f"fewer than the {self.ray_replicas} replicas "

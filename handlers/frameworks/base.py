@@ -53,6 +53,13 @@ class FrameworkHandler:
         """Move a loaded model (a user's ``model_fn``'s too) to ``device``."""
         return model
 
+    def signature(self, model: t.Any) -> dict[str, t.Any] | None:
+        """The tensors a loaded model takes and answers, when the model itself says
+        (``{"inputs": [{"name", "datatype", "shape"}, ...], "outputs": [...]}``, the Open
+        Inference Protocol's datatypes, ``-1`` for a size that varies); ``None``: it does
+        not (a TorchScript file keeps no datatypes or sizes of its inputs)."""
+        return None
+
     def predict(self, model: t.Any, data: t.Any, device: str) -> t.Any:
         """The default ``predict_fn``: NumPy in, the model's forward pass, NumPy out."""
         raise NotImplementedError

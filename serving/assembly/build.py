@@ -137,7 +137,7 @@ def assemble(config: Config, metrics_dir: str | None = None,
             code.registry if code is not None else base, model_dir=model_dir,
             default_accept=config.default_accept, framework=config.framework,
             framework_settings=config.by_name(), debug_errors=config.debug_errors,
-            code=code if owns else None,
+            code=code if owns else None, version=config.model_version,
         )
 
     if config.multi_model:

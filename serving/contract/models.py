@@ -85,11 +85,11 @@ def directory_bytes(path: str, limit: int | None = None) -> int:
 
 
 def versioned(models: Models | ModelRepository, name: str, version: str | None) -> Pipeline:
-    """Model ``name``, which must be a model archive of ``version`` when one is named
-    (TorchServe's and KServe's ``/<name>/<version>`` routes); :class:`~serving.errors.NotFound`
-    if it is not loaded, or is not that version."""
+    """Model ``name``, which must be of ``version`` when one is named (TorchServe's and
+    KServe's ``/<name>/<version>`` routes); :class:`~serving.errors.NotFound` if it is not
+    loaded, or is not that version."""
     pipeline = models.get(name)
-    if version is not None and (pipeline.archive is None or pipeline.archive.version != version):
+    if version is not None and pipeline.version != version:
         raise errors.NotFound(f"model {name} has no version {version}")
     return pipeline
 

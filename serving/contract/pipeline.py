@@ -44,9 +44,13 @@ from serving.errors import (
     StartupError,
 )
 from serving.contract.negotiation import Negotiated
+from serving.contract.signature import Signature, read_signature
 from serving.runtime.batching import Batcher, batch_key
 
-__all__ = ["ArchiveInfo", "OwnedCode", "Pipeline"]
+__all__ = ["ArchiveInfo", "DEFAULT_VERSION", "OwnedCode", "Pipeline"]
+
+#: A model's version when nothing gives it one (``--model-version``'s default).
+DEFAULT_VERSION = "1"
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +88,8 @@ class Pipeline:
         debug_errors: bool = False,
         archive: ArchiveInfo | None = None,
         code: OwnedCode | None = None,
+        version: str = DEFAULT_VERSION,
+        signature: Signature | None = None,
     ) -> None:
         self.functions = dict(functions)
         #: Whether 500 bodies carry the exception's text (SERVING_DEBUG_ERRORS).
@@ -115,6 +121,12 @@ class Pipeline:
         #: A TorchServe model archive's manifest (its name, version, handler); ``None``
         #: for a SageMaker model.
         self.archive = archive
+        #: The model's version, as protocols that route by version name it: an archive's
+        #: own, else the one it was given (``--model-version``).
+        self.version = archive.version if archive is not None and archive.version else version
+        #: The tensors the model takes and answers, when declared (or read from the model
+        #: by its framework handler once loaded); ``None``: not known.
+        self.signature = signature
         # The three stages, chosen when the model is loaded (see _choose_stages).
         self.decode: t.Callable[[bytes, Negotiated, Context], t.Any]
         self.predict: t.Callable[[t.Any, Context, float], t.Any]
@@ -134,6 +146,7 @@ class Pipeline:
         debug_errors: bool = False,
         archive: ArchiveInfo | None = None,
         code: OwnedCode | None = None,
+        version: str = DEFAULT_VERSION,
     ) -> Pipeline:
         """Resolve the hosting functions of ``module``; check they fit together.
 
@@ -169,7 +182,8 @@ class Pipeline:
         pipeline = cls(functions, registry, model_dir=model_dir, framework=name,
                        detect_framework=framework == "auto",
                        framework_settings=framework_settings,
-                       source=source, debug_errors=debug_errors, archive=archive, code=code)
+                       source=source, debug_errors=debug_errors, archive=archive, code=code,
+                       version=version, signature=read_signature(model_dir))
         if pipeline.output_types is not None and default_accept not in pipeline.output_types:
             raise StartupError(
                 f"default accept {default_accept} (SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT) has no "
@@ -327,6 +341,8 @@ class Pipeline:
                     f"{self.source}: model_fn returned a {type(self.model).__name__}, which "
                     f"cannot be called; define predict_fn(data, model) to say how to use it"
                 )
+            if self.signature is None and self.framework is not None:
+                self._read_signature()
             self.load_seconds = time.perf_counter() - started
             log.info("model ready in %.2f s (framework: %s, device: %s)", self.load_seconds,
                      self.framework_name or "none", context.device)
@@ -343,6 +359,17 @@ class Pipeline:
                         else "the model is called as a plain function (no framework)")
             self._choose_stages()
             self._loaded = True
+
+    def _read_signature(self) -> None:
+        """The tensors the framework handler reads from the loaded model, when the model
+        directory declared none."""
+        assert self.framework is not None
+        found = self.framework.signature(self.model)
+        if found is not None:
+            try:
+                self.signature = Signature.from_dict(found, f"the {self.framework.name} model")
+            except ValueError as exc:
+                log.warning("the model's tensors are not reported: %s", exc)
 
     def release(self) -> None:
         """Drop what the model holds beyond its objects: its own modules (multi-model)."""

@@ -46,7 +46,7 @@ __all__ = ["ARRIVED_KEY", "InvocationsPath", "REQUEST_ID_HEADERS", "REQUEST_ID_K
            "RESPONSE_ID_HEADER", "create_app", "read_body", "request_id_of", "route_of"]
 
 log = logging.getLogger(__name__)
-access_log = logging.getLogger("serving.access")
+access_log = logs.access_log
 
 #: WSGI environ key of what teardown undoes (the log context's request id).
 _TOKEN_KEY = "serving.id_token"
@@ -87,6 +87,8 @@ def create_app(config: Config, models: Models | Pipeline, runtime: Runtime | Non
     # The one invocation service: the host's other doors (a worker's WebSocket streams)
     # invoke through it too.
     app.extensions["serving.invocations"] = invocations
+    # The protocols' own servers (gRPC) start in each worker, by the host, after fork.
+    app.extensions["serving.protocols"] = protocols
     door = FrontDoor(app, config, metrics, protocols)
     app.register_error_handler(errors.ServingError, lambda error: door.render(error))
     app.register_error_handler(HTTPException, door.on_http_exception)
@@ -205,7 +207,7 @@ class FrontDoor:
                 target = f"{path}?{query}" if query else path
             if not (target.isascii() and target.isprintable()):
                 target = ascii(target)
-            log_access_line(level, '%s "%s %s" %d %.1fms', remote, method, target, status,
+            logs.access_line(level, '%s "%s %s" %d %.1fms', remote, method, target, status,
                             elapsed * 1000,
                             fields={"status": status, "latency_ms": round(elapsed * 1000, 3),
                                     "method": method, "path": path, "remote": remote})
@@ -344,16 +346,3 @@ def openapi_description(multi_model: bool) -> bytes:
                      if (kept := {method: operation for method, operation in operations.items()
                                   if not operation.get("x-multi-model")})}
     return json.dumps(spec, ensure_ascii=False).encode("utf-8")
-
-
-def log_access_line(level: int, message: str, *args: object,
-                    fields: dict[str, t.Any] | None = None) -> None:
-    """One access line: the record ``logging.log`` makes, without its walk up the stack to
-    find the caller (a third of its cost, paid on every request; the caller is known).
-
-    :param fields: record attributes for structured logs (status, latency_ms, …).
-    """
-    access_log.handle(access_log.makeRecord(access_log.name, level, __file__, 0, message, args,
-                                            None, extra=fields))
-
-

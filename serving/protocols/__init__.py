@@ -1,7 +1,8 @@
 """The wire protocols, each an adapter over the invocation service (:mod:`~serving.protocols.base`):
 SageMaker's hosting contract (:mod:`~serving.protocols.sagemaker`), TorchServe's inference and
-management APIs (:mod:`~serving.protocols.torchserve`), KServe's v1 and v2
-(:mod:`~serving.protocols.kserve`). The app mounts what :data:`PROTOCOLS` lists, in order: a new
+management APIs (:mod:`~serving.protocols.torchserve`), KServe's v1 and v2 over REST
+(:mod:`~serving.protocols.kserve`) and the Open Inference Protocol over gRPC
+(:mod:`~serving.protocols.kserve.grpc_server`). The app mounts what :data:`PROTOCOLS` lists, in order: a new
 protocol is one module and one line here.
 """
 
@@ -21,6 +22,7 @@ PROTOCOLS = (
     "serving.protocols.sagemaker:SageMaker",
     "serving.protocols.torchserve:TorchServe",
     "serving.protocols.kserve:KServe",
+    "serving.protocols.kserve.grpc_server:KServeGrpc",
 )
 
 

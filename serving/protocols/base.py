@@ -15,6 +15,7 @@ arrived, its id), reading a body under the payload limit, and an answer as a res
 from __future__ import annotations
 
 import dataclasses
+import threading
 import typing as t
 
 from flask import Blueprint, Response
@@ -32,7 +33,7 @@ if t.TYPE_CHECKING:
     from serving.contract.models import Models
     from serving.runtime.metrics import Metrics
 
-__all__ = ["ARRIVED_KEY", "Direct", "Protocol", "REQUEST_ID_HEADERS", "REQUEST_ID_KEY",
+__all__ = ["ARRIVED_KEY", "Beside", "Direct", "Protocol", "REQUEST_ID_HEADERS", "REQUEST_ID_KEY",
            "RESPONSE_ID_HEADER", "Server", "answer_response", "read_body", "request_id_of",
            "serves_archives", "stream_error_code"]
 
@@ -47,6 +48,15 @@ REQUEST_ID_KEY = "serving.request_id"
 REQUEST_ID_HEADERS = ("X-Amzn-SageMaker-Inference-Id", "X-Request-Id", "X-Amzn-RequestId")
 ID_ENVIRON_KEYS = tuple("HTTP_" + h.upper().replace("-", "_") for h in REQUEST_ID_HEADERS)
 RESPONSE_ID_HEADER = "X-Request-Id"
+
+class Beside(t.Protocol):
+    """A protocol's own server in a worker (:meth:`Protocol.beside`)."""
+
+    def stop(self, grace: float) -> threading.Event:
+        """Take nothing new; an event set once what is in flight has finished (at most
+        ``grace`` seconds)."""
+        ...
+
 
 #: A request the direct path answers without Flask (see :class:`~serving.http.app.
 #: InvocationsPath`): its route's rule (the metrics' label) and what answers it.
@@ -121,6 +131,12 @@ class Protocol:
 
     def own_port(self) -> tuple[str, t.Callable[..., t.Iterable[bytes]]] | None:
         """A port this protocol answers everything on, and the WSGI app that does."""
+        return None
+
+    def beside(self) -> Beside | None:
+        """A server of its own this protocol runs in each worker, started now (gRPC); the
+        host calls it in the worker, after fork, and stops it when the worker stops.
+        ``None``: none, with these settings."""
         return None
 
     def guard(self) -> t.Callable[[dict[str, t.Any]], None] | None:

@@ -22,7 +22,11 @@ import typing as t
 
 import orjson
 
-__all__ = ["JsonFormatter", "add_fields", "configure", "new_request_id", "request_id", "valid_request_id"]
+__all__ = ["JsonFormatter", "access_line", "access_log", "add_fields", "configure",
+           "new_request_id", "request_id", "valid_request_id"]
+
+#: One line a request, whatever protocol carried it (:func:`access_line`).
+access_log = logging.getLogger("serving.access")
 
 #: The id of the request this thread (or context) works for; "" outside requests.
 request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="")
@@ -119,3 +123,12 @@ def configure(level: int, log_format: str = "text") -> None:
     root.setLevel(level)
 
 
+def access_line(level: int, message: str, *args: object,
+                fields: dict[str, t.Any] | None = None) -> None:
+    """One access line: the record ``logging.log`` makes, without its walk up the stack to
+    find the caller (a third of its cost, paid on every request; the caller is known).
+
+    :param fields: record attributes for structured logs (status, latency_ms, …).
+    """
+    access_log.handle(access_log.makeRecord(access_log.name, level, __file__, 0, message, args,
+                                            None, extra=fields))

@@ -15,6 +15,7 @@ is never killed as a hung worker.
 from __future__ import annotations
 
 import gc
+import importlib.util
 import logging
 import mmap
 import os
@@ -225,6 +226,31 @@ class ServingApplication(BaseApplication):
         gc.freeze()  # the models loaded here too (see _enter_worker)
 
 
+def grpc_port_problem(host: str, port: int) -> str | None:
+    """Why the workers' gRPC servers could not listen on ``host:port`` (``None``: they can),
+    found here before fork: each worker binds it itself (SO_REUSEPORT), and a worker that
+    cannot would be restarted again and again. grpcio itself is not imported here."""
+    import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    probe = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        probe.bind((host, port))
+    except OSError as exc:
+        return f"--grpc-port {port} on {host}: {exc.strerror or exc}"
+    finally:
+        probe.close()
+    # Looked for, not imported: the master must not import grpcio (see
+    # serving.protocols.kserve.grpc_server).
+    triton = importlib.util.find_spec("tritonclient")
+    if importlib.util.find_spec("grpc") is None or triton is None or not any(
+            os.path.isfile(os.path.join(where, "grpc", "service_pb2.py"))
+            for where in triton.submodule_search_locations or ()):
+        return ("--grpc-port needs the grpc extra (grpcio and tritonclient[grpc]): pip "
+                "install 'serving-toolkit[grpc]'")
+    return None
+
+
 def run(config: Config, metrics_dir: str | None) -> int:
     """``serve`` on gunicorn (:class:`serving.hosts.Host`): assemble, then serve until
     stopped; the exit status (1: the model or the user code could not load)."""
@@ -234,6 +260,11 @@ def run(config: Config, metrics_dir: str | None) -> int:
     from serving.errors import StartupError
     from serving.hosts import make_shared_dir
 
+    if config.grpc_port is not None:
+        problem = grpc_port_problem(config.host, config.grpc_port)
+        if problem is not None:
+            print(f"serve: error: {problem}", file=sys.stderr)
+            return 1
     # Multi-model: the records of the loaded models, which every worker reads.
     models_dir = None
     if config.multi_model or config.management_port is not None:

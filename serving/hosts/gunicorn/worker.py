@@ -196,6 +196,12 @@ class ServingWorker(Worker):
             listener.setblocking(False)
         policy = self.policy
         sessions = self.wsgi.extensions["serving.invocations"].sessions
+        # The protocols' own servers (gRPC), in this worker: grpcio is imported only now,
+        # after fork (its threads do not survive one).
+        self.besides = [beside for beside in (protocol.beside() for protocol in
+                                              self.wsgi.extensions["serving.protocols"])
+                        if beside is not None]
+        self.besides_stopped: list[threading.Event] = []
         next_tick = 0.0
         while True:
             now = time.monotonic()
@@ -576,6 +582,8 @@ class ServingWorker(Worker):
             self.stopping_grace = self.grace
         self.stopping_at = now + self.stopping_grace
         self.streams_stopping.set()  # each stream closes with 1001 within a quarter second
+        # gRPC: no new call; those in flight finish within the grace period.
+        self.besides_stopped = [beside.stop(self.stopping_grace) for beside in self.besides]
         if not self.retiring and self.models.ready:
             # Take what is already queued on the listening socket, so that nothing in the
             # backlog is reset; then stop listening: new connections are refused.
@@ -599,10 +607,13 @@ class ServingWorker(Worker):
     def _stop_done(self, now: float) -> bool:
         """Whether a stopping worker may exit: nothing left to answer, or no time left."""
         pending = [c for c in self.conns.values() if c.state not in (IDLE, LINGER)]
-        if not pending:
+        besides_busy = not all(stopped.is_set() for stopped in self.besides_stopped)
+        if not pending and not besides_busy:
             return True
         if now < self.stopping_at:
             return False
+        if not pending:
+            return True  # gRPC's own stop ends what it still holds at its grace
         # Out of time. Requests waiting on a prediction are answered 503 by their threads;
         # requests still being sent get nothing. Both count as dropped.
         self.dropped = self.runtime.close() + sum(1 for c in pending
