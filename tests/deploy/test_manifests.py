@@ -139,7 +139,7 @@ def test_kserve_runtime_for_torchserve_archives(tmp_path):
     InferenceService on it with protocolVersion v2."""
     runtime = yaml.safe_load((DEPLOY / "kserve" / "servingruntime-torchserve.yaml").read_text())
     assert runtime["kind"] == "ClusterServingRuntime"
-    assert set(runtime["spec"]["protocolVersions"]) == {"v1", "v2"}
+    assert set(runtime["spec"]["protocolVersions"]) == {"v1", "v2", "grpc-v2"}
     [container] = runtime["spec"]["containers"]
     args = container["args"]
     assert args[0] == "serve" and args[args.index("--model-store") + 1] == \
@@ -174,6 +174,9 @@ def test_kserve_runtime_for_torchserve_archives(tmp_path):
     assert config.management_port == 8085
     # The file opens the management API to 0.0.0.0; the runtime keeps it in the pod.
     assert config.management_host == "127.0.0.1" and not config.enable_model_api
+    # The Open Inference Protocol over gRPC on the port the runtime declares.
+    assert config.grpc_port in [p["containerPort"] for p in container["ports"]]
+    assert config.grpc_port == 8081
     routes = get_routes()
     for probe in ("readinessProbe", "livenessProbe"):
         assert container[probe]["httpGet"]["path"] in routes

@@ -100,6 +100,12 @@ def test_default_accept_drops_parameters(model_dir):
         (["--engine", "ray"], {"SAGEMAKER_SAFE_PORT_RANGE": "10000-10999"},
          "the ray engine's local instance listens on ports of its own"),
         ([], {"SERVING_RUN_AS": "nobody"}, "SERVING_RUN_AS='nobody': must be one of serving"),
+        (["--engine", "ray", "--grpc-port", "8081"], {},
+         "--grpc-port: the Open Inference Protocol over gRPC: only on the gunicorn engine"),
+        (["--grpc-port", "8080"], {}, "--grpc-port=8080 is taken by another of the server's"),
+        (["--grpc-port", "8081"], {"SAGEMAKER_SAFE_PORT_RANGE": "10000-10999"},
+         "--grpc-port=8081 is outside SAGEMAKER_SAFE_PORT_RANGE"),
+        (["--model-version", "1/2"], {}, "must be one path segment"),
     ],
 )
 def test_bad_values_name_the_setting(model_dir, argv, env, says):
