@@ -233,9 +233,19 @@ def test_the_path_override_and_query_reach_the_model(server):
         assert seen["variant"] == "blue" and seen["test_header"] == "seen"
     finally:
         ws.close()
-    # A path no header names is not a stream path.
+    # The same path without the headers (SageMaker does not say its sidecar passes them
+    # on): still the stream, its query the URL's.
+    ws = connect(server, "/models/v2/talk?lang=fr", headers={"X-Test": "bare"})
+    try:
+        ws.send(json.dumps({"op": "context"}))
+        seen = json.loads(ws.recv())
+        assert seen["path"] == "/models/v2/talk" and seen["query"] == "lang=fr"
+    finally:
+        ws.close()
+    # A header that names another path than the one connected to: no stream there.
     with pytest.raises(websocket.WebSocketBadStatusException) as refused:
-        connect(server, "/models/v2/talk")
+        connect(server, "/models/v2/other",
+                headers={"X-Amzn-SageMaker-Model-Invocation-Path": "models/v2/talk"})
     assert refused.value.status_code == 404
     # An override that fails SageMaker's pattern is refused, with our JSON body.
     sock = handshake_socket(server, "/a//b", {"X-Amzn-SageMaker-Model-Invocation-Path": "a//b"})

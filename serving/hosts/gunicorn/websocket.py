@@ -1,8 +1,11 @@
 """SageMaker's bidirectional streaming: a WebSocket per stream, over wsproto.
 
 SageMaker's sidecar opens a WebSocket to the container at ``/invocations-bidirectional-stream``,
-or at the path a client named in ``X-Amzn-SageMaker-Model-Invocation-Path`` (then with the
-query of ``X-Amzn-SageMaker-Model-Query-String``). Each client ``PayloadPart`` is one data
+or at the path a client named in ``X-Amzn-SageMaker-Model-Invocation-Path``, with the query of
+``X-Amzn-SageMaker-Model-Query-String``. That path is served whether or not the headers come
+with the upgrade (SageMaker documents that the sidecar connects there, not that it passes
+them on): a WebSocket upgrade at any path of SageMaker's pattern is a stream, its query the
+URL's when the header is absent. Each client ``PayloadPart`` is one data
 frame: text for ``DataType=UTF8``, binary otherwise; a run of ``PARTIAL`` parts is one
 fragmented message. The container's frames go back the same way, and a Close frame from
 it reaches the client as a ``ModelStreamError`` with its code and reason.
@@ -139,9 +142,19 @@ class StreamClosed(BaseException):
 
 def is_stream_request(request: Request) -> bool:
     """Whether the worker hands ``request`` to a stream: anything at the stream path (a plain
-    request there gets 426), and WebSocket upgrades that name their path in the header."""
-    return request.path == STREAM_PATH or (request.upgrade and any(
-        name == PATH_HEADER for name, _ in request.headers))
+    request there gets 426), WebSocket upgrades that name their path in the header, and
+    WebSocket upgrades at any path SageMaker's override could name: its sidecar connects to
+    the path a client named, and SageMaker does not say the header comes with it."""
+    if request.path == STREAM_PATH:
+        return True
+    if not request.upgrade:
+        return False
+    return any(name == PATH_HEADER for name, _ in request.headers) or (
+        _is_websocket(request) and _PATH_PATTERN.match(request.path[1:]) is not None)
+
+
+def _is_websocket(request: Request) -> bool:
+    return [v.lower() for v in request.header("upgrade")] == ["websocket"]
 
 
 def stream_target(request: Request) -> tuple[str, str]:
@@ -165,10 +178,11 @@ def stream_target(request: Request) -> tuple[str, str]:
                   or not _QUERY_PATTERN.match(query[0])):
         raise errors.BadRequest(f"X-Amzn-SageMaker-Model-Query-String must be k=v pairs joined "
                                 f"by &, at most {MAX_QUERY} characters")
-    if not request.upgrade or [v.lower() for v in request.header("upgrade")] != ["websocket"]:
+    if not request.upgrade or not _is_websocket(request):
         raise errors.UpgradeRequired(f"{request.path} is a WebSocket stream: open it with a "
                                      f"GET and Upgrade: websocket")
-    return request.path, request.query
+    # The query the client named (the header), else the path's own.
+    return request.path, query[0] if query else request.query
 
 
 def handshake(request: Request) -> wsproto.WSConnection:
