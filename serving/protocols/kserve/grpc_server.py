@@ -35,6 +35,7 @@ import time
 import typing as t
 
 import numpy as np
+from werkzeug.datastructures import Headers
 
 from serving import __version__ as server_version
 from serving import errors
@@ -114,7 +115,9 @@ class GrpcServer:
         config = server.config
         limit = server.limits.max_payload_bytes
         self.grpc_server = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=config.threads,
+            # As many calls at once as the HTTP side answers (its threads, and the ones
+            # batching adds, so that a batch can fill).
+            futures.ThreadPoolExecutor(max_workers=config.concurrency,
                                        thread_name_prefix="grpc"),
             options=[("grpc.max_receive_message_length", limit),
                      ("grpc.max_send_message_length", -1),
@@ -217,7 +220,10 @@ def _servicer(server: t.Any, grpc: t.Any, stubs: t.Any) -> t.Any:
         arrived = time.monotonic()
         if remaining is not None and remaining < deadline:
             arrived -= deadline - remaining
-        headers = {k: v for k, v in context.invocation_metadata() if isinstance(v, str)}
+        # The call's metadata as the model's context shows headers (any case; binary
+        # "-bin" entries left out).
+        headers = Headers([(k, v) for k, v in context.invocation_metadata()
+                           if isinstance(v, str)])
 
         def ask(body: bytes, content_type: str | None, accept: str | None,
                 **more: t.Any) -> Invocation:
