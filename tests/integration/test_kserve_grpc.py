@@ -64,7 +64,7 @@ def server(tmp_path_factory):
     model = write_model_dir(tmp_path_factory.mktemp("model"), INFERENCE)
     grpc_port = free_port()
     server = Server(model, "--workers", "2", "--grpc-port", str(grpc_port),
-                    "--max-payload-mb", "1",
+                    "--max-payload-mb", "1", "--max-decoded-mb", "0.25",
                     log_path=tmp_path_factory.mktemp("log") / "serve.log")
     server.grpc_port = grpc_port
     server.wait_ready()
@@ -201,6 +201,11 @@ def test_errors_take_kserves_grpc_status(stub, client):
     big = np.zeros(300_000, dtype=np.float32)
     code, _ = _code(infer(_typed("x", "FP32", [big.size]), raw=[big.tobytes()]))
     assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    # Typed contents that would decode past --max-decoded-mb (0.25 MiB here): refused
+    # before they are read, though the message is under --max-payload-mb.
+    many = _typed("x", "BOOL", [20_000], bool_contents=[True] * 20_000)
+    code, details = _code(infer(many))
+    assert code == grpc.StatusCode.RESOURCE_EXHAUSTED and "typed contents" in details
     # Still serving, the errors' bodies beside it unharmed.
     assert client.infer("default", [tensor("x", np.ones(2, np.float32), "FP32")]) \
         .as_numpy("output-0").tolist() == [2.0, 2.0]

@@ -212,7 +212,7 @@ def _servicer(server: t.Any, grpc: t.Any, stubs: t.Any) -> t.Any:
 
     def model_infer(request: t.Any, context: t.Any, rid: str) -> t.Any:
         pipeline = model(request.model_name, request.model_version)
-        tensors, datatypes = _inputs(request)
+        tensors, datatypes = _inputs(request, server.limits.max_decoded_bytes)
         remaining = context.time_remaining()
         deadline = server.invocations.caller.deadline_seconds
         # The client's deadline, when it comes before ours: the invocation is made to have
@@ -250,15 +250,31 @@ def _servicer(server: t.Any, grpc: t.Any, stubs: t.Any) -> t.Any:
     return Servicer()
 
 
-def _inputs(request: t.Any) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+#: What one typed element costs once decoded, at most: a Python object's reference in the
+#: list it is read into (8 bytes) and its array element (8): counted against
+#: ``--max-decoded-mb`` before the list is made. (The message itself is bounded by
+#: ``--max-payload-mb``; a packed BOOL is 1 byte on the wire and 16 here.)
+TYPED_ELEMENT_BYTES = 16
+
+
+def _inputs(request: t.Any, max_decoded_bytes: int
+            ) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     """A ModelInferRequest's input tensors by name, and their datatypes: from raw contents
-    (one per input, in order) or typed contents, never both."""
+    (one per input, in order) or typed contents, never both. Typed contents are refused
+    (413) before they are read when their elements would decode past the limit."""
     raw = request.raw_input_contents
     if raw and len(raw) != len(request.inputs):
         raise ProtocolError(f"{len(request.inputs)} inputs but {len(raw)} raw_input_contents: "
                             f"one per input, in order")
     if not request.inputs:
         raise ProtocolError("the request has no inputs")
+    if not raw:
+        elements = sum(len(getattr(spec.contents, field)) for spec in request.inputs
+                       for field in set(CONTENTS.values()))
+        held = sum(len(b) for spec in request.inputs for b in spec.contents.bytes_contents)
+        if elements * TYPED_ELEMENT_BYTES + held > max_decoded_bytes:
+            raise errors.DecodedTooLarge(f"typed contents of {elements} elements",
+                                         max_decoded_bytes)
     tensors: dict[str, np.ndarray] = {}
     datatypes: dict[str, str] = {}
     for index, spec in enumerate(request.inputs):
