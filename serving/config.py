@@ -451,6 +451,13 @@ class Config:
         "KServe's own port for it is 8081) on this port, at --host, in every worker. Off "
         "unless set: a second port is a second way in, and it needs the grpc extra "
         "(grpcio and Triton's generated stubs).", metavar="PORT", default_help="off")
+    repository_api: str = setting(
+        "--repository-api", "SERVING_REPOSITORY_API", "off", _choice("off", "local", "any"),
+        "The Open Inference Protocol's model repository extension (POST /v2/repository/index, "
+        "/v2/repository/models/<name>/load and /unload, and the same over gRPC), which loads "
+        "and unloads models of --model-store or --multi-model-root by name: off; local (only "
+        "clients on the loopback address, a sidecar in the pod); or any (whoever reaches the "
+        "port).", metavar="WHO")
     model_version: str = setting(
         "--model-version", "SERVING_MODEL_VERSION", "1", _version,
         "The version KServe's protocols give a model that is not a TorchServe archive (an "
@@ -723,6 +730,10 @@ class Config:
                         "must hold the models it was asked to load, and the others too)")
         if self.metrics_port is not None:
             self._needs("metrics_port", "metrics_port", "/metrics on a port of its own")
+        if self.repository_api != "off" and not self.multi_model and self.model_store is None:
+            raise ConfigError(f"{self.where('repository_api')}={self.repository_api}: the "
+                              f"repository extension loads models by name from a repository: "
+                              f"set --model-store or --multi-model")
         if self.grpc_port is not None:
             self._needs("grpc", "grpc_port", "the Open Inference Protocol over gRPC")
             if self.grpc_port in (self.port, self.metrics_port, self.management_port):

@@ -34,6 +34,7 @@ from serving import errors
 from serving.contract.limits import json_document
 from serving.protocols.base import Protocol
 from serving.protocols.kserve import models as model_calls
+from serving.protocols.kserve.repository import EXTENSION, Repository
 from serving.protocols.kserve.tensors import (
     HEADER_LENGTH,
     ProtocolError,
@@ -66,7 +67,12 @@ class KServe(Protocol):
             "model", _ModelName))
         self._v1(routes)
         self._v2(routes)
+        self._repository(routes)
         return routes
+
+    def extensions(self) -> list[str]:
+        """The protocol's extensions this server has, as ``GET /v2`` lists them."""
+        return EXTENSIONS + ([EXTENSION] if Repository(self.server).on else [])
 
     # -- what both versions do, through the invocation service --------------------------
 
@@ -132,7 +138,7 @@ class KServe(Protocol):
         @routes.get("/v2")
         def v2_server() -> Response:
             return _json({"name": "serving-toolkit", "version": server_version,
-                          "extensions": EXTENSIONS})
+                          "extensions": self.extensions()})
 
         @routes.get("/v2/health/live")
         def v2_live() -> Response:
@@ -167,6 +173,38 @@ class KServe(Protocol):
             outputs = model_calls.infer(server, pipeline, self.ask(), name, tensors, datatypes)
             body, headers = encode_infer_response(document, name, pipeline.version, outputs)
             return Response(body, headers=headers)
+
+
+    def _repository(self, routes: Blueprint) -> None:
+        """The model repository extension (:mod:`~serving.protocols.kserve.repository`)."""
+        repository = Repository(self.server)
+        limit = self.server.limits.max_decoded_bytes
+
+        def allowed() -> None:
+            repository.check_client(request.environ.get("REMOTE_ADDR"))
+
+        @routes.post("/v2/repository/index")
+        def repository_index() -> Response:
+            allowed()
+            body = self.read_body()
+            document = json_document(body, limit, "the request", error=ProtocolError) \
+                if body.strip() else {}
+            if not isinstance(document, dict) or not isinstance(document.get("ready", False),
+                                                                bool):
+                raise ProtocolError('the request must be an object: {"ready": true|false}')
+            return _json(repository.index(ready_only=document.get("ready", False)))
+
+        @routes.post("/v2/repository/models/<name>/load")
+        def repository_load(name: str) -> Response:
+            allowed()
+            repository.load(name)
+            return _json({"name": name, "load": True})
+
+        @routes.post("/v2/repository/models/<name>/unload")
+        def repository_unload(name: str) -> Response:
+            allowed()
+            repository.unload(name)
+            return _json({"name": name, "unload": True})
 
 
 def _json(document: t.Any) -> Response:

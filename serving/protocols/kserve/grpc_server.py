@@ -1,6 +1,7 @@
 """The Open Inference Protocol over gRPC (``inference.GRPCInferenceService``), as KServe's and
-Triton's gRPC clients call it: health, server and model metadata, model readiness and
-``ModelInfer`` with typed contents or raw contents — on its own port (``--grpc-port``), in
+Triton's gRPC clients call it: health, server and model metadata, model readiness,
+``ModelInfer`` with typed contents or raw contents, and the model repository extension
+(:mod:`~serving.protocols.kserve.repository`) — on its own port (``--grpc-port``), in
 every worker, through the same invocation service as REST.
 
 The service's messages and stubs are Triton's (``tritonclient.grpc.service_pb2``, generated
@@ -40,8 +41,9 @@ from werkzeug.datastructures import Headers
 from serving import __version__ as server_version
 from serving import errors
 from serving.protocols.base import REQUEST_ID_HEADERS, Protocol, request_id_of
-from serving.protocols.kserve import EXTENSIONS
+from serving.protocols.kserve import KServe
 from serving.protocols.kserve import models as model_calls
+from serving.protocols.kserve.repository import Repository
 from serving.protocols.kserve.tensors import (
     Output,
     ProtocolError,
@@ -144,6 +146,8 @@ def _servicer(server: t.Any, grpc: t.Any, stubs: t.Any) -> t.Any:
     from tritonclient.grpc import service_pb2 as pb
 
     invocations, models, metrics = server.invocations, server.models, server.metrics
+    repository = Repository(server)
+    extensions = KServe(server).extensions()
     access = logs.access_log
 
     def call(method: str, body: t.Callable[[t.Any, t.Any, str], t.Any]
@@ -200,7 +204,7 @@ def _servicer(server: t.Any, grpc: t.Any, stubs: t.Any) -> t.Any:
 
     def server_metadata(request: t.Any, context: t.Any, rid: str) -> t.Any:
         return pb.ServerMetadataResponse(name="serving-toolkit", version=server_version,
-                                         extensions=EXTENSIONS)
+                                         extensions=extensions)
 
     def model_metadata(request: t.Any, context: t.Any, rid: str) -> t.Any:
         found = model_calls.metadata(model(request.name, request.version), request.name)
@@ -239,6 +243,22 @@ def _servicer(server: t.Any, grpc: t.Any, stubs: t.Any) -> t.Any:
             datatype_of(array) == "FP16" for _, array, _ in chosen)
         return _response(pb, request, pipeline, chosen, raw)
 
+    def repository_index(request: t.Any, context: t.Any, rid: str) -> t.Any:
+        repository.check_client(_peer_address(context.peer()))
+        entry = pb.RepositoryIndexResponse.ModelIndex
+        return pb.RepositoryIndexResponse(models=[
+            entry(**found) for found in repository.index(ready_only=request.ready)])
+
+    def repository_load(request: t.Any, context: t.Any, rid: str) -> t.Any:
+        repository.check_client(_peer_address(context.peer()))
+        repository.load(request.model_name)
+        return pb.RepositoryModelLoadResponse()
+
+    def repository_unload(request: t.Any, context: t.Any, rid: str) -> t.Any:
+        repository.check_client(_peer_address(context.peer()))
+        repository.unload(request.model_name)
+        return pb.RepositoryModelUnloadResponse()
+
     class Servicer(stubs.GRPCInferenceServiceServicer):  # the rest: UNIMPLEMENTED
         ServerLive = staticmethod(call("ServerLive", server_live))
         ServerReady = staticmethod(call("ServerReady", server_ready))
@@ -246,6 +266,9 @@ def _servicer(server: t.Any, grpc: t.Any, stubs: t.Any) -> t.Any:
         ServerMetadata = staticmethod(call("ServerMetadata", server_metadata))
         ModelMetadata = staticmethod(call("ModelMetadata", model_metadata))
         ModelInfer = staticmethod(call("ModelInfer", model_infer))
+        RepositoryIndex = staticmethod(call("RepositoryIndex", repository_index))
+        RepositoryModelLoad = staticmethod(call("RepositoryModelLoad", repository_load))
+        RepositoryModelUnload = staticmethod(call("RepositoryModelUnload", repository_unload))
 
     return Servicer()
 
@@ -316,3 +339,13 @@ def _response(pb: t.Any, request: t.Any, pipeline: Pipeline, outputs: list[Outpu
             getattr(entry.contents, CONTENTS[datatype]).extend(to_values(array, datatype))
     return response
 
+
+def _peer_address(peer: str) -> str | None:
+    """The IP address in grpc's peer string (``ipv4:127.0.0.1:5000``, ``ipv6:[::1]:5000``);
+    ``None`` for another kind (a Unix socket)."""
+    kind, _, rest = peer.partition(":")
+    if kind == "ipv4":
+        return rest.rpartition(":")[0]
+    if kind == "ipv6":
+        return rest.rpartition(":")[0].strip("[]")
+    return None
