@@ -69,7 +69,7 @@ KSERVE_STAMP := $(KSERVE_VENV)/.installed
 RAY_VENV := .venv-ray
 RAY_STAMP := $(RAY_VENV)/.installed
 
-.PHONY: install container-tools serve serve-ray test test-ray test-torchserve loadtest bench bench-torchserve bench-ray bench-peers bench-faults bench-http bench-invocation bench-streams wrk clean
+.PHONY: install container-tools serve serve-ray test test-ray test-torchserve loadtest bench bench-torchserve bench-ray bench-peers bench-faults bench-http bench-invocation bench-grpc bench-streams wrk clean
 
 install: $(STAMP) $(NP2_STAMP) $(SDK_STAMP) $(KSERVE_STAMP)
 
@@ -210,6 +210,11 @@ bench-ray: $(RAY_STAMP) wrk
 
 bench-http: $(NP2_STAMP) wrk
 	$(NP2_VENV)/bin/python benchmarks/http_front_door.py
+
+bench-grpc: $(STAMP)
+	@command -v h2load >/dev/null || (DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nghttp2-client >/dev/null \
+		|| (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nghttp2-client >/dev/null))
+	$(BIN)/python benchmarks/grpc_rest.py
 
 bench-invocation: $(STAMP) wrk
 	$(BIN)/python benchmarks/invocation_path.py
