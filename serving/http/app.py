@@ -81,7 +81,9 @@ def create_app(config: Config, models: Models | Pipeline, runtime: Runtime | Non
     limits = Limits.from_config(config)
     invocations = Invocations(models, runtime, limits, default_accept=config.default_accept,
                               sessions=session_store(config), metrics=metrics)
-    protocols = adapters(Server(config, models, invocations, limits, metrics))
+    server = Server(config, models, invocations, limits, metrics)
+    protocols = adapters(server)
+    server.guards.extend(guard for guard in (p.guard() for p in protocols) if guard is not None)
     app = Flask("serving", static_folder=None)  # no static files: no /static route
     app.json.sort_keys = False
     # The one invocation service: the host's other doors (a worker's WebSocket streams)
@@ -89,7 +91,7 @@ def create_app(config: Config, models: Models | Pipeline, runtime: Runtime | Non
     app.extensions["serving.invocations"] = invocations
     # The protocols' own servers (gRPC) start in each worker, by the host, after fork.
     app.extensions["serving.protocols"] = protocols
-    door = FrontDoor(app, config, metrics, protocols)
+    door = FrontDoor(app, config, metrics, protocols, server.guards)
     app.register_error_handler(errors.ServingError, lambda error: door.render(error))
     app.register_error_handler(HTTPException, door.on_http_exception)
     app.register_error_handler(Exception, lambda error: door.render_bug(error))
@@ -116,7 +118,8 @@ class FrontDoor:
     body of the protocol whose paths it reached."""
 
     def __init__(self, app: Flask, config: Config, metrics: Metrics | None,
-                 protocols: list[Protocol]) -> None:
+                 protocols: list[Protocol],
+                 guards: list[t.Callable[[dict[str, t.Any]], None]]) -> None:
         self.app = app
         self.debug_errors = config.debug_errors
         self.metrics = metrics
@@ -128,7 +131,7 @@ class FrontDoor:
         self.quiet_paths = frozenset().union(*(p.quiet_paths for p in protocols))
         self.by_path = [(path, p) for p in protocols for path in p.error_paths]
         self.directs = [p for p in protocols if type(p).direct is not Protocol.direct]
-        self.guards = [g for g in (p.guard() for p in protocols) if g is not None]
+        self.guards = guards
         ports = [port for port in (p.own_port() for p in protocols) if port is not None]
         self.own_ports = dict(ports)
 

@@ -84,6 +84,11 @@ class Server:
     invocations: Invocations
     limits: Limits
     metrics: Metrics | None
+    #: What checks every request before it is routed, whatever port or transport carries
+    #: it (the protocols' :meth:`Protocol.guard`, gathered once the adapters are made):
+    #: TorchServe's inference key, on a model store's server.
+    guards: list[t.Callable[[dict[str, t.Any]], None]] = dataclasses.field(
+        default_factory=list)
 
     def body(self, environ: dict[str, t.Any]) -> bytes:
         """The request's body, under the payload limit."""

@@ -213,3 +213,30 @@ def test_config_properties_keys_open_and_close_it(tmp_path, store):
     closed = Config.load(["--model-store", str(store)], environ={})
     assert (closed.management_host, closed.enable_model_api, closed.token_auth) == \
         ("127.0.0.1", False, True)
+
+
+def test_grpc_needs_the_inference_key_as_the_main_port_does(serve, tmp_path, store):
+    """gRPC is a way in beside the main port: on a model store's server (token
+    authorization on) every call needs the inference key too, as ``authorization``
+    metadata; without it UNAUTHENTICATED with TorchServe's message."""
+    import grpc
+    from tritonclient.grpc import service_pb2 as pb
+    from tritonclient.grpc import service_pb2_grpc
+
+    key_file = tmp_path / "key_file.json"
+    grpc_port = free_port()
+    server = start(serve, tmp_path, store, "--key-file", str(key_file),
+                   "--grpc-port", str(grpc_port))
+    server.wait_ready(headers=lambda: bearer(keys_of(key_file)["inference"]))
+    keys = keys_of(key_file)
+    with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        for metadata in ((), (("authorization", f"Bearer {keys['management']}"),)):
+            with pytest.raises(grpc.RpcError) as refused:
+                stub.ModelMetadata(pb.ModelMetadataRequest(name="echo"), metadata=metadata,
+                                   timeout=30)
+            assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            assert refused.value.details() == DENIED
+        found = stub.ModelMetadata(pb.ModelMetadataRequest(name="echo"), timeout=30,
+                                   metadata=(("authorization", f"Bearer {keys['inference']}"),))
+        assert found.name == "echo" and found.platform == "torchserve"

@@ -146,6 +146,7 @@ def _servicer(server: t.Any, grpc: t.Any, stubs: t.Any) -> t.Any:
     from tritonclient.grpc import service_pb2 as pb
 
     invocations, models, metrics = server.invocations, server.models, server.metrics
+    guards = server.guards
     repository = Repository(server)
     extensions = KServe(server).extensions()
     access = logs.access_log
@@ -164,7 +165,10 @@ def _servicer(server: t.Any, grpc: t.Any, stubs: t.Any) -> t.Any:
             status, code = 200, "OK"
             try:
                 context.set_trailing_metadata((("x-request-id", rid),))
+                _guarded(guards, route, metadata)
                 return body(request, context, rid)
+            except Refused as exc:
+                status, code, message = exc.status_code, "UNAUTHENTICATED", exc.message
             except errors.ServingError as exc:
                 status, code, message = exc.status_code, grpc_code(exc.status_code), exc.message
             except Exception as exc:  # a bug of ours: as the HTTP front door, a 500
@@ -349,3 +353,21 @@ def _peer_address(peer: str) -> str | None:
     if kind == "ipv6":
         return rest.rpartition(":")[0].strip("[]")
     return None
+
+
+class Refused(errors.ClientError):
+    """A call a guard stopped (TorchServe's inference key missing or wrong)."""
+
+
+def _guarded(guards: t.Sequence[t.Callable[[dict[str, t.Any]], None]], route: str,
+             metadata: t.Mapping[str, t.Any]) -> None:
+    """The guards every request of the main port passes (TorchServe's inference key, on a
+    model store's server), on a gRPC call: its ``authorization`` metadata as the header."""
+    environ = {"REQUEST_METHOD": "POST", "PATH_INFO": route,
+               "HTTP_AUTHORIZATION": metadata.get("authorization")}
+    try:
+        for guard in guards:
+            guard(environ)
+    except errors.ServingError as exc:
+        raise Refused(exc.message, status_code=exc.status_code
+                      if 400 <= exc.status_code < 500 else 401) from None
