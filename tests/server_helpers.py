@@ -112,6 +112,9 @@ class Server:
             except (requests.ConnectionError, requests.Timeout, OSError, ValueError, KeyError):
                 pass  # not listening yet (or no key file yet), or no worker has loaded
             time.sleep(0.1)
+        # Stopped before the test fails: a caller that made it inside a helper has no
+        # handle left to stop it with, and it would serve on, unasked, after the run.
+        self.kill()
         raise AssertionError(f"serve not ready after {timeout}s:\n{self.log}")
 
     def terminate(self, timeout: float = 30) -> int:
