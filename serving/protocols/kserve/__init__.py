@@ -32,7 +32,8 @@ from werkzeug.routing import BaseConverter
 
 from serving import errors
 from serving.contract.limits import json_document
-from serving.protocols.base import Protocol
+from serving.contract.invocation import Answer
+from serving.protocols.base import Direct, Protocol
 from serving.protocols.kserve import models as model_calls
 from serving.protocols.kserve.repository import EXTENSION, Repository
 from serving.protocols.kserve.tensors import (
@@ -46,6 +47,11 @@ if t.TYPE_CHECKING:
     from serving.contract.pipeline import Pipeline
 
 __all__ = ["KServe"]
+
+INFER_RULE = "/v2/models/<name>/infer"
+INFER_VERSION_RULE = "/v2/models/<name>/versions/<version>/infer"
+#: The binary extension's header in the WSGI environ.
+HEADER_LENGTH_KEY = "HTTP_" + HEADER_LENGTH.upper().replace("-", "_")
 
 #: What ``GET /v2`` names: the protocol's extensions served here.
 EXTENSIONS = ["binary_tensor_data"]
@@ -82,9 +88,39 @@ class KServe(Protocol):
     def read_body(self) -> bytes:
         return self.server.body(request.environ)
 
-    def ask(self) -> model_calls.Ask:
-        """This request's invocations: its headers, id and arrival."""
-        return functools.partial(self.server.invocation, request.environ)
+    def ask(self, environ: dict[str, t.Any] | None = None) -> model_calls.Ask:
+        """The invocations of the request ``environ`` (Flask's, by default): its headers,
+        id and arrival."""
+        return functools.partial(self.server.invocation,
+                                 request.environ if environ is None else environ)
+
+    def infer(self, environ: dict[str, t.Any], name: str, version: str | None) -> Answer:
+        """``POST /v2/models/<name>[/versions/<version>]/infer``."""
+        server = self.server
+        pipeline = self.model(name, version)
+        document, tensors = decode_infer_request(server.body(environ),
+                                                 environ.get(HEADER_LENGTH_KEY),
+                                                 server.limits.max_decoded_bytes)
+        datatypes = {spec["name"]: spec["datatype"] for spec in document["inputs"]}
+        outputs = model_calls.infer(server, pipeline, self.ask(environ), name, tensors,
+                                    datatypes)
+        body, headers = encode_infer_response(document, name, pipeline.version, outputs)
+        media_type = headers.pop("Content-Type")
+        return Answer(body, media_type, headers=headers)
+
+    def direct(self, environ: dict[str, t.Any]) -> Direct | None:
+        """v2 infer, the protocol's hot route, past Flask's objects (see
+        :class:`~serving.http.app.InvocationsPath`)."""
+        path = environ.get("PATH_INFO", "")
+        if not path.startswith("/v2/models/") or not path.endswith("/infer") or \
+                environ.get("REQUEST_METHOD") != "POST":
+            return None
+        parts = path[len("/v2/models/"):-len("/infer")].split("/")
+        if len(parts) == 1 and parts[0]:
+            return INFER_RULE, lambda: self.infer(environ, parts[0], None)
+        if len(parts) == 3 and parts[0] and parts[1] == "versions" and parts[2]:
+            return INFER_VERSION_RULE, lambda: self.infer(environ, parts[0], parts[2])
+        return None
 
     def _v1(self, routes: Blueprint) -> None:
         server = self.server
@@ -133,7 +169,7 @@ class KServe(Protocol):
         from serving import __version__ as server_version
 
         server = self.server
-        models, model, read_body = server.models, self.model, self.read_body
+        models, model = server.models, self.model
 
         @routes.get("/v2")
         def v2_server() -> Response:
@@ -162,17 +198,14 @@ class KServe(Protocol):
                 raise errors.ServiceUnavailable(f"model {name} is still loading")
             return _json({"name": name, "ready": True})
 
-        @routes.post("/v2/models/<name>/infer")
-        @routes.post("/v2/models/<name>/versions/<version>/infer")
+        # Answered by the direct path; here for Flask's 405s, the OpenAPI check and the
+        # metrics' labels.
+        @routes.post(INFER_RULE)
+        @routes.post(INFER_VERSION_RULE)
         def v2_infer(name: str, version: str | None = None) -> Response:
-            pipeline = model(name, version)
-            document, tensors = decode_infer_request(read_body(),
-                                                     request.headers.get(HEADER_LENGTH),
-                                                     server.limits.max_decoded_bytes)
-            datatypes = {spec["name"]: spec["datatype"] for spec in document["inputs"]}
-            outputs = model_calls.infer(server, pipeline, self.ask(), name, tensors, datatypes)
-            body, headers = encode_infer_response(document, name, pipeline.version, outputs)
-            return Response(body, headers=headers)
+            answer = self.infer(request.environ, name, version)
+            return Response(answer.body, content_type=answer.media_type,
+                            headers=answer.headers)
 
 
     def _repository(self, routes: Blueprint) -> None:

@@ -50,17 +50,25 @@ def test_each_protocol_writes_errors_in_its_own_body(tmp_path):
     assert torchserve.status_code == 404 and torchserve.json["type"] == "NotFound"
 
 
-def test_the_direct_path_is_claimed_by_sagemaker_and_torchserve_only(tmp_path):
+def test_the_direct_path_takes_each_protocols_hot_routes_only(tmp_path):
     app = app_of(tmp_path, predict_fn=lambda data, model: data)
     door = app.wsgi_app.door
     claimed = {type(p).__name__ for p in door.directs}
-    assert claimed == {"SageMaker", "TorchServe"}
+    assert claimed == {"SageMaker", "TorchServe", "KServe"}
     post = {"REQUEST_METHOD": "POST"}
     assert door.direct_route({**post, "PATH_INFO": "/invocations"})[0] == "/invocations"
     assert door.direct_route({**post, "PATH_INFO": "/predictions/m/2"})[0] == \
         "/predictions/<name>/<version>"
-    assert door.direct_route({**post, "PATH_INFO": "/v2/models/m/infer"}) is None
+    assert door.direct_route({**post, "PATH_INFO": "/v2/models/m/infer"})[0] == \
+        "/v2/models/<name>/infer"
+    assert door.direct_route({**post, "PATH_INFO": "/v2/models/m/versions/3/infer"})[0] == \
+        "/v2/models/<name>/versions/<version>/infer"
+    for path in ("/v2/models/m/ready", "/v2/models//infer", "/v2/models/m/x/3/infer",
+                 "/v2/models/m/versions//infer", "/v1/models/m:predict"):
+        assert door.direct_route({**post, "PATH_INFO": path}) is None, path
     assert door.direct_route({"REQUEST_METHOD": "GET", "PATH_INFO": "/invocations"}) is None
+    assert door.direct_route({"REQUEST_METHOD": "GET", "PATH_INFO": "/v2/models/m/infer"}) \
+        is None
 
 
 class Echo(Protocol):
