@@ -40,6 +40,7 @@ from werkzeug.datastructures import Headers
 
 from serving import __version__ as server_version
 from serving import errors
+from serving.contract.invocation import Invocation
 from serving.protocols.base import REQUEST_ID_HEADERS, Protocol, request_id_of
 from serving.protocols.kserve import KServe
 from serving.protocols.kserve import models as model_calls
@@ -58,7 +59,6 @@ from serving.protocols.kserve.tensors import (
 from serving.runtime import logs
 
 if t.TYPE_CHECKING:
-    from serving.contract.invocation import Invocation
     from serving.contract.pipeline import Pipeline
 
 __all__ = ["KServeGrpc", "SERVICE"]
@@ -140,21 +140,37 @@ class GrpcServer:
         return self.grpc_server.stop(min(grace, STOP_GRACE_SECONDS))
 
 
+#: The service's methods this server answers, and the :class:`Calls` method of each.
+METHODS = {"ServerLive": "server_live", "ServerReady": "server_ready",
+           "ModelReady": "model_ready", "ServerMetadata": "server_metadata",
+           "ModelMetadata": "model_metadata", "ModelInfer": "model_infer",
+           "RepositoryIndex": "repository_index", "RepositoryModelLoad": "repository_load",
+           "RepositoryModelUnload": "repository_unload"}
+
+
 def _servicer(server: t.Any, grpc: t.Any, stubs: t.Any) -> t.Any:
-    """The servicer: Triton's generated base class, our methods (made here, where grpc and
-    the stubs are imported: in the worker)."""
-    from tritonclient.grpc import service_pb2 as pb
+    """The servicer: Triton's generated base class (whose other methods answer
+    UNIMPLEMENTED), each of :data:`METHODS` one counted, logged call of :class:`Calls` (made
+    here, where grpc and the stubs are imported: in the worker)."""
+    calls = Calls(server)
+    front = Front(server, grpc)
+    return type("Servicer", (stubs.GRPCInferenceServiceServicer,), {
+        method: staticmethod(front.call(method, getattr(calls, name)))
+        for method, name in METHODS.items()})()
 
-    invocations, models, metrics = server.invocations, server.models, server.metrics
-    guards = server.guards
-    repository = Repository(server)
-    extensions = KServe(server).extensions()
-    access = logs.access_log
 
-    def call(method: str, body: t.Callable[[t.Any, t.Any, str], t.Any]
+class Front:
+    """What every call goes through, as the HTTP front door does for a request: its id (in
+    the log context and the trailing metadata), the guards, its error as a gRPC status, the
+    metrics and the access line."""
+
+    def __init__(self, server: t.Any, grpc: t.Any) -> None:
+        self.grpc = grpc
+        self.guards = server.guards
+        self.metrics = server.metrics
+
+    def call(self, method: str, body: t.Callable[[t.Any, t.Any, str], t.Any]
              ) -> t.Callable[[t.Any, t.Any], t.Any]:
-        """``body(request, context, request id)`` as one counted, logged call whose errors
-        take their gRPC status."""
         route = f"/{SERVICE}/{method}"
 
         def run(request: t.Any, context: t.Any) -> t.Any:
@@ -165,7 +181,7 @@ def _servicer(server: t.Any, grpc: t.Any, stubs: t.Any) -> t.Any:
             status, code = 200, "OK"
             try:
                 context.set_trailing_metadata((("x-request-id", rid),))
-                _guarded(guards, route, metadata)
+                _guarded(self.guards, route, metadata)
                 return body(request, context, rid)
             except Refused as exc:
                 status, code, message = exc.status_code, "UNAUTHENTICATED", exc.message
@@ -176,50 +192,66 @@ def _servicer(server: t.Any, grpc: t.Any, stubs: t.Any) -> t.Any:
                 status, code = 500, "INTERNAL"
                 message = f"internal error: {type(exc).__name__}"
             finally:
-                elapsed = time.monotonic() - arrived
-                if metrics is not None:
-                    metrics.request_done(route, status, "application/grpc", elapsed)
-                if access.isEnabledFor(logging.INFO):
-                    logs.access_line(logging.INFO, '%s "GRPC %s" %s %.1fms',
-                                     context.peer(), route, code, elapsed * 1000,
-                                     fields={"status": status, "grpc_status": code,
-                                             "latency_ms": round(elapsed * 1000, 3),
-                                             "method": "GRPC", "path": route,
-                                             "remote": context.peer()})
+                self.finish(route, status, code, context.peer(), time.monotonic() - arrived)
                 logs.request_id.reset(token)
-            context.abort(getattr(grpc.StatusCode, code), message)
+            context.abort(getattr(self.grpc.StatusCode, code), message)
 
         run.__name__ = method
         return run
 
-    def model(name: str, version: str) -> Pipeline:
+    def finish(self, route: str, status: int, code: str, peer: str, elapsed: float) -> None:
+        if self.metrics is not None:
+            self.metrics.request_done(route, status, "application/grpc", elapsed)
+        if logs.access_log.isEnabledFor(logging.INFO):
+            logs.access_line(logging.INFO, '%s "GRPC %s" %s %.1fms', peer, route, code,
+                             elapsed * 1000,
+                             fields={"status": status, "grpc_status": code,
+                                     "latency_ms": round(elapsed * 1000, 3),
+                                     "method": "GRPC", "path": route, "remote": peer})
+
+
+class Calls:
+    """The service's methods (:data:`METHODS`): ``(request, context, request id)`` → the
+    response message, or a :class:`~serving.errors.ServingError`."""
+
+    def __init__(self, server: t.Any) -> None:
+        from tritonclient.grpc import service_pb2
+
+        self.pb = service_pb2
+        self.server = server
+        self.repository = Repository(server)
+        self.extensions = KServe(server).extensions()
+
+    def model(self, name: str, version: str) -> Pipeline:
         if not name:
             raise ProtocolError("the model's name is missing")
-        return invocations.model(name, version or None)
+        return self.server.invocations.model(name, version or None)
 
-    def server_live(request: t.Any, context: t.Any, rid: str) -> t.Any:
-        return pb.ServerLiveResponse(live=True)
+    def server_live(self, request: t.Any, context: t.Any, rid: str) -> t.Any:
+        return self.pb.ServerLiveResponse(live=True)
 
-    def server_ready(request: t.Any, context: t.Any, rid: str) -> t.Any:
-        return pb.ServerReadyResponse(ready=models.ready)
+    def server_ready(self, request: t.Any, context: t.Any, rid: str) -> t.Any:
+        return self.pb.ServerReadyResponse(ready=self.server.models.ready)
 
-    def model_ready(request: t.Any, context: t.Any, rid: str) -> t.Any:
-        return pb.ModelReadyResponse(ready=model(request.name, request.version).ready)
+    def model_ready(self, request: t.Any, context: t.Any, rid: str) -> t.Any:
+        return self.pb.ModelReadyResponse(
+            ready=self.model(request.name, request.version).ready)
 
-    def server_metadata(request: t.Any, context: t.Any, rid: str) -> t.Any:
-        return pb.ServerMetadataResponse(name="serving-toolkit", version=server_version,
-                                         extensions=extensions)
+    def server_metadata(self, request: t.Any, context: t.Any, rid: str) -> t.Any:
+        return self.pb.ServerMetadataResponse(name="serving-toolkit", version=server_version,
+                                              extensions=self.extensions)
 
-    def model_metadata(request: t.Any, context: t.Any, rid: str) -> t.Any:
-        found = model_calls.metadata(model(request.name, request.version), request.name)
-        tensor = pb.ModelMetadataResponse.TensorMetadata
-        return pb.ModelMetadataResponse(
+    def model_metadata(self, request: t.Any, context: t.Any, rid: str) -> t.Any:
+        found = model_calls.metadata(self.model(request.name, request.version), request.name)
+        tensor = self.pb.ModelMetadataResponse.TensorMetadata
+        return self.pb.ModelMetadataResponse(
             name=found["name"], versions=found["versions"], platform=found["platform"],
             inputs=[tensor(**spec) for spec in found["inputs"]],
             outputs=[tensor(**spec) for spec in found["outputs"]])
 
-    def model_infer(request: t.Any, context: t.Any, rid: str) -> t.Any:
-        pipeline = model(request.model_name, request.model_version)
+    def model_infer(self, request: t.Any, context: t.Any, rid: str) -> t.Any:
+        server = self.server
+        pipeline = self.model(request.model_name, request.model_version)
         tensors, datatypes = _inputs(request, server.limits.max_decoded_bytes)
         remaining = context.time_remaining()
         deadline = server.invocations.caller.deadline_seconds
@@ -235,8 +267,6 @@ def _servicer(server: t.Any, grpc: t.Any, stubs: t.Any) -> t.Any:
 
         def ask(body: bytes, content_type: str | None, accept: str | None,
                 **more: t.Any) -> Invocation:
-            from serving.contract.invocation import Invocation
-
             return Invocation(body, content_type, accept, headers, request_id=rid,
                               arrived=arrived, **more)
 
@@ -245,36 +275,23 @@ def _servicer(server: t.Any, grpc: t.Any, stubs: t.Any) -> t.Any:
         chosen = select_outputs([o.name for o in request.outputs], outputs)
         raw = bool(request.raw_input_contents) or any(
             datatype_of(array) == "FP16" for _, array, _ in chosen)
-        return _response(pb, request, pipeline, chosen, raw)
+        return _response(self.pb, request, pipeline, chosen, raw)
 
-    def repository_index(request: t.Any, context: t.Any, rid: str) -> t.Any:
-        repository.check_client(_peer_address(context.peer()))
-        entry = pb.RepositoryIndexResponse.ModelIndex
-        return pb.RepositoryIndexResponse(models=[
-            entry(**found) for found in repository.index(ready_only=request.ready)])
+    def repository_index(self, request: t.Any, context: t.Any, rid: str) -> t.Any:
+        self.repository.check_client(_peer_address(context.peer()))
+        entry = self.pb.RepositoryIndexResponse.ModelIndex
+        return self.pb.RepositoryIndexResponse(models=[
+            entry(**found) for found in self.repository.index(ready_only=request.ready)])
 
-    def repository_load(request: t.Any, context: t.Any, rid: str) -> t.Any:
-        repository.check_client(_peer_address(context.peer()))
-        repository.load(request.model_name)
-        return pb.RepositoryModelLoadResponse()
+    def repository_load(self, request: t.Any, context: t.Any, rid: str) -> t.Any:
+        self.repository.check_client(_peer_address(context.peer()))
+        self.repository.load(request.model_name)
+        return self.pb.RepositoryModelLoadResponse()
 
-    def repository_unload(request: t.Any, context: t.Any, rid: str) -> t.Any:
-        repository.check_client(_peer_address(context.peer()))
-        repository.unload(request.model_name)
-        return pb.RepositoryModelUnloadResponse()
-
-    class Servicer(stubs.GRPCInferenceServiceServicer):  # the rest: UNIMPLEMENTED
-        ServerLive = staticmethod(call("ServerLive", server_live))
-        ServerReady = staticmethod(call("ServerReady", server_ready))
-        ModelReady = staticmethod(call("ModelReady", model_ready))
-        ServerMetadata = staticmethod(call("ServerMetadata", server_metadata))
-        ModelMetadata = staticmethod(call("ModelMetadata", model_metadata))
-        ModelInfer = staticmethod(call("ModelInfer", model_infer))
-        RepositoryIndex = staticmethod(call("RepositoryIndex", repository_index))
-        RepositoryModelLoad = staticmethod(call("RepositoryModelLoad", repository_load))
-        RepositoryModelUnload = staticmethod(call("RepositoryModelUnload", repository_unload))
-
-    return Servicer()
+    def repository_unload(self, request: t.Any, context: t.Any, rid: str) -> t.Any:
+        self.repository.check_client(_peer_address(context.peer()))
+        self.repository.unload(request.model_name)
+        return self.pb.RepositoryModelUnloadResponse()
 
 
 #: What one typed element costs once decoded, at most: a Python object's reference in the
